@@ -1,0 +1,295 @@
+"""YAML config -> a validated, fully resolved config (a plain dict of plain values).
+
+Sections: ``seed``, ``data``, ``network``, ``training``. Every problem is collected and reported
+at once, each naming its place (``training.learning_rate: must be a number > 0, got -0.1``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import yaml
+
+from cnncli.errors import ConfigError
+from cnncli.schema import (
+    Field,
+    SchemaError,
+    boolean,
+    choice,
+    integer,
+    number,
+    optional,
+    unknown_key_message,
+    validate_section,
+)
+
+MAX_CONFIG_BYTES = 1_000_000
+SECTIONS = ("seed", "data", "network", "training")
+
+
+class _Loader(yaml.SafeLoader):
+    """safe_load, but numbers read as a user means them (``1e-3`` is 0.001, as in YAML 1.2)
+    and no aliases (``*name``), which cnncli configs do not need and "billion laughs" abuse."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
+                              "are not supported in cnncli configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str | None = None):
+    """Parse YAML text with cnncli's loader; syntax errors become one-line ConfigErrors."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {where}{what}", source) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", source) from None
+
+
+def read_config_file(path) -> dict:
+    """The raw mapping in a config file, or a ConfigError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("no such file", str(path))
+    if path.is_dir():
+        raise ConfigError("is a directory, expected a YAML config file", str(path))
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"is {size:,} bytes; a config may be at most {MAX_CONFIG_BYTES:,}", str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"is not UTF-8 text (byte {exc.start})", str(path)) from None
+    raw = parse_yaml(text, str(path))
+    if raw is None:
+        raise ConfigError("is empty; expected the sections seed, data, network, training", str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"must be a mapping with the sections {', '.join(SECTIONS)}, got "
+                          f"{type(raw).__name__}", str(path))
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``["training.epochs=3", "data.noise=0.1"]`` -> a copy of raw with those values set.
+    Values are parsed as YAML scalars (``3`` is an int, ``1e-3`` a float, ``true`` a bool)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=3")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: the key must be dotted names like training.epochs")
+        node = raw
+        for p in parts[:-1]:
+            if isinstance(node, list) and p.isdigit() and int(p) < len(node):
+                node = node[int(p)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            node = node.setdefault(p, {})
+            if node is None:
+                node = {}
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: cannot set a key inside a {type(node).__name__}")
+        node[parts[-1]] = parse_yaml(value, f"--set {key}")
+    return raw
+
+
+TRAINING_FIELDS = {
+    "epochs": Field(10, integer(1)),
+    "batch_size": Field(16, integer(1)),
+    "learning_rate": Field(0.1, number(0.0)),
+    "loss": Field("mse", choice("mse", "cross_entropy")),
+    "dtype": Field("float64", choice("float64", "float32")),
+    "shuffle": Field(True, boolean),
+    "optimizer": Field(None, lambda v: v),
+    "schedule": Field(None, lambda v: v),
+    "early_stopping": Field(None, lambda v: v),
+    "threads": Field(None, optional(integer(1))),
+    "impl": Field("fast", choice("fast", "reference")),
+}
+
+_unit = number(0.0, strict=False, maximum=1.0, max_strict=True)
+OPTIMIZER_FIELDS = {
+    "sgd": {"momentum": Field(0.0, _unit), "nesterov": Field(False, boolean),
+            "weight_decay": Field(0.0, number(0.0, strict=False))},
+    "adam": {"beta1": Field(0.9, _unit), "beta2": Field(0.999, _unit),
+             "eps": Field(1e-8, number(0.0)), "weight_decay": Field(0.0, number(0.0, strict=False))},
+}
+SCHEDULE_FIELDS = {
+    "constant": {},
+    "step": {"step_size": Field(10, integer(1)), "gamma": Field(0.1, number(0.0, maximum=1.0))},
+    "cosine": {"min_lr": Field(0.0, number(0.0, strict=False))},
+}
+EARLY_STOPPING_FIELDS = {"patience": Field(5, integer(1)),
+                         "min_delta": Field(0.0, number(0.0, strict=False))}
+
+
+def _named_section(where, value, kinds: dict, problems, default_name, extra=()):
+    """A mapping with a ``name`` choosing one of ``kinds``, each with its own fields."""
+    if value is None:
+        value = {"name": default_name}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        problems.append(f"{where}: must be a mapping like {{name: {default_name}}}, got {value!r}")
+        return None
+    name = value.get("name", default_name)
+    try:
+        choice(*kinds)(name)
+    except SchemaError as exc:
+        problems.append(f"{where}.name: {exc}")
+        return None
+    fields = {"name": Field(name, lambda v: v), **kinds[name], **{k: Field(None, lambda v: v) for k in extra}}
+    return validate_section(where, value, fields, problems)
+
+
+def validate(raw: dict, source: str | None = None, known_data: tuple | None = None) -> dict:
+    """Check every section, fill in defaults and return the resolved config; raises one
+    ConfigError listing every problem. ``known_data``: (input shape, number of classes), to
+    check the network without looking at the dataset (a checkpoint's own record)."""
+    from cnncli.data import DATASETS, dataset_fields
+
+    problems: list[str] = []
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(f"{key}: {unknown_key_message(key, SECTIONS).replace('key', 'section', 1)}")
+    cfg: dict = {}
+    try:
+        cfg["seed"] = integer(0, 2**32 - 1)(raw.get("seed", 0))
+    except SchemaError as exc:
+        problems.append(f"seed: {exc}")
+
+    data = raw.get("data")
+    if data is None:
+        problems.append(f"data: is required (a mapping with name: one of {', '.join(DATASETS)})")
+    elif not isinstance(data, dict):
+        problems.append(f"data: must be a mapping like {{name: shapes}}, got {data!r}")
+    else:
+        name = data.get("name")
+        if name not in DATASETS:
+            try:
+                choice(*DATASETS)(name)
+            except SchemaError as exc:
+                problems.append(f"data.name: {exc}" if "name" in data else
+                                f"data.name: is required (one of {', '.join(DATASETS)})")
+        else:
+            fields = {"name": Field(name, lambda v: v), **dataset_fields(name)}
+            cfg["data"] = validate_section("data", data, fields, problems)
+
+    training = validate_section("training", raw.get("training"), TRAINING_FIELDS, problems)
+    if training:
+        opt = _named_section("training.optimizer", training.get("optimizer"), OPTIMIZER_FIELDS,
+                             problems, "sgd", extra=("learning_rate",))
+        if opt is not None:
+            lr = opt.pop("learning_rate", None)
+            if lr is not None:
+                try:
+                    lr = number(0.0)(lr)
+                    if "learning_rate" in (raw.get("training") or {}) and lr != training["learning_rate"]:
+                        problems.append("training.optimizer.learning_rate: differs from "
+                                        "training.learning_rate; give it once")
+                    training["learning_rate"] = lr
+                except SchemaError as exc:
+                    problems.append(f"training.optimizer.learning_rate: {exc}")
+            training["optimizer"] = opt
+        sched = _named_section("training.schedule", training.get("schedule"), SCHEDULE_FIELDS,
+                               problems, "constant")
+        training["schedule"] = sched
+        es = training.get("early_stopping")
+        if es is not None:
+            training["early_stopping"] = validate_section("training.early_stopping", es,
+                                                          EARLY_STOPPING_FIELDS, problems)
+        cfg["training"] = training
+
+    network = raw.get("network")
+    if network is None:
+        problems.append("network: is required (a list of layers like - {type: conv2d, ...})")
+    elif not isinstance(network, list) or not network:
+        problems.append(f"network: must be a non-empty list of layers, got {network!r}")
+    if problems:
+        raise ConfigError(problems, source)
+    cfg["network"] = _check_network(cfg, network, problems, known_data)
+    if problems:
+        raise ConfigError(problems, source)
+    return {k: cfg[k] for k in SECTIONS}
+
+
+def _check_network(cfg: dict, network: list, problems: list, known_data=None) -> list:
+    """Build the network once against the dataset's input shape; return the resolved specs."""
+    import numpy as np
+
+    from cnncli.data import DATASETS
+    from cnncli.errors import CnnError
+    from cnncli.network import build_network
+
+    try:
+        in_shape, n_classes = known_data or DATASETS[cfg["data"]["name"]].describe(cfg["data"])
+    except CnnError as exc:
+        problems.append(f"data: {exc}")
+        return []
+    try:
+        net = build_network(network, in_shape, np.random.default_rng(0))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return []
+    out = net.output_shape
+    if out != (n_classes,):
+        problems.append(f"network: outputs {'x'.join(map(str, out))} values per sample, but the "
+                        f"{cfg['data']['name']} data has {n_classes} classes (end with a dense "
+                        f"layer of out_features: {n_classes})")
+    if cfg["training"]["loss"] == "cross_entropy" and net.layers[-1].type_name not in ("dense", "softmax"):
+        problems.append(f"training.loss: cross_entropy needs the network to end in a dense layer "
+                        f"(logits) or a softmax layer, not {net.layers[-1].type_name}")
+    return net.specs
+
+
+def load_config(path, overrides: list[str] = ()) -> dict:
+    """Read, override, validate: the resolved config of a file."""
+    raw = read_config_file(path)
+    if overrides:
+        raw = apply_overrides(raw, list(overrides))
+    return validate(raw, str(path))
+
+
+def dump_config(cfg: dict) -> str:
+    """The resolved config as YAML, in section order."""
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=100)
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, as ``key: a -> b``."""
+    out = []
+    for key in list(dict.fromkeys([*a, *b])):
+        where = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, where + ".")
+        elif va != vb:
+            out.append(f"{where}: {va!r} -> {vb!r}")
+    return out

@@ -1,0 +1,167 @@
+"""Datasets. Every loader returns a ``Dataset``, so the rest of the tool never knows where data
+came from. A config's ``data:`` section names one of ``DATASETS`` and sets its keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from cnncli.errors import DataError
+from cnncli.schema import REQUIRED, Field, SchemaError, boolean, integer, number, optional, string
+
+
+@dataclass
+class Dataset:
+    """Images and integer labels of a train and a test split.
+
+    Shape:
+        x_train: (N_train, C, H, W), any real dtype (uint8 stays uint8 until a batch is taken)
+        y_train: (N_train,) int64 in [0, n_classes)
+        x_test:  (N_test, C, H, W)
+        y_test:  (N_test,)
+    A batch is ``x[i:j].astype(dtype) * scale``.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    scale: float = 1.0
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        return (self.x_train, self.y_train) if which == "train" else (self.x_test, self.y_test)
+
+    def images(self, x: np.ndarray, dtype) -> np.ndarray:
+        """Images as the network takes them: cast to ``dtype`` and scaled (no copy when
+        they already are)."""
+        b = x.astype(dtype, copy=False)
+        if self.scale != 1.0:
+            b = b * np.asarray(self.scale, dtype=dtype)
+        return b
+
+
+def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
+    """labels: (N,) -> (N, n_classes)"""
+    out = np.zeros((len(labels), n_classes), dtype=dtype)
+    out[np.arange(len(labels)), labels] = 1
+    return out
+
+
+def _fraction(v):
+    return number(0.0, strict=True, maximum=1.0, max_strict=True)(v)
+
+
+def _path(v):
+    string(v)
+    return v
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    fields: dict[str, Field]
+    describe: Callable[[dict], tuple[tuple, int]]  # (C, H, W) and the number of classes, cheaply
+    load: Callable[[dict, int], Dataset]
+    help: str
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 0])  # stream 0: data; 1: initialisation; 2: shuffling
+
+
+# ---------------------------------------------------------------- shapes
+def _load_shapes(cfg: dict, seed: int) -> Dataset:
+    from cnncli.data.shapes import CLASS_NAMES, make_shapes
+    from cnncli.data.split import train_test_indices
+
+    rng = _rng(seed)
+    x, y = make_shapes(cfg["n"], cfg["noise"], rng)
+    tr, te = train_test_indices(len(y), cfg["test_size"], rng, y if cfg["stratify"] else None)
+    return Dataset("shapes", x[tr], y[tr], x[te], y[te], list(CLASS_NAMES))
+
+
+# ---------------------------------------------------------------- digits
+def _load_digits(cfg: dict, seed: int) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    from cnncli.data.split import train_test_indices
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
+    y = bunch.target.astype(np.int64)
+    tr, te = train_test_indices(len(y), cfg["test_size"], _rng(seed), y)
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], [str(d) for d in range(10)], 1 / 16)
+
+
+# ---------------------------------------------------------------- mnist
+def _load_mnist(cfg: dict, seed: int) -> Dataset:
+    from cnncli.data.mnist import load_mnist
+
+    x_tr, y_tr, x_te, y_te = load_mnist(cfg["path"])
+    return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255)
+
+
+# ---------------------------------------------------------------- npz
+def _describe_npz(cfg: dict):
+    ds = _load_npz(cfg, 0)
+    return ds.input_shape, ds.n_classes
+
+
+def _load_npz(cfg: dict, seed: int) -> Dataset:
+    from cnncli.data.npz import load_npz
+
+    return load_npz(Path(cfg["path"]))
+
+
+DATASETS: dict[str, DatasetKind] = {
+    "shapes": DatasetKind(
+        {"n": Field(500, integer(2)), "noise": Field(0.25, number(0.0, strict=False)),
+         "test_size": Field(0.33, _fraction), "stratify": Field(False, boolean)},
+        lambda cfg: ((1, 3, 3), 4), _load_shapes,
+        "the seed's four 3x3 shapes plus uniform noise, generated from the seed"),
+    "digits": DatasetKind(
+        {"test_size": Field(0.25, _fraction)},
+        lambda cfg: ((1, 8, 8), 10), _load_digits,
+        "scikit-learn's 8x8 handwritten digits (1,797 images, ships with scikit-learn)"),
+    "mnist": DatasetKind(
+        {"path": Field(None, optional(_path))},
+        lambda cfg: ((1, 28, 28), 10), _load_mnist,
+        "MNIST 28x28 digits from the four IDX files (downloaded to the cache when missing)"),
+    "npz": DatasetKind(
+        {"path": Field(REQUIRED, _path)},
+        _describe_npz, _load_npz,
+        "your own arrays: x_train, y_train, x_test, y_test in a .npz"),
+}
+
+COMMON_FIELDS = {"limit": Field(None, optional(integer(1)))}
+
+
+def dataset_fields(name: str) -> dict[str, Field]:
+    return {**DATASETS[name].fields, **COMMON_FIELDS}
+
+
+def load_dataset(cfg: dict, seed: int) -> Dataset:
+    """cfg: the resolved ``data:`` section. ``limit`` keeps the first N training samples."""
+    ds = DATASETS[cfg["name"]].load(cfg, seed)
+    limit = cfg.get("limit")
+    if limit is not None:
+        ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]
+    if len(ds.y_train) == 0 or len(ds.y_test) == 0:
+        raise DataError(f"data ({cfg['name']}): the train and test splits must each hold at least "
+                        f"one sample, got {len(ds.y_train)} and {len(ds.y_test)}")
+    return ds
+
+
+__all__ = ["Dataset", "DATASETS", "load_dataset", "one_hot", "dataset_fields", "SchemaError"]

@@ -1,0 +1,102 @@
+"""Your own arrays: a .npz holding x_train, y_train, x_test, y_test (as `cnn generate-shapes` writes)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path: Path):
+    """Load and check the arrays; images (N, H, W) gain a channel axis, one-hot labels become
+    integers. Raises DataError naming the file and the problem."""
+    from cnncli.data import Dataset
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise DataError(f"{path}: is a single .npy array, expected a .npz with {', '.join(KEYS)}")
+            missing = [k for k in KEYS if k not in f.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
+                                f"{', '.join(f.files) or 'none'}")
+            arrays = {k: f[k] for k in KEYS}
+            names = [str(s) for s in f["class_names"]] if "class_names" in f.files else None
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise DataError(f"{path}: holds object arrays (pickled Python objects), which cnncli "
+                            "never loads; save plain numeric arrays") from None
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+
+    x_tr, x_te = (_images(path, k, arrays[k]) for k in ("x_train", "x_test"))
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"{path}: x_train images are {'x'.join(map(str, x_tr.shape[1:]))} but x_test "
+                        f"images are {'x'.join(map(str, x_te.shape[1:]))}; they must agree")
+    n_classes_hint = len(names) if names else None
+    y_tr = _labels(path, "y_train", arrays["y_train"], len(x_tr))
+    y_te = _labels(path, "y_test", arrays["y_test"], len(x_te))
+    n_classes = int(max(y_tr.max(initial=-1), y_te.max(initial=-1))) + 1
+    for key in ("y_train", "y_test"):
+        a = arrays[key]
+        if a.ndim == 2:
+            n_classes = max(n_classes, a.shape[1])
+    if n_classes_hint is not None:
+        if n_classes > n_classes_hint:
+            raise DataError(f"{path}: labels go up to {n_classes - 1}, but class_names has only "
+                            f"{n_classes_hint} names")
+        n_classes = n_classes_hint
+    if len(x_tr) == 0 or len(x_te) == 0:
+        raise DataError(f"{path}: x_train and x_test must each hold at least one image, got "
+                        f"{len(x_tr)} and {len(x_te)}")
+    names = names or [str(i) for i in range(n_classes)]
+    scale = 1 / 255 if x_tr.dtype == np.uint8 else 1.0
+    return Dataset(path.stem, x_tr, y_tr, x_te, y_te, names, scale)
+
+
+def _images(path, key, a):
+    if a.dtype.kind not in "uif" or a.dtype == np.float16:
+        raise DataError(f"{path}: {key} must hold numbers (uint8, integers or floats), got dtype {a.dtype}")
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4:
+        raise DataError(f"{path}: {key} must have shape (N, H, W) or (N, C, H, W), got {a.shape}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = int(np.size(a) - np.isfinite(a).sum())
+        raise DataError(f"{path}: {key} holds {bad} NaN or infinite value(s)")
+    if a.dtype.kind in "iu" and a.dtype != np.uint8:
+        a = a.astype(np.float64)
+    return a
+
+
+def _labels(path, key, a, n):
+    if a.ndim == 2:  # one-hot
+        if a.dtype.kind not in "uifb" or not np.isfinite(a).all() or not np.isin(a, (0, 1)).all() \
+                or not (a.sum(axis=1) == 1).all():
+            raise DataError(f"{path}: {key} is 2-D, so it must be one-hot (0/1, one 1 per row)")
+        a = a.argmax(axis=1)
+    if a.ndim != 1:
+        raise DataError(f"{path}: {key} must have shape (N,) or (N, classes), got {a.shape}")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all() or not (a == np.round(a)).all():
+            raise DataError(f"{path}: {key} must hold integer class labels, found non-integer values")
+    elif a.dtype.kind not in "iu":
+        raise DataError(f"{path}: {key} must hold integer class labels, got dtype {a.dtype}")
+    if len(a) != n:
+        raise DataError(f"{path}: {key} has {len(a)} labels but there are {n} images")
+    if len(a) and a.min() < 0:
+        raise DataError(f"{path}: {key} holds a negative label ({int(a.min())}); labels must be 0, 1, ...")
+    return a.astype(np.int64)

@@ -1,0 +1,37 @@
+"""The errors cnncli raises on bad input. The CLI turns each into one line on stderr."""
+
+
+class CnnError(Exception):
+    """Base class: a problem the user can fix, with a message that says where and what."""
+
+
+class ConfigError(CnnError):
+    """A config file (or a layer spec, or a CLI override) is not valid."""
+
+    def __init__(self, problems, source=None):
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems = list(problems)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            message = prefix + self.problems[0]
+        else:
+            message = f"{prefix}{len(self.problems)} problems: " + "; ".join(self.problems)
+        super().__init__(message)
+
+
+class CheckpointError(CnnError):
+    """A checkpoint file is missing, corrupt, or does not fit the network."""
+
+
+class DataError(CnnError):
+    """A dataset file is missing, corrupt, or holds arrays of the wrong kind."""
+
+
+class TrainingError(CnnError):
+    """Training cannot go on (a non-finite loss, say)."""
+
+
+class RunDirError(CnnError):
+    """A run directory cannot be used (exists already, locked, not writable)."""

@@ -1,0 +1,80 @@
+"""Element-wise activations and softmax. None has parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli.layers.base import Layer, register
+
+
+@register("relu")
+class ReLU(Layer):
+    """``max(x, 0)``; the gradient at exactly 0 is taken as 0.
+
+    Shape: out has the shape of x.
+    """
+
+    def forward(self, x):
+        self._mask = x > 0
+        return np.maximum(x, 0)
+
+    def backward(self, dout):
+        if not self.needs_input_grad:
+            return None
+        return dout * self._mask
+
+
+@register("sigmoid")
+class Sigmoid(Layer):
+    """``1 / (1 + exp(-x))``, computed without overflow for any finite x (SciPy's expit).
+
+    Shape: out has the shape of x.
+    """
+
+    def forward(self, x):
+        from scipy.special import expit
+
+        self._out = expit(x)
+        return self._out
+
+    def backward(self, dout):
+        if not self.needs_input_grad:
+            return None
+        out = self._out
+        return dout * out * (1 - out)
+
+
+@register("tanh")
+class Tanh(Layer):
+    """Hyperbolic tangent. Shape: out has the shape of x."""
+
+    def forward(self, x):
+        self._out = np.tanh(x)
+        return self._out
+
+    def backward(self, dout):
+        if not self.needs_input_grad:
+            return None
+        return dout * (1 - self._out * self._out)
+
+
+@register("softmax")
+class Softmax(Layer):
+    """Softmax over the last axis, shifted by the row maximum so that no logit overflows.
+
+    Shape:
+        x:   (N, K)
+        out: (N, K), rows summing to 1
+    """
+
+    def forward(self, x):
+        z = x - x.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        self._out = e / e.sum(axis=-1, keepdims=True)
+        return self._out
+
+    def backward(self, dout):
+        if not self.needs_input_grad:
+            return None
+        s = self._out
+        return s * (dout - (dout * s).sum(axis=-1, keepdims=True))

@@ -1,0 +1,150 @@
+"""The layer contract and the registry that maps a config's ``type:`` to a layer class."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import numbers
+
+import numpy as np
+
+from cnncli.errors import ConfigError
+
+LAYERS: dict[str, type["Layer"]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a layer buildable from a spec ``{type: name, ...}``."""
+
+    def add(cls):
+        if name in LAYERS:
+            raise ValueError(f"layer type {name!r} is already registered")
+        LAYERS[name] = cls
+        cls.type_name = name
+        return cls
+
+    return add
+
+
+def layer_class(name) -> type["Layer"]:
+    """The registered class for ``name``; an unknown name lists the known ones."""
+    if isinstance(name, str) and name in LAYERS:
+        return LAYERS[name]
+    known = ", ".join(sorted(LAYERS))
+    close = difflib.get_close_matches(str(name), list(LAYERS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown layer type {name!r}{hint}; known types: {known}")
+
+
+class Layer:
+    """One step of the network.
+
+    ``params`` and ``grads`` have the same keys and shapes; ``backward`` writes ``grads``
+    and the optimizer updates ``params`` in place. Shapes given without the batch axis
+    (``in_shape``) describe one sample.
+    """
+
+    type_name = "layer"
+    # Set to False by the network on its first layer: nobody uses that input gradient.
+    needs_input_grad: bool = True
+
+    def __init__(self):
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def from_spec(cls, spec: dict, in_shape: tuple, rng: np.random.Generator, dtype) -> "Layer":
+        """Build from a config spec (without ``type``), given the previous output shape."""
+        check_keys(cls, spec)
+        return cls(**spec)
+
+    @classmethod
+    def spec_keys(cls) -> list[str]:
+        """The keys a spec for this layer may hold (its constructor's arguments)."""
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p not in ("self", "rng", "dtype")]
+
+    def output_shape(self, in_shape: tuple) -> tuple:
+        """Per-sample output shape for a per-sample input shape (no batch axis)."""
+        return tuple(in_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The spec that rebuilds this layer (hyperparameters only)."""
+        return {}
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_keys(cls, spec: dict, extra: tuple = ()) -> None:
+    """Refuse keys the layer does not take, suggesting the closest known key."""
+    known = list(cls.spec_keys()) + list(extra)
+    for key in spec:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            allowed = ", ".join(known) if known else "none"
+            raise ConfigError(f"unknown key {key!r}{hint}; {cls.type_name} takes: {allowed}")
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    """An integer >= minimum (bools are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value, minimum: float = 0.0, strict: bool = True) -> float:
+    """A finite real number > minimum (or >= minimum when not strict)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        rel = ">" if strict else ">="
+        raise ConfigError(f"{name} must be a number {rel} {minimum:g}, got {value!r}")
+    return float(value)
+
+
+INITS = ("normal", "he", "xavier")
+
+
+def check_init(init, std) -> tuple[str, float | None]:
+    if init not in INITS:
+        close = difflib.get_close_matches(str(init), INITS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}{hint}")
+    if std is not None:
+        if init != "normal":
+            raise ConfigError(f"std applies to init 'normal' only, not {init!r}")
+        std = check_float("std", std)
+    return init, std
+
+
+def init_weights(rng, shape, fan_in, fan_out, init, std, default_std, dtype):
+    """Draw a weight array. ``normal``: N(0, std^2) (the seed's scheme); ``he``: N(0, 2/fan_in);
+    ``xavier``: N(0, 2/(fan_in + fan_out))."""
+    if init == "normal":
+        scale = default_std if std is None else std
+    elif init == "he":
+        scale = np.sqrt(2.0 / fan_in)
+    else:
+        scale = np.sqrt(2.0 / (fan_in + fan_out))
+    return (rng.standard_normal(shape) * scale).astype(dtype, copy=False)
+
+
+def init_bias(rng, shape, init, std, default_std, dtype):
+    """The seed draws biases like weights (``normal``); ``he`` and ``xavier`` start them at 0."""
+    if init == "normal":
+        scale = default_std if std is None else std
+        return (rng.standard_normal(shape) * scale).astype(dtype, copy=False)
+    return np.zeros(shape, dtype=dtype)

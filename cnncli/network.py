@@ -1,0 +1,154 @@
+"""Building the layer stack from config specs, and running forward/backward over it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cnncli.errors import CheckpointError, ConfigError
+from cnncli.layers import LAYERS, Layer, layer_class
+from cnncli.layers.base import check_keys
+
+
+class Network:
+    """A stack of layers run in order.
+
+    ``forward(x)`` returns the last layer's output; ``backward(dout)`` fills every layer's
+    ``grads`` (the first layer skips the input gradient nobody uses).
+    """
+
+    def __init__(self, layers: list[Layer], input_shape: tuple | None = None,
+                 specs: list[dict] | None = None):
+        self.layers = list(layers)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.specs = specs
+        for i, layer in enumerate(self.layers):
+            layer.needs_input_grad = i > 0
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dout: np.ndarray) -> None:
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+            if dout is None:
+                break
+
+    def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """Forward in chunks of ``batch_size``; returns (N, n_outputs)."""
+        outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs)
+
+    def parameters(self):
+        """Yields ``(key, param, grad)`` for every parameter, key ``layers.<i>.<name>``."""
+        for i, layer in enumerate(self.layers):
+            for name, p in layer.params.items():
+                yield f"layers.{i}.{name}", p, layer.grads[name]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        return {key: p for key, p, _ in self.parameters()}
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        return {key: g for key, _, g in self.parameters()}
+
+    def num_params(self) -> int:
+        return sum(layer.num_params() for layer in self.layers)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters as plain arrays (copies), keyed ``layers.<index>.<param>``."""
+        return {key: p.copy() for key, p, _ in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy parameters in place, checking that keys, shapes and dtypes match exactly."""
+        own = self.params
+        missing = sorted(set(own) - set(state))
+        extra = sorted(set(state) - set(own))
+        if missing or extra:
+            raise CheckpointError(f"parameters do not match the network: missing {missing or 'none'}, "
+                                  f"unexpected {extra or 'none'}")
+        for key, p in own.items():
+            a = np.asarray(state[key])
+            if a.shape != p.shape:
+                raise CheckpointError(f"{key} has shape {a.shape}, the network expects {p.shape}")
+            if a.dtype != p.dtype:
+                raise CheckpointError(f"{key} has dtype {a.dtype}, the network expects {p.dtype}")
+        for key, p in own.items():
+            p[...] = state[key]
+
+    def summary(self) -> list[dict]:
+        """One row per layer: index, type, output shape (per sample), parameter count."""
+        rows, shape = [], self.input_shape
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape) if shape is not None else None
+            rows.append({"index": i, "type": layer.type_name, "output_shape": shape,
+                         "params": layer.num_params()})
+        return rows
+
+    @property
+    def output_shape(self):
+        shape = self.input_shape
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+
+def build_network(specs, input_shape, rng=None, dtype=np.float64, impl=None) -> Network:
+    """Build a Network from config specs such as ``{"type": "conv2d", "out_channels": 4,
+    "kernel_size": 2}``, inferring ``in_channels``/``in_features`` from the previous layer.
+
+    input_shape: one sample's shape, (C, H, W). Every problem is reported at once as a
+    ConfigError naming ``network[i] (type)``. ``impl`` sets every conv layer's implementation.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    dtype = np.dtype(dtype)
+    if not isinstance(specs, list) or not specs:
+        raise ConfigError("network: must be a non-empty list of layers, got "
+                          f"{'an empty list' if specs == [] else repr(specs)}")
+    problems, layers, resolved = [], [], []
+    shape = tuple(int(d) for d in input_shape)
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            problems.append(f"network[{i}]: must be a mapping like {{type: relu}}, got {spec!r}")
+            shape = None
+            continue
+        kind = spec.get("type")
+        where = f"network[{i}] ({kind})" if isinstance(kind, str) else f"network[{i}]"
+        if "type" not in spec:
+            problems.append(f"{where}: missing key 'type'; known types: {', '.join(sorted(LAYERS))}")
+            shape = None
+            continue
+        args = {k: v for k, v in spec.items() if k != "type"}
+        try:
+            cls = layer_class(kind)
+            if shape is None:  # an earlier layer failed: check the keys only
+                check_keys(cls, args)
+                continue
+            build_args = dict(args)
+            if impl is not None and "impl" in cls.spec_keys():
+                build_args["impl"] = impl
+            layer = cls.from_spec(build_args, shape, rng, dtype)
+            shape = layer.output_shape(shape)
+        except ConfigError as exc:
+            problems.append(f"{where}: {exc}")
+            shape = None
+            continue
+        except TypeError as exc:  # a required argument is missing
+            problems.append(f"{where}: {_missing_arg(exc)}")
+            shape = None
+            continue
+        layers.append(layer)
+        resolved.append({"type": kind, **args, **layer.config()})
+    if problems:
+        raise ConfigError(problems)
+    return Network(layers, input_shape, resolved)
+
+
+def _missing_arg(exc: TypeError) -> str:
+    text = str(exc)
+    if "missing" in text and "argument" in text:
+        names = text.split(":", 1)[-1].strip()
+        return f"missing required key(s) {names}"
+    return text

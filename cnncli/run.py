@@ -1,0 +1,142 @@
+"""A run directory: config.yaml, metrics.csv, last.npz, best.npz, train.log and a lock.
+
+Nothing is ever overwritten by a new run: a new run needs a missing or empty directory, and
+``--resume`` continues the run a directory holds, under an exclusive lock."""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+import time
+from pathlib import Path
+
+from cnncli.checkpoint import save_checkpoint
+from cnncli.config import dump_config
+from cnncli.errors import RunDirError
+from cnncli.train import METRIC_COLUMNS
+
+LOCK_NAME = ".lock"
+
+
+def default_run_dir(config_path, root="runs") -> Path:
+    """``runs/<config stem>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that exists."""
+    base = Path(root) / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{base.name}-{k}")
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    """The CSV text of metrics rows; floats written with ``repr`` (exact, reproducible)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(METRIC_COLUMNS)
+    for row in rows:
+        w.writerow([row[c] if not isinstance(row[c], float) else repr(row[c]) for c in METRIC_COLUMNS])
+    return buf.getvalue()
+
+
+class RunDir:
+    """One run's directory, locked for as long as this object lives (``close`` releases it)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock_file = None
+
+    @classmethod
+    def create(cls, path, cfg: dict) -> "RunDir":
+        path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: exists and is not a directory")
+        if path.is_dir() and any(path.iterdir()):
+            raise RunDirError(f"{path}: run directory exists and is not empty; choose another "
+                              f"--run-dir, or continue that run with: cnn train --resume {path}")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from None
+        run = cls(path)
+        run.lock()
+        run.write("config.yaml", dump_config(cfg))
+        run.write("metrics.csv", metrics_csv([]))
+        return run
+
+    @classmethod
+    def open_existing(cls, path) -> "RunDir":
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"{path}: no such run directory")
+        if not (path / "config.yaml").is_file():
+            raise RunDirError(f"{path}: not a cnncli run directory (no config.yaml)")
+        run = cls(path)
+        run.lock()
+        return run
+
+    def lock(self) -> None:
+        try:
+            f = open(self.path / LOCK_NAME, "a+")
+        except OSError as exc:
+            raise RunDirError(f"{self.path}: cannot write in the run directory "
+                              f"({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise RunDirError(f"{self.path}: another cnn train is using this run directory "
+                              "(it is locked); wait for it to finish") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    def write(self, name: str, text: str) -> None:
+        try:
+            write_text_atomic(self.path / name, text)
+        except OSError as exc:
+            raise RunDirError(f"{self.path / name}: cannot write ({exc.strerror or exc}); "
+                              "the previous version is intact") from None
+
+    def save_epoch(self, trainer, extra_meta: dict, is_best: bool) -> None:
+        """After an epoch: last.npz (and best.npz), then metrics.csv, each written atomically."""
+        arrays, meta = trainer.state()
+        meta = {**extra_meta, **meta}
+        names = ["last.npz"] + (["best.npz"] if is_best else [])
+        for name in names:
+            try:
+                save_checkpoint(self.path / name, arrays, meta)
+            except OSError as exc:
+                raise RunDirError(f"{self.path / name}: cannot write the checkpoint "
+                                  f"({exc.strerror or exc}); the previous one is intact") from None
+        self.write("metrics.csv", metrics_csv(trainer.history))
+
+    def log(self, text: str) -> None:
+        try:
+            with open(self.path / "train.log", "a", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError as exc:
+            raise RunDirError(f"{self.path / 'train.log'}: cannot write ({exc.strerror or exc})") from None

@@ -1,0 +1,175 @@
+"""The training loop. It reports through callbacks and never prints."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from cnncli.data import Dataset, load_dataset, one_hot
+from cnncli.errors import TrainingError
+from cnncli.losses import CrossEntropyLoss, MSELoss
+from cnncli.network import Network, build_network
+from cnncli.optim import SGD, Adam
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+                  "learning_rate"]
+EVAL_BATCH = 250  # samples per forward pass when evaluating (bounds memory)
+
+
+class Interrupted(Exception):
+    """Training was asked to stop (Ctrl-C); the last finished epoch is intact."""
+
+
+def make_loss(training: dict, net: Network):
+    if training["loss"] == "mse":
+        return MSELoss()
+    return CrossEntropyLoss(from_logits=net.layers[-1].type_name != "softmax")
+
+
+def make_optimizer(training: dict):
+    opt = dict(training["optimizer"])
+    name = opt.pop("name")
+    cls = {"sgd": SGD, "adam": Adam}[name]
+    return cls(learning_rate=training["learning_rate"], **opt)
+
+
+def learning_rate_at(training: dict, epoch: int) -> float:
+    """The rate used during ``epoch`` (1-based) under the configured schedule."""
+    base = training["learning_rate"]
+    sched = training["schedule"] or {"name": "constant"}
+    if sched["name"] == "step":
+        return base * sched["gamma"] ** ((epoch - 1) // sched["step_size"])
+    if sched["name"] == "cosine":
+        total = training["epochs"]
+        lo = sched["min_lr"]
+        return lo + 0.5 * (base - lo) * (1 + math.cos(math.pi * (epoch - 1) / max(total, 1)))
+    return base
+
+
+def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
+    """Mean loss, accuracy and predictions of ``net`` on one split, in chunks of EVAL_BATCH."""
+    x, y = data.split(split)
+    total, preds = 0.0, np.empty(len(y), dtype=np.int64)
+    for i in range(0, len(y), EVAL_BATCH):
+        xb = data.images(x[i:i + EVAL_BATCH], dtype)
+        yb = y[i:i + EVAL_BATCH]
+        out = net.forward(xb)
+        total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
+        preds[i:i + len(yb)] = out.argmax(axis=1)
+    return {"loss": total / len(y), "accuracy": float((preds == y).mean()), "predictions": preds}
+
+
+class Trainer:
+    """Owns the network, the optimizer and all training state of one run.
+
+    ``epoch`` counts finished epochs; ``history`` holds one metrics row per finished epoch.
+    All randomness comes from the config's seed: stream 0 data, 1 initialisation, 2 shuffling.
+    """
+
+    def __init__(self, cfg: dict, data: Dataset | None = None):
+        self.cfg = cfg
+        t = cfg["training"]
+        self.dtype = np.dtype(t["dtype"])
+        self.data = data if data is not None else load_dataset(cfg["data"], cfg["seed"])
+        init_rng = np.random.default_rng([cfg["seed"], 1])
+        self.net = build_network(cfg["network"], self.data.input_shape, init_rng, self.dtype,
+                                 impl=t["impl"])
+        self.loss = make_loss(t, self.net)
+        self.optimizer = make_optimizer(t)
+        self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        self.epoch = 0
+        self.history: list[dict] = []
+        self.best = {"epoch": 0, "test_accuracy": -1.0}
+        self.early = {"best_loss": math.inf, "bad_epochs": 0}
+        self.stop_requested = False
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg["training"]["epochs"]
+
+    def should_stop_early(self) -> bool:
+        es = self.cfg["training"]["early_stopping"]
+        return es is not None and self.early["bad_epochs"] >= es["patience"]
+
+    def train_epoch(self, on_batch: Callable | None = None) -> dict:
+        """Run one epoch of minibatch SGD, evaluate, and return its metrics row."""
+        t = self.cfg["training"]
+        epoch = self.epoch + 1
+        start = time.perf_counter()
+        lr = learning_rate_at(t, epoch)
+        self.optimizer.learning_rate = lr
+        x, y = self.data.x_train, self.data.y_train
+        n, bs = len(y), t["batch_size"]
+        order = self.shuffle_rng.permutation(n) if t["shuffle"] else None
+        n_batches = -(-n // bs)
+        loss_sum, correct = 0.0, 0
+        for b in range(n_batches):
+            if self.stop_requested:
+                raise Interrupted()
+            sl = slice(b * bs, min((b + 1) * bs, n))
+            idx = order[sl] if order is not None else sl
+            xb = self.data.images(x[idx], self.dtype)
+            yb = y[idx]
+            target = one_hot(yb, self.data.n_classes, self.dtype)
+            out = self.net.forward(xb)
+            batch_loss = self.loss(out, target)
+            if not math.isfinite(batch_loss):
+                raise TrainingError(
+                    f"epoch {epoch}, batch {b + 1}/{n_batches}: the loss is {batch_loss} (not "
+                    f"finite), so training diverged; try a lower learning rate (this epoch "
+                    f"used {lr:g})")
+            correct += int((out.argmax(axis=1) == yb).sum())
+            loss_sum += batch_loss * len(yb)
+            self.net.backward(self.loss.gradient(out, target))
+            self.optimizer.step(self.net)
+            if on_batch is not None:
+                on_batch(b + 1, n_batches, batch_loss)
+        test = evaluate(self.net, self.loss, self.data, "test", self.dtype)
+        if not math.isfinite(test["loss"]):
+            raise TrainingError(f"epoch {epoch}: the test loss is {test['loss']} (not finite); "
+                                f"try a lower learning rate (this epoch used {lr:g})")
+        row = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
+               "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+               "seconds": time.perf_counter() - start, "learning_rate": lr}
+        self.epoch = epoch
+        self.history.append(row)
+        if row["test_accuracy"] > self.best["test_accuracy"]:
+            self.best = {"epoch": epoch, "test_accuracy": row["test_accuracy"]}
+        es = t["early_stopping"]
+        if es is not None:
+            if row["test_loss"] < self.early["best_loss"] - es["min_delta"]:
+                self.early = {"best_loss": row["test_loss"], "bad_epochs": 0}
+            else:
+                self.early["bad_epochs"] += 1
+        return row
+
+    # ------------------------------------------------------------ checkpoint state
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and JSON-able metadata from which ``load_state`` restores this exact point."""
+        arrays = self.net.state_dict()
+        arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
+        meta = {
+            "epoch": self.epoch,
+            "metrics": self.history[-1] if self.history else None,
+            "history": self.history,
+            "best": self.best,
+            "early_stopping": self.early,
+            "rng_state": self.shuffle_rng.bit_generator.state,
+        }
+        return arrays, meta
+
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        params = {k: v for k, v in arrays.items() if k.startswith("layers.")}
+        self.net.load_state_dict(params)
+        self.optimizer.load_state_dict({k[len("optimizer."):]: v for k, v in arrays.items()
+                                        if k.startswith("optimizer.")})
+        self.epoch = int(meta["epoch"])
+        self.history = list(meta.get("history") or [])[: self.epoch]
+        self.best = dict(meta.get("best") or self.best)
+        self.early = dict(meta.get("early_stopping") or self.early)
+        state = meta.get("rng_state")
+        if state is not None:
+            self.shuffle_rng.bit_generator.state = state
