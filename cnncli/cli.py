@@ -543,5 +543,5 @@ def main():
     app()
 
 
-if __name__ == "__main__":
-    main()
+# Commands kept in their own modules register themselves on ``app`` when imported.
+from cnncli import cli_data, cli_plots  # noqa: E402,F401
