@@ -57,7 +57,8 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: is empty, not a cnncli checkpoint")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a cnncli checkpoint (not an .npz archive; truncated or corrupt?)")
+        raise CheckpointError(f"{path}: not a cnncli checkpoint: corrupt or truncated, or not an "
+                              ".npz archive at all")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

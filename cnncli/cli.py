@@ -188,8 +188,6 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 
 
 def _fit(cfg, run, config_name, resume, quiet):
-    import time
-
     import numpy as np
 
     from cnncli.checkpoint import load_checkpoint
@@ -238,7 +236,8 @@ def _fit(cfg, run, config_name, resume, quiet):
     limiter = _thread_limit(cfg["training"]["threads"])
     sparks = []
     try:
-        with limiter:
+        # A diverging run overflows on its way to the non-finite loss that stops it: no warnings.
+        with limiter, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while trainer.epoch < trainer.epochs and not trainer.should_stop_early():
                 row = _run_epoch(trainer, out, interactive)
                 is_best = trainer.best["epoch"] == row["epoch"]
