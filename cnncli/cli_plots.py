@@ -1,5 +1,66 @@
-"""Picture commands: ``cnn plot`` and ``cnn show-kernels`` (registered on the main app by cli.py)."""
+"""Picture commands: ``cnn plot`` and ``cnn show-kernels`` (registered on the main app by cli.py).
+
+matplotlib loads inside the commands only (through cnncli.plots), never when the CLI starts."""
 
 from __future__ import annotations
 
-from cnncli.cli import app  # noqa: F401
+from pathlib import Path
+from typing import List
+
+import typer
+from typing_extensions import Annotated
+
+from cnncli.cli import _console, app, cli_errors
+
+
+@app.command("plot")
+def plot_cmd(
+    run_dirs: Annotated[List[Path], typer.Argument(
+        help="Run directories (each holds metrics.csv).", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The picture to write (.png; .svg and .pdf work too).")] = Path("plot.png"),
+):
+    """Draw the loss and accuracy curves of one or more runs in one figure.
+
+    One colour per run, named after its directory; solid lines are training, dashed lines test,
+    a star marks each run's best test accuracy. Only each run's metrics.csv is read, so a run
+    still training, or interrupted, can be plotted too.
+
+    Examples:
+
+      cnn plot runs/shapes-20260101-120000
+
+      cnn plot runs/shapes-a runs/shapes-b --out compare.png
+    """
+    with cli_errors():
+        from cnncli.plots import plot_runs
+
+        written = plot_runs(out, run_dirs)
+        n = len(run_dirs)
+        _console().print(f"Wrote {written} ({n} run{'s' if n != 1 else ''})", markup=False,
+                         soft_wrap=True)
+
+
+@app.command("show-kernels")
+def show_kernels(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A checkpoint .npz (a run's last.npz or best.npz).", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The picture to write (.png; .svg and .pdf work too).")] = Path("kernels.png"),
+):
+    """Draw the learned kernels of every conv2d layer of a checkpoint as small images.
+
+    One row per output channel, one column per input channel; red is positive, blue negative,
+    white 0 (one symmetric colour scale per layer).
+
+    Example: cnn show-kernels runs/shapes-20260101-120000/best.npz --out kernels.png
+    """
+    with cli_errors():
+        from cnncli.checkpoint import load_network
+        from cnncli.plots import plot_kernels
+
+        net, cfg, meta, _ = load_network(checkpoint)
+        name = meta.get("config_name") or checkpoint.parent.name
+        written = plot_kernels(out, net, f"{checkpoint}: {name}, epoch {meta['epoch']}",
+                               source=str(checkpoint))
+        _console().print(f"Wrote {written}", markup=False, soft_wrap=True)
