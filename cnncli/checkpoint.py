@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from cnncli import __version__
 from cnncli.errors import CheckpointError, CnnError
+from cnncli.schema import short_repr
 
 FORMAT_VERSION = 1
 
@@ -56,19 +56,31 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint .npz file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: is empty, not a cnncli checkpoint")
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise CheckpointError(f"{path}: not a cnncli checkpoint (a single array, not an .npz)")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a cnncli checkpoint: corrupt or truncated, or not an "
                               ".npz archive at all")
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise CheckpointError(f"{path}: not a cnncli checkpoint (a single array, not an .npz)")
             arrays = {k: f[k] for k in f.files}
+        odd = [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]
+        if odd:
+            raise CheckpointError(f"{path}: not a cnncli checkpoint: {short_repr(odd[0])} in the "
+                                  "archive is not a NumPy array (.npy)")
+    except CheckpointError:
+        raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise CheckpointError(f"{path}: holds object arrays (pickled Python objects), which "
                                   "cnncli never loads") from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: zip, npy
+        # header (even a tokenize error), zlib, a huge announced shape (MemoryError)
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_one_line(exc)})") from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
         raise CheckpointError(f"{path}: not a cnncli checkpoint (no 'meta' entry)")
@@ -77,25 +89,123 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         meta = json.loads(str(meta_arr))
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: 'meta' is not valid JSON ({exc})") from None
+        raise CheckpointError(f"{path}: 'meta' is not valid JSON ({_one_line(exc)})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{path}: not a cnncli checkpoint ('meta' has no format_version)")
     version = meta["format_version"]
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if not _is_int(version):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {short_repr(version)}")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written in checkpoint format {version} by a newer cnncli "
-                              f"({meta.get('cnncli_version', '?')}); this cnncli {__version__} "
-                              f"reads format {FORMAT_VERSION}: upgrade cnncli")
+                              f"({short_repr(meta.get('cnncli_version', '?'))}); this cnncli "
+                              f"{__version__} reads format {FORMAT_VERSION}: upgrade cnncli")
     for key in ("config", "epoch", "input_shape", "class_names"):
         if key not in meta:
             raise CheckpointError(f"{path}: 'meta' lacks {key!r}")
-    if not isinstance(meta["epoch"], int) or meta["epoch"] < 0:
-        raise CheckpointError(f"{path}: 'meta' epoch must be an integer >= 0, got {meta['epoch']!r}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{path}: 'meta' {problem}")
     for k, a in arrays.items():
         if a.dtype.kind != "f" and not k.startswith("optimizer."):
-            raise CheckpointError(f"{path}: {k} has dtype {a.dtype}, expected floats")
+            raise CheckpointError(f"{path}: {_name(k)} has dtype {a.dtype}, expected floats")
+        if a.dtype.kind not in "fiu" or a.dtype.itemsize > 8:
+            raise CheckpointError(f"{path}: {_name(k)} has dtype {a.dtype}, expected numbers")
     return arrays, meta
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _name(key: str) -> str:
+    """An archive member's name as printed: as is, or quoted when it holds odd characters."""
+    return key if key.isprintable() and len(key) <= 100 else short_repr(key, 100)
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with the types of a checkpoint's ``meta`` (None when nothing is): every
+    field a reader uses is checked here, so a damaged or hand-edited file fails on load, by name,
+    and never later with a TypeError."""
+    from cnncli.config import structure_problems
+    from cnncli.train import METRIC_COLUMNS
+
+    if not isinstance(meta["config"], dict):
+        return f"config must be a mapping, got {short_repr(meta['config'])}"
+    nested = structure_problems(meta["config"])
+    if nested:
+        return f"config is not valid: {nested[0]}"
+    if not _is_int(meta["epoch"]) or meta["epoch"] < 0:
+        return f"epoch must be an integer >= 0, got {short_repr(meta['epoch'])}"
+    shape = meta["input_shape"]
+    if not isinstance(shape, list) or not 1 <= len(shape) <= 4 \
+            or not all(_is_int(d) and 1 <= d <= 2**31 for d in shape):
+        return f"input_shape must be a list of 1 to 4 positive integers, got {short_repr(shape)}"
+    names = meta["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return f"class_names must be a non-empty list of strings, got {short_repr(names)}"
+    history = meta.get("history")
+    if history is not None:
+        if not isinstance(history, list) or len(history) < meta["epoch"]:
+            return (f"history must be a list of at least epoch ({meta['epoch']}) rows, got "
+                    f"{short_repr(history)}")
+        for i, row in enumerate(history[: meta["epoch"]]):
+            if not isinstance(row, dict) or row.get("epoch") != i + 1 \
+                    or not all(_is_num(row.get(c)) for c in METRIC_COLUMNS):
+                return (f"history[{i}] must be the metrics of epoch {i + 1} "
+                        f"({', '.join(METRIC_COLUMNS)}), got {short_repr(row)}")
+    best = meta.get("best")
+    if best is not None and not (isinstance(best, dict) and _is_int(best.get("epoch"))
+                                 and _is_num(best.get("test_accuracy"))):
+        return f"best must be {{epoch, test_accuracy}}, got {short_repr(best)}"
+    early = meta.get("early_stopping")
+    if early is not None and not (isinstance(early, dict) and _is_num(early.get("best_loss"))
+                                  and _is_int(early.get("bad_epochs"))):
+        return f"early_stopping must be {{best_loss, bad_epochs}}, got {short_repr(early)}"
+    state = meta.get("rng_state")
+    if state is not None:
+        try:  # the shuffling generator is a PCG64 (numpy's default)
+            np.random.PCG64().state = state
+        except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError or KeyError here
+            return f"rng_state is not a PCG64 state, got {short_repr(state)}"
+    return None
+
+
+def check_resumable(path, arrays: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
+    """Refuse a checkpoint whose parameters or optimizer state do not fit a network with
+    ``params`` (``layers.<i>.<name>`` -> array): every key, shape and dtype must match, and
+    every optimizer array must belong to a parameter (or be an integer counter such as Adam's
+    ``t``)."""
+    layer_keys = {k for k in arrays if k.startswith("layers.")}
+    missing, extra = sorted(set(params) - layer_keys), sorted(layer_keys - set(params))
+    if missing or extra:
+        raise CheckpointError(f"{path}: its parameters do not match the network: missing "
+                              f"{short_repr(missing or 'none', 120)}, unexpected "
+                              f"{short_repr(extra or 'none', 120)}")
+    for key, p in params.items():
+        a = arrays[key]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise CheckpointError(f"{path}: {_name(key)} is {a.dtype} {a.shape}, the network "
+                                  f"expects {p.dtype} {p.shape}")
+    for key, a in arrays.items():
+        if not key.startswith("optimizer."):
+            continue
+        owner = next((k for k in params if key.endswith("." + k)), None)
+        if owner is None:
+            if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
+                raise CheckpointError(f"{path}: {_name(key)} belongs to no parameter and is not a "
+                                      f"counter (got {a.dtype} {a.shape})")
+        elif a.shape != params[owner].shape or a.dtype != params[owner].dtype:
+            raise CheckpointError(f"{path}: {_name(key)} is {a.dtype} {a.shape}, but {owner} is "
+                                  f"{params[owner].dtype} {params[owner].shape}")
 
 
 def checkpoint_config(path, meta: dict) -> dict:

@@ -69,10 +69,24 @@ def cli_errors():
                      "for the traceback)"))
 
 
+_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 def _escape(text: str) -> str:
+    """A message as one line of Rich-safe text (no line break of any kind, no markup)."""
     from rich.markup import escape
 
-    return escape(text.replace("\n", " "))
+    return escape(text.translate(_LINE_BREAKS))
+
+
+def _tolerant_streams():
+    """Print what the terminal cannot encode (a non-ASCII path under an ASCII locale, a file name
+    that is not valid UTF-8) as escapes instead of failing on it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 def _version(value: bool):
@@ -92,6 +106,7 @@ def main_callback(
     Example: cnn train configs/shapes.yaml
     """
     STATE["debug"] = debug
+    _tolerant_streams()
 
 
 # --------------------------------------------------------------------------- train
@@ -178,26 +193,30 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
             run.close()
         return
 
+    from cnncli.train import Trainer
+
     cfg = load_config(config, overrides)
+    trainer = Trainer(cfg)  # loads the data: a broken data file fails before any directory exists
     path = run_dir if run_dir is not None else default_run_dir(config)
     run = RunDir.create(path, cfg)
     try:
-        _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet)
+        _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet, trainer=trainer)
     finally:
         run.close()
 
 
-def _fit(cfg, run, config_name, resume, quiet):
+def _fit(cfg, run, config_name, resume, quiet, trainer=None):
     import numpy as np
 
-    from cnncli.checkpoint import load_checkpoint
-    from cnncli.errors import CheckpointError
+    from cnncli.checkpoint import check_resumable, load_checkpoint
+    from cnncli.config import config_diff
+    from cnncli.errors import CheckpointError, CnnError, TrainingError
     from cnncli.run import metrics_csv
     from cnncli.train import Interrupted, Trainer
 
     out = _console()
     interactive = out.is_terminal and not quiet
-    trainer = Trainer(cfg)
+    trainer = trainer if trainer is not None else Trainer(cfg)
     extra_meta = {"config": cfg, "input_shape": list(trainer.data.input_shape),
                   "class_names": trainer.data.class_names, "config_name": config_name}
 
@@ -210,6 +229,18 @@ def _fit(cfg, run, config_name, resume, quiet):
         last = run.path / "last.npz"
         if last.exists():
             arrays, meta = load_checkpoint(last)
+            diff = [d for d in config_diff(meta["config"], cfg) if not d.startswith("training.epochs:")]
+            if diff:
+                raise CheckpointError(f"{last}: was written by another run (its config differs in "
+                                      + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
+                                      + "); it is left as it is")
+            shape = tuple(trainer.data.input_shape)
+            if tuple(meta["input_shape"]) != shape or len(meta["class_names"]) != trainer.data.n_classes:
+                raise CheckpointError(
+                    f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
+                    f"{len(meta['class_names'])} classes, but this run's data has "
+                    f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
+            check_resumable(last, arrays, trainer.net.params)
             try:
                 trainer.load_state(arrays, meta)
             except CheckpointError as exc:
@@ -250,15 +281,24 @@ def _fit(cfg, run, config_name, resume, quiet):
         run.log(msg)
         _console(stderr=True).print(msg, markup=False, soft_wrap=True)
         raise typer.Exit(code=130)
+    except TrainingError as exc:
+        kept = (f"; {run.path / 'last.npz'} keeps epoch {trainer.epoch}, the last good one"
+                if trainer.epoch else "; no epoch had finished, so no checkpoint was written")
+        try:
+            run.log(f"Error: {exc}{kept}")
+        except CnnError:
+            pass  # the training error is the one to report
+        raise TrainingError(f"{exc}{kept}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
 
+    if trainer.history:
+        _draw_curves(run.path, config_name, force=True)
     if trainer.should_stop_early() and trainer.epoch < trainer.epochs:
         say(f"Early stopping after epoch {trainer.epoch}: the test loss has not improved for "
             f"{cfg['training']['early_stopping']['patience']} epochs")
     final = trainer.history[-1]["test_accuracy"] if trainer.history else float("nan")
     best = trainer.best
-    say(f"Run directory: {run.path}", always=False)
     spark = sparkline([r["test_accuracy"] for r in trainer.history])
     if spark:
         say(f"Test accuracy by epoch: {spark}")
@@ -293,12 +333,12 @@ def _thread_limit(threads):
     return threadpool_limits(limits=threads)
 
 
-def _draw_curves(path, name):
-    try:
-        from cnncli.plots import plot_run_curves
-    except ImportError:
-        return
-    plot_run_curves(path, name)
+def _draw_curves(path, name, force=False):
+    """Refresh curves.png (throttled by cnncli.plots so that drawing stays a small share of
+    training time; ``force`` draws now)."""
+    from cnncli.plots import plot_run_curves
+
+    plot_run_curves(path, name, force=force)
 
 
 BLOCKS = "▁▂▃▄▅▆▇█"
@@ -417,8 +457,12 @@ def generate_shapes(
 
         from cnncli.data import load_dataset
 
+        if out.is_dir():
+            fail(f"{out}: is a directory; give a file name such as {out / 'shapes.npz'}")
         if out.exists() and not force:
             fail(f"{out}: exists; pass --force to overwrite it")
+        if not out.parent.is_dir():
+            fail(f"{out}: cannot write: the directory {out.parent} does not exist")
         ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
                            "stratify": False, "limit": None}, seed)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -427,6 +471,8 @@ def generate_shapes(
                 np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
                          y_test=ds.y_test, class_names=np.array(ds.class_names))
             os.replace(tmp, out)
+        except OSError as exc:
+            fail(_escape(f"{out}: cannot write ({exc.strerror or exc})"))
         finally:
             tmp.unlink(missing_ok=True)
         if preview is not None:
@@ -486,6 +532,7 @@ def gradcheck(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Samples in the checked batch.")] = 4,
     impl: Annotated[str, typer.Option("--impl", help="Conv implementation: fast or reference.")] = "fast",
     max_entries: Annotated[int, typer.Option("--max-entries", min=1, help="Entries compared per array (sampled).")] = 200,
+    sets: Annotated[Optional[List[str]], typer.Option("--set", help="Override any config key, e.g. --set data.path=DIR (repeatable).")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
 ):
     """Check every layer's gradients against central finite differences in float64.
@@ -503,22 +550,25 @@ def gradcheck(
 
         from cnncli.config import load_config
         from cnncli.data import load_dataset, one_hot
-        from cnncli.gradcheck import TOLERANCE, check_network
+        from cnncli.gradcheck import TOLERANCE, check_network, move_off_kinks
         from cnncli.network import build_network
         from cnncli.train import make_loss
 
-        cfg = load_config(config)
+        cfg = load_config(config, list(sets or []))
         ds = load_dataset(cfg["data"], cfg["seed"])
         net = build_network(cfg["network"], ds.input_shape, np.random.default_rng([cfg["seed"], 1]),
                             np.float64, impl=impl)
         x = ds.images(ds.x_train[:batch], np.float64)
         y = one_hot(ds.y_train[:batch], ds.n_classes, np.float64)
-        results = check_network(net, make_loss(cfg["training"], net), x, y,
-                                np.random.default_rng(cfg["seed"]), max_entries=max_entries)
+        rng = np.random.default_rng(cfg["seed"])
+        x = move_off_kinks(net, x, rng)
+        results = check_network(net, make_loss(cfg["training"], net), x, y, rng,
+                                max_entries=max_entries)
         from rich.table import Table
 
         table = Table(title=f"{config}: gradients vs central finite differences "
-                            f"(float64, {impl} conv, batch {len(x)}, tolerance {TOLERANCE:g})")
+                            f"(float64, {impl} conv, batch {len(x)}, tolerance {TOLERANCE:g}; inputs "
+                            f"and biases jittered by 0.01 to stay off ReLU/max-pool kinks)")
         table.add_column("layer")
         table.add_column("gradient")
         table.add_column("entries", justify="right")

@@ -19,26 +19,42 @@ from cnncli.schema import (
     boolean,
     choice,
     integer,
+    key_name,
     number,
     optional,
+    short_repr,
     unknown_key_message,
     validate_section,
 )
 
-MAX_CONFIG_BYTES = 1_000_000
+MAX_CONFIG_BYTES = 100_000  # the shipped configs are under 1 KB; parsing 100 KB of YAML takes ~1 s
 SECTIONS = ("seed", "data", "network", "training")
+MAX_DEPTH = 32  # a cnncli config nests 4 levels; far deeper is a broken or hostile file
+MAX_INT_BITS = 64  # no setting takes a larger integer
+MAX_PARAMS = 100_000_000  # parameters of one network (800 MB in float64, before gradients)
+MAX_PROBLEM_CHARS = 400
 
 
 class _Loader(yaml.SafeLoader):
     """safe_load, but numbers read as a user means them (``1e-3`` is 0.001, as in YAML 1.2)
     and no aliases (``*name``), which cnncli configs do not need and "billion laughs" abuse."""
 
+    depth = 0
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor}) "
                               "are not supported in cnncli configs; write the value out")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:  # refused here, long before Python's recursion limit
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"line {mark.line + 1}: nested more than {MAX_DEPTH} levels deep; "
+                              "a cnncli config nests a few levels")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -64,6 +80,56 @@ def parse_yaml(text: str, source: str | None = None):
         raise ConfigError(f"invalid YAML: {where}{what}", source) from None
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", source) from None
+    except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"invalid YAML: {_one_line(exc)}", source) from None
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        # PyYAML's constructors of explicit tags fail so on values they cannot read
+        # (``!!bool x``, ``!!timestamp 1``, ``!!int ''``)
+        raise ConfigError(f"invalid YAML: a tagged value cannot be read ({type(exc).__name__}: "
+                          f"{_one_line(exc)})", source) from None
+
+
+_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def _one_line(text) -> str:
+    """A problem as one line of bounded length (keys and values may hold line breaks)."""
+    text = str(text).translate(_LINE_BREAKS).strip()
+    return text if len(text) <= MAX_PROBLEM_CHARS else text[:MAX_PROBLEM_CHARS - 3] + "..."
+
+
+def _report(problems: list[str], limit: int = 20) -> list[str]:
+    """Problems as reported: each one line, at most ``limit`` of them (then a count)."""
+    out = [_one_line(p) for p in problems[:limit]]
+    if len(problems) > limit:
+        out.append(f"and {len(problems) - limit:,} more")
+    return out
+
+
+def structure_problems(raw) -> list[str]:
+    """Problems of shape rather than meaning, found before anything looks at the values (whose
+    messages would print them): nesting deeper than MAX_DEPTH, integers of more than
+    MAX_INT_BITS bits. Walks iteratively, so any depth is safe."""
+    problems: list[str] = []
+    stack = [(raw, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return [f"{where}: nested more than {MAX_DEPTH} levels deep; a cnncli config nests a "
+                    "few levels"]
+        if isinstance(value, dict):
+            stack.extend((v, f"{where}.{key_name(k)}" if where else key_name(k), depth + 1)
+                         for k, v in value.items())
+            stack.extend((k, f"{where} (a key)" if where else "a key", depth + 1)
+                         for k in value if isinstance(k, int))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+            problems.append(f"{where or 'the config'}: an integer of {value.bit_length()} bits "
+                            f"is far too large for any setting")
+            if len(problems) >= 10:
+                break
+    return problems
 
 
 def read_config_file(path) -> dict:
@@ -90,6 +156,9 @@ def read_config_file(path) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"must be a mapping with the sections {', '.join(SECTIONS)}, got "
                           f"{type(raw).__name__}", str(path))
+    problems = structure_problems(raw)
+    if problems:
+        raise ConfigError(_report(problems), str(path))
     return raw
 
 
@@ -103,20 +172,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {item!r}: the key must be dotted names like training.epochs")
+            raise ConfigError(f"--set {short_repr(item)}: the key must be dotted names like "
+                              "training.epochs")
         node = raw
         for p in parts[:-1]:
-            if isinstance(node, list) and p.isdigit() and int(p) < len(node):
+            if isinstance(node, list) and p.isascii() and p.isdigit() and int(p) < len(node):
                 node = node[int(p)]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-            node = node.setdefault(p, {})
-            if node is None:
-                node = {}
+                raise ConfigError(f"--set {short_repr(item)}: {short_repr(p)} is not a section")
+            if node.get(p) is None:  # a missing section, or one left empty (``training:``)
+                node[p] = {}
+            node = node[p]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: cannot set a key inside a {type(node).__name__}")
-        node[parts[-1]] = parse_yaml(value, f"--set {key}")
+            raise ConfigError(f"--set {short_repr(item)}: cannot set a key inside a "
+                              f"{type(node).__name__}")
+        node[parts[-1]] = parse_yaml(value, f"--set {key_name(key.strip())}")
     return raw
 
 
@@ -157,7 +228,8 @@ def _named_section(where, value, kinds: dict, problems, default_name, extra=()):
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
-        problems.append(f"{where}: must be a mapping like {{name: {default_name}}}, got {value!r}")
+        problems.append(f"{where}: must be a mapping like {{name: {default_name}}}, got "
+                        f"{short_repr(value)}")
         return None
     name = value.get("name", default_name)
     try:
@@ -175,10 +247,16 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
     check the network without looking at the dataset (a checkpoint's own record)."""
     from cnncli.data import DATASETS, dataset_fields
 
-    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"must be a mapping with the sections {', '.join(SECTIONS)}, got "
+                          f"{type(raw).__name__}", source)
+    problems = structure_problems(raw)
+    if problems:
+        raise ConfigError(_report(problems), source)
     for key in raw:
         if key not in SECTIONS:
-            problems.append(f"{key}: {unknown_key_message(key, SECTIONS).replace('key', 'section', 1)}")
+            problems.append(f"{key_name(key)}: "
+                            f"{unknown_key_message(key, SECTIONS).replace('key', 'section', 1)}")
     cfg: dict = {}
     try:
         cfg["seed"] = integer(0, 2**32 - 1)(raw.get("seed", 0))
@@ -189,10 +267,10 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
     if data is None:
         problems.append(f"data: is required (a mapping with name: one of {', '.join(DATASETS)})")
     elif not isinstance(data, dict):
-        problems.append(f"data: must be a mapping like {{name: shapes}}, got {data!r}")
+        problems.append(f"data: must be a mapping like {{name: shapes}}, got {short_repr(data)}")
     else:
         name = data.get("name")
-        if name not in DATASETS:
+        if not isinstance(name, str) or name not in DATASETS:
             try:
                 choice(*DATASETS)(name)
             except SchemaError as exc:
@@ -211,7 +289,8 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
             if lr is not None:
                 try:
                     lr = number(0.0)(lr)
-                    if "learning_rate" in (raw.get("training") or {}) and lr != training["learning_rate"]:
+                    if "learning_rate" in (raw.get("training") or {}) and \
+                            lr != training.get("learning_rate", lr):
                         problems.append("training.optimizer.learning_rate: differs from "
                                         "training.learning_rate; give it once")
                     training["learning_rate"] = lr
@@ -231,12 +310,12 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
     if network is None:
         problems.append("network: is required (a list of layers like - {type: conv2d, ...})")
     elif not isinstance(network, list) or not network:
-        problems.append(f"network: must be a non-empty list of layers, got {network!r}")
+        problems.append(f"network: must be a non-empty list of layers, got {short_repr(network)}")
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(_report(problems), source)
     cfg["network"] = _check_network(cfg, network, problems, known_data)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(_report(problems), source)
     return {k: cfg[k] for k in SECTIONS}
 
 
@@ -254,9 +333,12 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None) ->
         problems.append(f"data: {exc}")
         return []
     try:
-        net = build_network(network, in_shape, np.random.default_rng(0))
+        net = build_network(network, in_shape, _BudgetRng(MAX_PARAMS))
     except ConfigError as exc:
         problems.extend(exc.problems)
+        return []
+    except MemoryError:
+        problems.append("network: too large to build in memory")
         return []
     out = net.output_shape
     if out != (n_classes,):
@@ -267,6 +349,37 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None) ->
         problems.append(f"training.loss: cross_entropy needs the network to end in a dense layer "
                         f"(logits) or a softmax layer, not {net.layers[-1].type_name}")
     return net.specs
+
+
+class _BudgetRng:
+    """Draws the throwaway initial weights of the network built to check a config, and refuses
+    (ConfigError) a draw that would take it past ``budget`` parameters, before anything is
+    allocated: ``out_features: 1000000000000`` is a clear error, never an attempt to allocate
+    terabytes. Layers draw their weights with ``standard_normal(shape)``; anything else is
+    passed to a real Generator."""
+
+    def __init__(self, budget: int):
+        import numpy as np
+
+        self._np = np
+        self._rng = np.random.default_rng(0)
+        self.left = budget
+        self.budget = budget
+
+    def standard_normal(self, size=None, *args, **kw):
+        shape = (size,) if isinstance(size, int) else tuple(size or ())
+        count = 1
+        for d in shape:
+            count *= int(d)
+        if count > self.left:
+            raise ConfigError(f"its weights ({'x'.join(map(str, shape))} = {count:,} values) take "
+                              f"the network past {self.budget:,} parameters, more than cnncli "
+                              "can train")
+        self.left -= count
+        return self._np.zeros(shape)  # the checking network is thrown away: no need to draw
+
+    def __getattr__(self, name):
+        return getattr(self._rng, name)
 
 
 def load_config(path, overrides: list[str] = ()) -> dict:
@@ -286,10 +399,10 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two resolved configs, as ``key: a -> b``."""
     out = []
     for key in list(dict.fromkeys([*a, *b])):
-        where = f"{prefix}{key}"
+        where = f"{prefix}{key_name(key)}"
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, where + ".")
         elif va != vb:
-            out.append(f"{where}: {va!r} -> {vb!r}")
+            out.append(f"{where}: {short_repr(va, 80)} -> {short_repr(vb, 80)}")
     return out

@@ -9,6 +9,7 @@ import csv
 import fcntl
 import io
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from cnncli.errors import RunDirError
 from cnncli.train import METRIC_COLUMNS
 
 LOCK_NAME = ".lock"
+# The temporary files of atomic writes (``.<name>.<pid>.tmp``) a killed process may leave behind.
+_STALE_TMP = re.compile(r"^\.(config\.yaml|metrics\.csv|last\.npz|best\.npz|curves\.png|write-test)"
+                        r"\.\d+\.tmp$")
 
 
 def default_run_dir(config_path, root="runs") -> Path:
@@ -66,15 +70,19 @@ class RunDir:
         path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()):
-            raise RunDirError(f"{path}: run directory exists and is not empty; choose another "
-                              f"--run-dir, or continue that run with: cnn train --resume {path}")
+        _refuse_used(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RunDirError(f"{path}: cannot create the run directory ({exc.strerror or exc})") from None
         run = cls(path)
         run.lock()
+        try:
+            _refuse_used(path)  # again, under the lock: another start may have won the race
+        except RunDirError:
+            run.close()
+            raise
+        run.remove_stale_files()
         run.write("config.yaml", dump_config(cfg))
         run.write("metrics.csv", metrics_csv([]))
         return run
@@ -88,7 +96,21 @@ class RunDir:
             raise RunDirError(f"{path}: not a cnncli run directory (no config.yaml)")
         run = cls(path)
         run.lock()
+        run.remove_stale_files()
         return run
+
+    def remove_stale_files(self) -> list[str]:
+        """Delete the temporary files a killed process left (nobody else writes here: we hold
+        the lock). Returns their names."""
+        gone = []
+        for p in self.path.iterdir():
+            if _STALE_TMP.match(p.name) and p.is_file():
+                try:
+                    p.unlink()
+                    gone.append(p.name)
+                except OSError:
+                    pass
+        return gone
 
     def lock(self) -> None:
         try:
@@ -102,10 +124,20 @@ class RunDir:
             f.close()
             raise RunDirError(f"{self.path}: another cnn train is using this run directory "
                               "(it is locked); wait for it to finish") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            # An existing .lock opens even where nothing can be created: make sure files can be.
+            probe = self.path / f".write-test.{os.getpid()}.tmp"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+            raise RunDirError(f"{self.path}: cannot write in the run directory "
+                              f"({exc.strerror or exc})") from None
         self._lock_file = f
 
     def close(self) -> None:
@@ -122,10 +154,13 @@ class RunDir:
                               "the previous version is intact") from None
 
     def save_epoch(self, trainer, extra_meta: dict, is_best: bool) -> None:
-        """After an epoch: last.npz (and best.npz), then metrics.csv, each written atomically."""
+        """After an epoch: best.npz (when it is the best), then last.npz, then metrics.csv, each
+        written atomically. last.npz is the commit point: a failure or a kill before it leaves
+        the previous epoch in force (a best.npz already written is written again, identically,
+        when that epoch is trained again); after it, resuming rewrites metrics.csv from it."""
         arrays, meta = trainer.state()
         meta = {**extra_meta, **meta}
-        names = ["last.npz"] + (["best.npz"] if is_best else [])
+        names = (["best.npz"] if is_best else []) + ["last.npz"]
         for name in names:
             try:
                 save_checkpoint(self.path / name, arrays, meta)
@@ -135,8 +170,40 @@ class RunDir:
         self.write("metrics.csv", metrics_csv(trainer.history))
 
     def log(self, text: str) -> None:
+        """Append one line to train.log; on a failure (a full disk) the file is cut back to its
+        previous length, so it never ends in half a line."""
+        path = self.path / "train.log"
+        data = (text + "\n").encode("utf-8", "backslashreplace")
         try:
-            with open(self.path / "train.log", "a", encoding="utf-8") as f:
-                f.write(text + "\n")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
-            raise RunDirError(f"{self.path / 'train.log'}: cannot write ({exc.strerror or exc})") from None
+            raise RunDirError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        size = None
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a killed writer's half line
+                data = b"\n" + data
+            while data:
+                data = data[os.write(fd, data):]
+        except OSError as exc:
+            if size is not None:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+            raise RunDirError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        finally:
+            os.close(fd)
+
+
+def _refuse_used(path: Path) -> None:
+    """A new run needs a missing or empty directory (the leftovers of a killed start count as
+    empty)."""
+    if path.is_dir() and any(not _leftover(p.name) for p in path.iterdir()):
+        raise RunDirError(f"{path}: run directory exists and is not empty; choose another "
+                          f"--run-dir, or continue that run with: cnn train --resume {path}")
+
+
+def _leftover(name: str) -> bool:
+    """What a start killed before it wrote config.yaml leaves: the lock and temporary files."""
+    return name == LOCK_NAME or bool(_STALE_TMP.match(name))

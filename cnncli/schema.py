@@ -44,7 +44,7 @@ def integer(minimum: int | None = None, maximum: int | None = None):
                 rule += f" >= {minimum}"
             if maximum is not None:
                 rule += f" and <= {maximum}" if minimum is not None else f" <= {maximum}"
-            raise SchemaError(f"must be {rule}, got {v!r}")
+            raise SchemaError(f"must be {rule}, got {short_repr(v)}")
         return int(v)
     return check
 
@@ -64,29 +64,30 @@ def number(minimum: float | None = None, strict: bool = True, maximum: float | N
             if maximum is not None:
                 parts.append(f"{'<' if max_strict else '<='} {maximum:g}")
             rule = "a number" + (" " + " and ".join(parts) if parts else "")
-            raise SchemaError(f"must be {rule}, got {v!r}")
+            raise SchemaError(f"must be {rule}, got {short_repr(v)}")
         return float(v)
     return check
 
 
 def boolean(v):
     if not isinstance(v, bool):
-        raise SchemaError(f"must be true or false, got {v!r}")
+        raise SchemaError(f"must be true or false, got {short_repr(v)}")
     return v
 
 
 def string(v):
     if not isinstance(v, str) or not v:
-        raise SchemaError(f"must be a non-empty string, got {v!r}")
+        raise SchemaError(f"must be a non-empty string, got {short_repr(v)}")
     return v
 
 
 def choice(*options):
     def check(v):
         if v not in options:
-            close = difflib.get_close_matches(str(v), [str(o) for o in options], n=1)
+            close = difflib.get_close_matches(v, [str(o) for o in options], n=1) \
+                if isinstance(v, str) and len(v) < 100 else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SchemaError(f"must be one of {', '.join(map(str, options))}, got {v!r}{hint}")
+            raise SchemaError(f"must be one of {', '.join(map(str, options))}, got {short_repr(v)}{hint}")
         return v
     return check
 
@@ -98,7 +99,7 @@ def optional(check):
 
 
 def unknown_key_message(key, known) -> str:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
+    close = difflib.get_close_matches(key, list(known), n=1) if isinstance(key, str) and len(key) < 100 else []
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown key{hint}; known keys: {', '.join(known)}"
 
@@ -108,12 +109,12 @@ def validate_section(where: str, value, fields: dict[str, Field], problems: list
     if value is None:
         value = {}
     if not isinstance(value, dict):
-        problems.append(f"{where}: must be a mapping, got {type(value).__name__} {_short(value)}")
+        problems.append(f"{where}: must be a mapping, got {type(value).__name__} {short_repr(value)}")
         return {}
     out = {}
     for key in value:
         if key not in fields:
-            problems.append(f"{where}.{key}: {unknown_key_message(key, fields)}")
+            problems.append(f"{where}.{key_name(key)}: {unknown_key_message(key, fields)}")
     for key, field in fields.items():
         if key in value:
             try:
@@ -127,6 +128,18 @@ def validate_section(where: str, value, fields: dict[str, Field], problems: list
     return out
 
 
-def _short(v) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+def short_repr(v, limit: int = 60) -> str:
+    """``repr(v)``, cut to ``limit`` characters (and safe for any value a YAML file can hold)."""
+    try:
+        text = repr(v)
+    except (RecursionError, ValueError):  # nested too deeply; an int too long to print
+        text = f"<{type(v).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def key_name(key) -> str:
+    """A mapping key as printed in a dotted place such as ``training.epochs``: as is when it is a
+    short printable string, else its (shortened) repr."""
+    if isinstance(key, str) and key and key.isprintable() and len(key) <= 60:
+        return key
+    return short_repr(key)

@@ -127,7 +127,7 @@ def _load_npz(cfg: dict, seed: int) -> Dataset:
 
 DATASETS: dict[str, DatasetKind] = {
     "shapes": DatasetKind(
-        {"n": Field(500, integer(2)), "noise": Field(0.25, number(0.0, strict=False)),
+        {"n": Field(500, integer(2, 10_000_000)), "noise": Field(0.25, number(0.0, strict=False)),
          "test_size": Field(0.33, _fraction), "stratify": Field(False, boolean)},
         lambda cfg: ((1, 3, 3), 4), _load_shapes,
         "the seed's four 3x3 shapes plus uniform noise, generated from the seed"),

@@ -10,6 +10,7 @@ import numpy as np
 from cnncli.errors import DataError
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
+MAX_CLASSES = 100_000  # labels run 0 .. n_classes - 1; a label beyond this is a broken file
 
 
 def load_npz(path: Path):
@@ -23,24 +24,35 @@ def load_npz(path: Path):
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a .npz file")
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if head == b"\x93NUMPY":
+        raise DataError(f"{path}: is a single .npy array, expected a .npz with {', '.join(KEYS)}")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a .npz file: no zip archive found (corrupt, truncated, or "
+                        f"another format; it starts with {head!r}); save the arrays with numpy.savez")
+    try:
         with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise DataError(f"{path}: is a single .npy array, expected a .npz with {', '.join(KEYS)}")
             missing = [k for k in KEYS if k not in f.files]
             if missing:
                 raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
-                                f"{', '.join(f.files) or 'none'}")
-            arrays = {k: f[k] for k in KEYS}
-            names = [str(s) for s in f["class_names"]] if "class_names" in f.files else None
+                                f"{_names(f.files) or 'none'}")
+            arrays = {k: f[k] for k in KEYS + (("class_names",) if "class_names" in f.files else ())}
+        odd = [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]
+        if odd:
+            raise DataError(f"{path}: {odd[0]} in the archive is not a NumPy array (.npy)")
     except DataError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise DataError(f"{path}: holds object arrays (pickled Python objects), which cnncli "
                             "never loads; save plain numeric arrays") from None
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+    names = _class_names(path, arrays.pop("class_names", None))
 
     x_tr, x_te = (_images(path, k, arrays[k]) for k in ("x_train", "x_test"))
     if x_tr.shape[1:] != x_te.shape[1:]:
@@ -67,6 +79,24 @@ def load_npz(path: Path):
     return Dataset(path.stem, x_tr, y_tr, x_te, y_te, names, scale)
 
 
+def _names(keys) -> str:
+    return ", ".join(k if k.isprintable() else repr(k) for k in list(keys)[:20])
+
+
+def _one_line(exc) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
+
+
+def _class_names(path, a):
+    if a is None:
+        return None
+    if a.ndim != 1 or not 1 <= len(a) <= MAX_CLASSES or a.dtype.kind not in "USiu":
+        raise DataError(f"{path}: class_names must be a list of 1 to {MAX_CLASSES:,} names "
+                        f"(strings), got dtype {a.dtype} shape {a.shape}")
+    return [str(s) for s in a]
+
+
 def _images(path, key, a):
     if a.dtype.kind not in "uif" or a.dtype == np.float16:
         raise DataError(f"{path}: {key} must hold numbers (uint8, integers or floats), got dtype {a.dtype}")
@@ -74,6 +104,8 @@ def _images(path, key, a):
         a = a[:, None]
     if a.ndim != 4:
         raise DataError(f"{path}: {key} must have shape (N, H, W) or (N, C, H, W), got {a.shape}")
+    if 0 in a.shape[1:]:
+        raise DataError(f"{path}: {key} images must hold at least one pixel, got shape {a.shape}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = int(np.size(a) - np.isfinite(a).sum())
         raise DataError(f"{path}: {key} holds {bad} NaN or infinite value(s)")
@@ -84,6 +116,9 @@ def _images(path, key, a):
 
 def _labels(path, key, a, n):
     if a.ndim == 2:  # one-hot
+        if not 1 <= a.shape[1] <= MAX_CLASSES:
+            raise DataError(f"{path}: {key} is 2-D, so it must be one-hot with 1 to "
+                            f"{MAX_CLASSES:,} columns, got shape {a.shape}")
         if a.dtype.kind not in "uifb" or not np.isfinite(a).all() or not np.isin(a, (0, 1)).all() \
                 or not (a.sum(axis=1) == 1).all():
             raise DataError(f"{path}: {key} is 2-D, so it must be one-hot (0/1, one 1 per row)")
@@ -98,5 +133,8 @@ def _labels(path, key, a, n):
     if len(a) != n:
         raise DataError(f"{path}: {key} has {len(a)} labels but there are {n} images")
     if len(a) and a.min() < 0:
-        raise DataError(f"{path}: {key} holds a negative label ({int(a.min())}); labels must be 0, 1, ...")
+        raise DataError(f"{path}: {key} holds a negative label ({a.min()}); labels must be 0, 1, ...")
+    if len(a) and a.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: {key} holds the label {a.max()}; labels must be class numbers "
+                        f"0, 1, ... below {MAX_CLASSES:,}")
     return a.astype(np.int64)
