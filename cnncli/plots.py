@@ -10,6 +10,7 @@ Nothing here prints; problems are raised as CnnError subclasses naming the file.
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import math
 import os
@@ -205,6 +206,10 @@ def save_figure(fig, path, error: type[CnnError] = CnnError) -> Path:
         raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
+        # A Figure holds reference cycles that only the cycle collector frees; in a long training
+        # run the figures of earlier draws piled up (~35 MiB on MNIST). Free this one now.
+        fig.clear()
+        gc.collect()
     return path
 
 

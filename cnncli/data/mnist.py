@@ -1,0 +1,371 @@
+"""MNIST from the four standard IDX files, read by our own parser, downloaded to a cache on demand.
+
+Where the files come from: ``data.path`` when the config gives one (never downloaded into);
+otherwise the cache ``$CNNCLI_DATA_DIR/mnist``, ``$XDG_CACHE_HOME/cnncli/mnist`` or
+``~/.cache/cnncli/mnist``, filled from ``MIRRORS`` when files are missing (unless
+``CNNCLI_OFFLINE=1``). Every download is checked against ``MD5`` before it enters the cache.
+
+IDX format (big-endian): 2 zero bytes, a dtype byte (0x08 = unsigned byte), a byte with the
+number of dimensions, one uint32 per dimension, then the values in row-major order.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from cnncli.errors import DataError
+
+# The four files, without ".gz": each may sit in a folder compressed or not.
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+FILES = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+
+# Published MD5 of each .gz file (module-level so tests can swap in their own).
+MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+# Tried in order for each file.
+MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+
+TIMEOUT = 30.0  # seconds, for connecting and for each read
+MAX_DOWNLOAD_BYTES = 64 * 2**20  # the largest file is 9.9 MB; a mirror sending more is wrong
+CHUNK = 1 << 16
+MAX_IDX_VALUES = 1 << 31  # 2 GiB; MNIST's largest file holds 47 million
+READ_STEP = 1 << 20  # bytes parsed per step (bounds the temporary memory of gzip decompression)
+IMAGE_SIZE = (28, 28)
+N_CLASSES = 10
+
+_UBYTE = 0x08
+_KIND = {1: "labels", 3: "images"}  # dimensions -> what an MNIST file of that magic holds
+
+
+# --------------------------------------------------------------------------- IDX parsing
+def read_idx(path, ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (gzip-compressed when its name ends in ``.gz``).
+
+    Returns a writable uint8 array of the shape the header gives, e.g. (N, 28, 28) for images
+    (magic 0x00000803) or (N,) for labels (magic 0x00000801). ``ndim`` demands that many
+    dimensions. Raises DataError naming the file for a bad magic number, a truncated file, a
+    file with more bytes than its header announces, or a broken gzip stream.
+    """
+    path = Path(path)
+    gz = path.name.endswith(".gz")
+    try:
+        f = gzip.open(path, "rb") if gz else open(path, "rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        with f:
+            return _parse_idx(f, path, ndim)
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:  # gzip: bad header, CRC, cut-off stream
+        what = "not a valid gzip file" if gz else "cannot read"
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, EOFError):
+            detail = "the compressed stream ends early; the file is truncated"
+        raise DataError(f"{path}: {what} ({detail})") from None
+
+
+def _read_exactly(f, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = f.read(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def _parse_idx(f, path: Path, ndim: int | None) -> np.ndarray:
+    head = _read_exactly(f, 4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated: {len(head)} byte(s), too short for an IDX header")
+    magic = int.from_bytes(head, "big")
+    if head[0] != 0 or head[1] != 0:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}, not an IDX file (expected "
+                        "0x00000801 for labels or 0x00000803 for images)")
+    if head[2] != _UBYTE:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}: data type byte is "
+                        f"0x{head[2]:02x}, expected 0x08 (unsigned byte)")
+    dims_n = head[3]
+    if ndim is not None and dims_n != ndim:
+        want = 0x0800 + ndim
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}, expected 0x{want:08x} "
+                        f"({_KIND.get(ndim, f'{ndim}-D data')}: {ndim} dimension(s), got {dims_n})")
+    if dims_n == 0:
+        raise DataError(f"{path}: bad magic number 0x{magic:08x}: zero dimensions")
+    raw_dims = _read_exactly(f, 4 * dims_n)
+    if len(raw_dims) < 4 * dims_n:
+        raise DataError(f"{path}: truncated: the header announces {dims_n} dimension(s) but ends "
+                        f"after {4 + len(raw_dims)} bytes")
+    shape = tuple(int.from_bytes(raw_dims[4 * i:4 * i + 4], "big") for i in range(dims_n))
+    size = math.prod(shape)
+    if size > MAX_IDX_VALUES:
+        raise DataError(f"{path}: header dimensions {_dims(shape)} = {size:,} values are "
+                        f"implausibly many (more than {MAX_IDX_VALUES:,}); a corrupt header")
+    data = np.empty(size, dtype=np.uint8)
+    view, got = memoryview(data), 0
+    while got < size:  # small steps: gzip decompresses each step into a temporary of that size
+        n = f.readinto(view[got:got + READ_STEP])
+        if not n:
+            break
+        got += n
+    if got < size:
+        raise DataError(f"{path}: truncated: the header announces {_dims(shape)} = {size:,} "
+                        f"values but only {got:,} follow")
+    extra = len(f.read(CHUNK))
+    if extra:
+        more = "at least " if extra == CHUNK else ""
+        raise DataError(f"{path}: wrong count: the header announces {_dims(shape)} = {size:,} "
+                        f"values but the file holds {more}{extra:,} byte(s) more")
+    return data.reshape(shape)
+
+
+def _dims(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+# --------------------------------------------------------------------------- locating files
+def cache_dir() -> Path:
+    """``$CNNCLI_DATA_DIR/mnist``, else ``$XDG_CACHE_HOME/cnncli/mnist``, else
+    ``~/.cache/cnncli/mnist`` (empty variables count as unset)."""
+    if os.environ.get("CNNCLI_DATA_DIR"):
+        return Path(os.environ["CNNCLI_DATA_DIR"]).expanduser() / "mnist"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cnncli" / "mnist"
+    return Path.home() / ".cache" / "cnncli" / "mnist"
+
+
+def offline() -> bool:
+    """True when ``CNNCLI_OFFLINE`` is set to 1 (or true/yes): never touch the network."""
+    return os.environ.get("CNNCLI_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` or ``folder/name.gz``, whichever exists (uncompressed first)."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_files(folder: Path) -> list[str]:
+    """The base names (no .gz) of the four files that are in ``folder`` in neither form."""
+    return [name for name in FILES if find_file(folder, name) is None]
+
+
+def _where_to_put(folder: Path, missing: list[str]) -> str:
+    gz = ", ".join(f"{m}.gz" for m in missing)
+    return (f"missing in {folder}: {gz}. Put the file(s) there (gzip-compressed or not): run "
+            f"`cnn data download mnist` once the network is reachable (or on another machine, then "
+            f"copy the files), or set data.path to a folder that holds all four")
+
+
+# --------------------------------------------------------------------------- loading
+def load_mnist(path: str | None = None):
+    """The MNIST train and test splits.
+
+    Returns (x_train, y_train, x_test, y_test):
+        x_train: (60000, 1, 28, 28) uint8 (0..255, kept compact; the Dataset scales batches)
+        y_train: (60000,) int64 in 0..9
+        x_test:  (10000, 1, 28, 28) uint8
+        y_test:  (10000,) int64
+    ``path``: a folder holding the four IDX files (used as is, never downloaded into); None
+    uses the cache and downloads what is missing there.
+    """
+    if path is not None:
+        folder = Path(path).expanduser()
+        if not folder.exists():
+            raise DataError(f"data.path {folder}: no such directory (expected a folder holding "
+                            f"the four MNIST files {', '.join(FILES)}, each optionally .gz)")
+        if not folder.is_dir():
+            raise DataError(f"data.path {folder}: is a file; data.path must be the folder that "
+                            f"holds the four MNIST files")
+        missing = missing_files(folder)
+        if missing:
+            raise DataError(f"data.path {folder}: missing {', '.join(missing)} (looked for each "
+                            "with and without .gz)")
+    else:
+        folder = cache_dir()
+        ensure_downloaded(folder)
+        try:
+            return read_folder(folder)
+        except DataError as exc:
+            raise DataError(f"{exc} (a file in the cache: delete it and it is downloaded "
+                            "again)") from None
+    return read_folder(folder)
+
+
+def read_folder(folder: Path):
+    """Parse and cross-check the four files in ``folder`` (see ``load_mnist`` for shapes)."""
+    x_tr, y_tr = _split(folder, TRAIN_IMAGES, TRAIN_LABELS)
+    x_te, y_te = _split(folder, TEST_IMAGES, TEST_LABELS)
+    return x_tr, y_tr, x_te, y_te
+
+
+def _split(folder: Path, images_name: str, labels_name: str):
+    images_path = find_file(folder, images_name)
+    labels_path = find_file(folder, labels_name)
+    for name, p in ((images_name, images_path), (labels_name, labels_path)):
+        if p is None:
+            raise DataError(f"{folder}: missing {name} (with or without .gz)")
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if images.shape[1:] != IMAGE_SIZE:
+        raise DataError(f"{images_path}: images are {_dims(images.shape[1:])}, MNIST images "
+                        f"are {_dims(IMAGE_SIZE)}")
+    if len(images) != len(labels):
+        raise DataError(f"{labels_path}: wrong count: {len(labels):,} labels, but "
+                        f"{images_path.name} holds {len(images):,} images")
+    if len(labels) and labels.max() >= N_CLASSES:
+        i = int(np.argmax(labels >= N_CLASSES))
+        raise DataError(f"{labels_path}: label {int(labels[i])} at index {i} is not a digit "
+                        f"0..{N_CLASSES - 1}")
+    return images[:, None], labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- downloading
+def ensure_downloaded(folder: Path, progress: bool | None = None) -> list[str]:
+    """Download the files missing in ``folder`` (as .gz). Returns the names downloaded.
+
+    Raises DataError when offline or when a file could not be had from any mirror; the message
+    lists what is missing and where to put it. ``progress``: draw a Rich bar on stderr
+    (default: when stderr is a terminal).
+    """
+    missing = missing_files(folder)
+    if not missing:
+        return []
+    if offline():
+        raise DataError(f"MNIST is not downloaded and CNNCLI_OFFLINE is set (--offline), so "
+                        f"nothing was fetched; {_where_to_put(folder, missing)}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create the MNIST cache directory "
+                        f"({exc.strerror or exc}); set CNNCLI_DATA_DIR to a writable folder or "
+                        f"data.path to a folder holding the files") from None
+    if progress is None:
+        progress = sys.stderr.isatty()
+    dead: dict[str, str] = {}  # mirror -> why it is not tried again
+    done = []
+    for name in missing:
+        gz = f"{name}.gz"
+        errors = _download_one(folder, gz, dead, progress)
+        if errors is not None:
+            still = missing_files(folder)
+            raise DataError(f"could not download MNIST {gz} from any mirror ({'; '.join(errors)}); "
+                            f"{_where_to_put(folder, still)}")
+        done.append(gz)
+    return done
+
+
+def _download_one(folder: Path, gz: str, dead: dict, progress: bool) -> list[str] | None:
+    """Fetch ``gz`` into ``folder`` from the first mirror that serves it with the right MD5.
+    Returns None on success, else one reason per mirror."""
+    import http.client
+    import socket
+    import urllib.error
+
+    errors = []
+    for mirror in MIRRORS:
+        url = mirror.rstrip("/") + "/" + gz
+        if mirror in dead:
+            errors.append(f"{url}: {dead[mirror]}")
+            continue
+        try:
+            _fetch(url, folder / gz, MD5[gz], progress)
+            return None
+        except _BadDownload as exc:
+            errors.append(f"{url}: {exc}")
+        except urllib.error.HTTPError as exc:
+            errors.append(f"{url}: HTTP {exc.code} {exc.reason}")
+        except urllib.error.URLError as exc:  # DNS, refused connection, TLS, ...
+            reason = exc.reason
+            dead[mirror] = ("timed out" if isinstance(reason, (socket.timeout, TimeoutError))
+                            else str(getattr(reason, "strerror", None) or reason))
+            errors.append(f"{url}: {dead[mirror]}")
+        except (socket.timeout, TimeoutError):
+            dead[mirror] = f"timed out after {TIMEOUT:g} s"
+            errors.append(f"{url}: {dead[mirror]}")
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            errors.append(f"{url}: {type(exc).__name__}: {exc}")
+    return errors
+
+
+class _BadDownload(Exception):
+    pass
+
+
+def _fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
+    """Stream ``url`` to a temporary file beside ``dest``; move it in only when its MD5 is
+    ``md5``. Nothing is left behind on any failure (or Ctrl-C)."""
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "cnncli"})
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        digest = hashlib.md5()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=TIMEOUT) as resp:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            bar = _bar(dest.name, total) if progress else None
+            got = 0
+            try:
+                while True:
+                    chunk = resp.read(CHUNK)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    if got > MAX_DOWNLOAD_BYTES:
+                        raise _BadDownload(f"sent more than {MAX_DOWNLOAD_BYTES:,} bytes; "
+                                             "not an MNIST file")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    if bar is not None:
+                        bar[0].update(bar[1], completed=got)
+            finally:
+                if bar is not None:
+                    bar[0].stop()
+            if total is not None and got != total:
+                raise _BadDownload(f"connection closed after {got:,} of {total:,} bytes")
+        found = digest.hexdigest()
+        if found != md5:
+            raise _BadDownload(f"MD5 mismatch: got {found}, expected {md5} (corrupt or wrong "
+                                 "file; discarded)")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _bar(name: str, total: int | None):
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
+
+    progress = Progress(TextColumn(f"downloading {name}"), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True), transient=False)
+    task = progress.add_task("download", total=total)
+    progress.start()
+    return progress, task
