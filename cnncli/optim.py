@@ -10,6 +10,7 @@ class SGD:
 
     Plain: ``p -= lr * g``. With momentum mu: ``v = mu * v + g``, then ``p -= lr * v``
     (Nesterov: ``p -= lr * (g + mu * v)``). ``weight_decay`` adds ``wd * p`` to g first.
+    Each update of p is one in-place pass over it (BLAS axpy: ``p += (-lr) * d``).
     """
 
     name = "sgd"
@@ -21,17 +22,16 @@ class SGD:
         self.weight_decay = float(weight_decay)
         self.velocity: dict[str, np.ndarray] = {}
         self._buf: dict[str, np.ndarray] = {}
+        _load_axpy()  # now, so that a thread limit set after this covers SciPy's BLAS too
 
     def step(self, network) -> None:
         lr, mu, wd = self.learning_rate, self.momentum, self.weight_decay
         for key, p, g in network.parameters():
-            buf = self._buf.get(key)
-            if buf is None:
-                buf = self._buf[key] = np.empty_like(p)
             if wd:
+                buf = self._scratch(key, p)
                 np.multiply(p, wd, out=buf)
                 buf += g
-                g = buf.copy()
+                g = buf  # g + wd * p
             if mu:
                 v = self.velocity.get(key)
                 if v is None:
@@ -39,14 +39,23 @@ class SGD:
                 v *= mu
                 v += g
                 if self.nesterov:
-                    np.multiply(v, mu, out=buf)
-                    buf += g
+                    d = g if wd else self._copy(key, g)  # g in a scratch array
+                    _axpy(mu, v, d)  # g + mu * v
+                    g = d
                 else:
-                    np.copyto(buf, v)
-                buf *= lr
-            else:
-                np.multiply(g, lr, out=buf)
-            p -= buf
+                    g = v
+            _axpy(-lr, g, p)
+
+    def _scratch(self, key, p):
+        buf = self._buf.get(key)
+        if buf is None:
+            buf = self._buf[key] = np.empty_like(p)
+        return buf
+
+    def _copy(self, key, g):
+        buf = self._scratch(key, g)
+        np.copyto(buf, g)
+        return buf
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return {f"velocity.{k}": v for k, v in self.velocity.items()}
@@ -54,6 +63,29 @@ class SGD:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.velocity = {k[len("velocity."):]: np.array(v) for k, v in state.items()
                          if k.startswith("velocity.")}
+
+
+_AXPY: dict[str, object] = {}  # BLAS axpy by dtype character: "f" float32, "d" float64
+
+
+def _load_axpy() -> None:
+    if not _AXPY:
+        from scipy.linalg import blas  # SciPy's own BLAS library, loaded by this import
+
+        for char in "fd":
+            _AXPY[char] = blas.get_blas_funcs("axpy", dtype=np.dtype(char))
+
+
+def _axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
+    """``y += a * x`` in place, in one pass over y (BLAS axpy for float32/float64 arrays)."""
+    fn = _AXPY.get(y.dtype.char)
+    if fn is not None and x.dtype == y.dtype and y.flags.c_contiguous and x.flags.c_contiguous:
+        yf = y.reshape(-1)
+        z = fn(x.reshape(-1), yf, a=a)  # SciPy writes into y itself and returns it ...
+        if z is not yf:  # pragma: no cover - ... unless it had to copy
+            yf[...] = z
+        return
+    y += a * x
 
 
 class Adam:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -17,6 +18,39 @@ from cnncli.optim import SGD, Adam
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
                   "learning_rate"]
 EVAL_BATCH = 250  # samples per forward pass when evaluating (bounds memory)
+
+
+def blas_threads(threads: int | None):
+    """A context running BLAS (and OpenMP) with ``threads`` threads, 1 when None.
+
+    One thread by default: OpenBLAS threads busy-wait, so a training step of the seed's MNIST
+    network with 2 threads ran 30x slower than with 1 while another process kept the second
+    core busy, and the products of networks this size gain little from a second thread even
+    on an idle machine. A fixed count also makes results bit-identical from one machine to
+    the next. Set ``training.threads`` for more.
+
+    SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; the optimizer's axpy
+    runs there) always gets 1 thread: two thread pools busy-waiting for each other's cores
+    made a step 4x slower with 2 threads even on an idle machine.
+    """
+    from contextlib import ExitStack
+
+    from threadpoolctl import ThreadpoolController
+
+    controller = ThreadpoolController()  # new each time (~1 ms): it sees every library loaded
+    stack = ExitStack()
+    stack.enter_context(controller.limit(limits=threads or 1))
+    scipy_own = [lib.filepath for lib in controller.lib_controllers
+                 if lib.user_api == "blas" and _is_scipy_vendored(lib.filepath)]
+    if scipy_own:
+        stack.enter_context(controller.select(filepath=scipy_own).limit(limits=1))
+    return stack
+
+
+def _is_scipy_vendored(filepath: str) -> bool:
+    """A library inside SciPy's wheel (``scipy.libs/``, ``scipy/.dylibs/``), not shared with NumPy."""
+    parts = Path(filepath).parts
+    return "scipy.libs" in parts or ("scipy" in parts and ".dylibs" in parts)
 
 
 class Interrupted(Exception):
@@ -95,7 +129,13 @@ class Trainer:
         return es is not None and self.early["bad_epochs"] >= es["patience"]
 
     def train_epoch(self, on_batch: Callable | None = None) -> dict:
-        """Run one epoch of minibatch SGD, evaluate, and return its metrics row."""
+        """Run one epoch of minibatch SGD, evaluate, and return its metrics row.
+
+        BLAS runs with ``training.threads`` threads, 1 when unset (see ``blas_threads``)."""
+        with blas_threads(self.cfg["training"].get("threads")):
+            return self._train_epoch(on_batch)
+
+    def _train_epoch(self, on_batch):
         t = self.cfg["training"]
         epoch = self.epoch + 1
         start = time.perf_counter()
@@ -106,6 +146,7 @@ class Trainer:
         order = self.shuffle_rng.permutation(n) if t["shuffle"] else None
         n_batches = -(-n // bs)
         loss_sum, correct = 0.0, 0
+        targets = np.eye(self.data.n_classes, dtype=self.dtype)  # row k: the one-hot target of class k
         for b in range(n_batches):
             if self.stop_requested:
                 raise Interrupted()
@@ -113,7 +154,7 @@ class Trainer:
             idx = order[sl] if order is not None else sl
             xb = self.data.images(x[idx], self.dtype)
             yb = y[idx]
-            target = one_hot(yb, self.data.n_classes, self.dtype)
+            target = targets[yb]  # (B, n_classes), as one_hot(yb) but one gather
             out = self.net.forward(xb)
             batch_loss = self.loss(out, target)
             if not math.isfinite(batch_loss):

@@ -15,26 +15,35 @@ class ReLU(Layer):
     """
 
     def forward(self, x):
-        self._mask = x > 0
-        return np.maximum(x, 0)
+        self._out = np.maximum(x, 0)
+        return self._out
 
     def backward(self, dout):
         if not self.needs_input_grad:
             return None
-        return dout * self._mask
+        return dout * (self._out > 0)  # out > 0 exactly where x > 0
 
 
 @register("sigmoid")
 class Sigmoid(Layer):
-    """``1 / (1 + exp(-x))``, computed without overflow for any finite x (SciPy's expit).
+    """``1 / (1 + exp(-x))``, computed without overflow for any x.
+
+    With ``e = exp(-|x|)`` (in (0, 1], so it never overflows): ``1 / (1 + e)`` for x >= 0 and
+    ``e / (1 + e)`` for x < 0, which keeps full relative precision for very negative x.
 
     Shape: out has the shape of x.
     """
 
     def forward(self, x):
-        from scipy.special import expit
-
-        self._out = expit(x)
+        if x.dtype.kind != "f":
+            x = x.astype(np.float64)
+        e = np.abs(x)
+        np.negative(e, out=e)
+        np.exp(e, out=e)  # exp(-|x|)
+        r = np.add(e, 1)
+        np.reciprocal(r, out=r)  # 1 / (1 + e)
+        e *= r  # e / (1 + e)
+        self._out = np.where(x < 0, e, r)
         return self._out
 
     def backward(self, dout):

@@ -91,8 +91,11 @@ class Dense(Layer):
 
     def backward(self, dout):
         """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
-        np.matmul(self._x.T, dout, out=self.grads["W"])
+        dx = None
+        if self.needs_input_grad:
+            # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and
+            # OpenBLAS runs this orientation faster for a few rows in float32.
+            dx = np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)  # (N, in_features)
+        np.matmul(self._x.T, dout, out=self.grads["W"])  # (in_features, out_features)
         np.sum(dout, axis=0, out=self.grads["b"])
-        if not self.needs_input_grad:
-            return None
-        return dout @ self.params["W"].T
+        return dx

@@ -45,18 +45,22 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, x):
+        if self.stride == self.kernel_size:
+            return self._forward_tiled(x)
         k = self.kernel_size
         win = self._windows(x)
         n, c, p, q = win.shape[:4]
         flat = win.reshape(n, c, p, q, k * k)  # (N, C, P, Q, K*K), a copy
         arg = flat.argmax(axis=-1)  # (N, C, P, Q)
-        self._cache = (x.shape, arg)
+        self._cache = ("windows", x.shape, arg)
         return np.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
 
     def backward(self, dout):
         if not self.needs_input_grad:
             return None
-        (n, c, h, w), arg = self._cache
+        if self._cache[0] == "tiled":
+            return self._backward_tiled(dout)
+        _, (n, c, h, w), arg = self._cache
         k, s = self.kernel_size, self.stride
         _, _, p, q = dout.shape
         rows = np.arange(p)[:, None] * s + arg // k  # (N, C, P, Q) by broadcasting
@@ -65,6 +69,39 @@ class MaxPool2D(_Pool2D):
         flat_index = plane + rows * w + cols
         dx = np.bincount(flat_index.ravel(), weights=dout.ravel(), minlength=n * c * h * w)
         return dx.reshape(n, c, h, w).astype(dout.dtype, copy=False)
+
+    # Non-overlapping windows (stride = K): the window entry at offset (i, j) of every
+    # window is the strided slice x[:, :, i::K, j::K], so no window is ever copied.
+    def _offsets(self, x):
+        """The K*K strided views (N, C, P, Q), offsets in row-major order."""
+        k = self.kernel_size
+        _, _, h, w = x.shape
+        p, q = (h - k) // k + 1, (w - k) // k + 1
+        return [x[:, :, i:i + k * p:k, j:j + k * q:k] for i in range(k) for j in range(k)]
+
+    def _forward_tiled(self, x):
+        views = self._offsets(x)
+        out = views[0].copy() if len(views) == 1 else np.maximum(views[0], views[1])
+        for v in views[2:]:
+            np.maximum(out, v, out=out)
+        self._cache = ("tiled", x, out)
+        return out
+
+    def _backward_tiled(self, dout):
+        """Each window's gradient goes to the first entry (row-major) equal to its maximum."""
+        _, x, out = self._cache
+        k = self.kernel_size
+        _, _, h, w = x.shape
+        _, _, p, q = dout.shape
+        covered = p * k == h and q * k == w
+        dx = (np.empty if covered else np.zeros)(x.shape, dtype=dout.dtype)
+        views, dviews = self._offsets(x), self._offsets(dx)
+        left = dout.copy()  # the gradient of windows whose maximum is not yet found
+        for m, (v, dv) in enumerate(zip(views, dviews)):
+            np.multiply(left, v == out, out=dv)
+            if m + 1 < len(views):
+                left -= dv  # exactly 0 where this entry took the gradient
+        return dx
 
 
 @register("avg_pool2d")
