@@ -264,11 +264,10 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    limiter = _thread_limit(cfg["training"]["threads"])
     sparks = []
     try:
         # A diverging run overflows on its way to the non-finite loss that stops it: no warnings.
-        with limiter, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             while trainer.epoch < trainer.epochs and not trainer.should_stop_early():
                 row = _run_epoch(trainer, out, interactive)
                 is_best = trainer.best["epoch"] == row["epoch"]
@@ -323,16 +322,6 @@ def _run_epoch(trainer, out, interactive):
         return trainer.train_epoch(on_batch)
 
 
-def _thread_limit(threads):
-    from contextlib import nullcontext
-
-    if threads is None:
-        return nullcontext()
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads)
-
-
 def _draw_curves(path, name, force=False):
     """Refresh curves.png (throttled by cnncli.plots so that drawing stays a small share of
     training time; ``force`` draws now)."""
@@ -383,7 +372,7 @@ def _eval(checkpoint, data, split, as_json, plot):
     from cnncli.data import load_dataset
     from cnncli.errors import DataError
     from cnncli.metrics import confusion_matrix
-    from cnncli.train import evaluate, make_loss
+    from cnncli.train import blas_threads, evaluate, make_loss
 
     net, cfg, meta, _ = load_network(checkpoint)
     data_cfg, seed = cfg["data"], cfg["seed"]
@@ -396,7 +385,8 @@ def _eval(checkpoint, data, split, as_json, plot):
                         f"{ds.n_classes} classes, but the network takes "
                         f"{'x'.join(map(str, net.input_shape))} with {net.output_shape[0]} classes")
     dtype = np.dtype(cfg["training"]["dtype"])
-    res = evaluate(net, make_loss(cfg["training"], net), ds, split, dtype)
+    with blas_threads(cfg["training"]["threads"]):
+        res = evaluate(net, make_loss(cfg["training"], net), ds, split, dtype)
     _, y = ds.split(split)
     cm = confusion_matrix(y, res["predictions"], ds.n_classes)
     totals = cm.sum(axis=1)
