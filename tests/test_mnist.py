@@ -448,3 +448,13 @@ def test_lenet_config_learns_on_a_subset():
         row = trainer.train_epoch()
     assert len(trainer.data.y_test) == 10_000
     assert row["test_accuracy"] >= 0.94, row
+
+
+@needs_shared
+@pytest.mark.parametrize("config", ["mnist.yaml", "mnist-lenet.yaml"])
+def test_gradcheck_passes_for_the_mnist_configs(config):
+    root = Path(__file__).resolve().parents[1]
+    result = CliRunner().invoke(app, ["gradcheck", str(root / "configs" / config), "--max-entries", "20",
+                                      "--set", f"data.path={SHARED_MNIST}", "--set", "data.limit=100"])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output and "gradients pass" in result.output
