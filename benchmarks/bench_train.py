@@ -240,8 +240,6 @@ def torch_optimizer(training, params):
 def agreement(cfg, in_shape, n_classes, dtype, steps=3):
     """Largest relative difference between cnncli's and PyTorch's parameters after a few
     identical steps from identical weights (a check that both do the same work)."""
-    import torch
-
     from cnncli.train import Trainer
 
     bs = cfg["training"]["batch_size"]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli import __version__
+from cnncli.atomic import atomic_file
 from cnncli.errors import CheckpointError, CnnError
 from cnncli.schema import short_repr
 
@@ -26,16 +27,8 @@ def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     meta = {"format_version": FORMAT_VERSION, "cnncli_version": __version__, **meta}
     payload = dict(arrays)
     payload["meta"] = np.array(json.dumps(meta))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **payload)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:

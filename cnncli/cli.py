@@ -264,7 +264,6 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    sparks = []
     try:
         # A diverging run overflows on its way to the non-finite loss that stops it: no warnings.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -455,16 +454,14 @@ def generate_shapes(
             fail(f"{out}: cannot write: the directory {out.parent} does not exist")
         ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
                            "stratify": False, "limit": None}, seed)
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        from cnncli.atomic import atomic_file
+
         try:
-            with open(tmp, "wb") as f:
+            with atomic_file(out) as f:
                 np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
                          y_test=ds.y_test, class_names=np.array(ds.class_names))
-            os.replace(tmp, out)
         except OSError as exc:
             fail(_escape(f"{out}: cannot write ({exc.strerror or exc})"))
-        finally:
-            tmp.unlink(missing_ok=True)
         if preview is not None:
             from cnncli.plots import plot_dataset_preview
 

@@ -321,8 +321,6 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
 
 def _check_network(cfg: dict, network: list, problems: list, known_data=None) -> list:
     """Build the network once against the dataset's input shape; return the resolved specs."""
-    import numpy as np
-
     from cnncli.data import DATASETS
     from cnncli.errors import CnnError
     from cnncli.network import build_network

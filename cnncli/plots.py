@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cnncli.atomic import atomic_file
 from cnncli.errors import CnnError, RunDirError
 
 DPI = 100
@@ -197,15 +198,12 @@ def save_figure(fig, path, error: type[CnnError] = CnnError) -> Path:
     parent = path.parent
     if not parent.is_dir():
         raise error(f"{path}: cannot write: the directory {parent} does not exist")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             fig.savefig(f, format=fmt, dpi=DPI)
-        os.replace(tmp, path)
     except OSError as exc:
         raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:
-        tmp.unlink(missing_ok=True)
         # A Figure holds reference cycles that only the cycle collector frees; in a long training
         # run the figures of earlier draws piled up (~35 MiB on MNIST). Free this one now.
         fig.clear()

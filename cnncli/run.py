@@ -13,6 +13,7 @@ import re
 import time
 from pathlib import Path
 
+from cnncli.atomic import atomic_file
 from cnncli.checkpoint import save_checkpoint
 from cnncli.config import dump_config
 from cnncli.errors import RunDirError
@@ -36,16 +37,8 @@ def default_run_dir(config_path, root="runs") -> Path:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
 
 
 def metrics_csv(rows: list[dict]) -> str:

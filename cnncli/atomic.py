@@ -1,0 +1,30 @@
+"""Atomic file writes: every file cnncli writes appears whole or not at all."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temp_name(path: Path) -> Path:
+    """The temporary file beside ``path`` that a write goes to first: ``.<name>.<pid>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def atomic_file(path, mode: str = "wb", **kwargs):
+    """Yield a file open on a temporary file in ``path``'s directory; when the block ends
+    without error, flush and fsync it, then rename it over ``path``. On any error (or a kill)
+    ``path`` keeps its previous content and the temporary file is removed."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
