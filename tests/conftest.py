@@ -6,6 +6,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
+SEED_MNIST_NET = [  # the seed post's MNIST network: 1x28x28 -> 10
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 5},  # -> 4x24x24
+    {"type": "flatten"},
+    {"type": "dense", "out_features": 256}, {"type": "relu"},
+    {"type": "dense", "out_features": 128}, {"type": "relu"},
+    {"type": "dense", "out_features": 32}, {"type": "relu"},
+    {"type": "dense", "out_features": 10},
+    {"type": "sigmoid"},
+]
+
 # Rich wraps long lines at the terminal width; tests read whole lines.
 os.environ.setdefault("COLUMNS", "200")
 

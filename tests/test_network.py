@@ -8,7 +8,7 @@ from cnncli import MSELoss, SGD, Network, build_network
 from cnncli.errors import CheckpointError, ConfigError
 from cnncli.gradcheck import TOLERANCE, check_network
 from cnncli.losses import CrossEntropyLoss
-from conftest import ROOT
+from conftest import ROOT, SEED_MNIST_NET
 
 SHAPES_NET = [
     {"type": "conv2d", "out_channels": 4, "kernel_size": 2},
@@ -18,15 +18,7 @@ SHAPES_NET = [
     {"type": "dense", "out_features": 4},
     {"type": "sigmoid"},
 ]
-MNIST_NET = [
-    {"type": "conv2d", "out_channels": 4, "kernel_size": 5},
-    {"type": "flatten"},
-    {"type": "dense", "out_features": 256}, {"type": "relu"},
-    {"type": "dense", "out_features": 128}, {"type": "relu"},
-    {"type": "dense", "out_features": 32}, {"type": "relu"},
-    {"type": "dense", "out_features": 10},
-    {"type": "sigmoid"},
-]
+MNIST_NET = SEED_MNIST_NET
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])

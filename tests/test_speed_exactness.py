@@ -12,17 +12,8 @@ from cnncli.config import load_config
 from cnncli.gradcheck import TOLERANCE, check_layer
 from cnncli.layers import Conv2D, MaxPool2D, Sigmoid, conv
 from cnncli.train import Trainer
-from conftest import ROOT
+from conftest import ROOT, SEED_MNIST_NET
 
-SEED_MNIST_NET = [
-    {"type": "conv2d", "out_channels": 4, "kernel_size": 5},  # 1x28x28 -> 4x24x24
-    {"type": "flatten"},
-    {"type": "dense", "out_features": 256}, {"type": "relu"},
-    {"type": "dense", "out_features": 128}, {"type": "relu"},
-    {"type": "dense", "out_features": 32}, {"type": "relu"},
-    {"type": "dense", "out_features": 10},
-    {"type": "sigmoid"},
-]
 LENET_NET = [  # padding, pooling, a conv that needs its input gradient, a strided conv
     {"type": "conv2d", "out_channels": 8, "kernel_size": 5, "padding": 2, "init": "he"},
     {"type": "relu"},
