@@ -228,7 +228,7 @@ def load_network(path):
     try:
         shape = tuple(int(d) for d in meta["input_shape"])
         net = build_network(cfg["network"], shape, np.random.default_rng(0),
-                            np.dtype(cfg["training"]["dtype"]))
+                            np.dtype(cfg["training"]["dtype"]), impl=cfg["training"]["impl"])
         net.load_state_dict({k: v for k, v in arrays.items() if k.startswith("layers.")})
     except CnnError as exc:
         raise CheckpointError(f"{path}: {exc}") from None

@@ -210,7 +210,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
 
     from cnncli.checkpoint import check_resumable, load_checkpoint
     from cnncli.config import config_diff
-    from cnncli.errors import CheckpointError, CnnError, TrainingError
+    from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
     from cnncli.run import metrics_csv
     from cnncli.train import Interrupted, Trainer
 
@@ -245,6 +245,9 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                 trainer.load_state(arrays, meta)
             except CheckpointError as exc:
                 raise CheckpointError(f"{last}: does not fit this run's network: {exc}") from None
+            if trainer.epochs < trainer.epoch:
+                raise ConfigError(f"--epochs {trainer.epochs} is below the {trainer.epoch} epochs "
+                                  f"{run.path} has already trained")
             run.write("metrics.csv", metrics_csv(trainer.history))
             say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
         else:
@@ -380,7 +383,8 @@ def _eval(checkpoint, data, split, as_json, plot):
         data_cfg, seed = other["data"], other["seed"]
     ds = load_dataset(data_cfg, seed)
     if tuple(ds.input_shape) != tuple(net.input_shape) or ds.n_classes != net.output_shape[0]:
-        raise DataError(f"{data}: its images are {'x'.join(map(str, ds.input_shape))} with "
+        source = data if data is not None else f"{checkpoint} (its {data_cfg['name']} data)"
+        raise DataError(f"{source}: its images are {'x'.join(map(str, ds.input_shape))} with "
                         f"{ds.n_classes} classes, but the network takes "
                         f"{'x'.join(map(str, net.input_shape))} with {net.output_shape[0]} classes")
     dtype = np.dtype(cfg["training"]["dtype"])

@@ -188,7 +188,22 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {short_repr(item)}: cannot set a key inside a "
                               f"{type(node).__name__}")
         node[parts[-1]] = parse_yaml(value, f"--set {key_name(key.strip())}")
+        _one_learning_rate(raw, parts)
     return raw
+
+
+def _one_learning_rate(raw: dict, parts: list[str]) -> None:
+    """The learning rate may stand in ``training.learning_rate`` or in
+    ``training.optimizer.learning_rate``; an override of one replaces the other (``--lr`` works
+    whichever place the file used)."""
+    training = raw.get("training")
+    if not isinstance(training, dict):
+        return
+    optimizer = training.get("optimizer")
+    if parts == ["training", "learning_rate"] and isinstance(optimizer, dict):
+        optimizer.pop("learning_rate", None)
+    elif parts == ["training", "optimizer", "learning_rate"]:
+        training.pop("learning_rate", None)
 
 
 TRAINING_FIELDS = {
@@ -202,7 +217,7 @@ TRAINING_FIELDS = {
     "schedule": Field(None, lambda v: v),
     "early_stopping": Field(None, lambda v: v),
     "threads": Field(None, optional(integer(1))),
-    "impl": Field("fast", choice("fast", "reference")),
+    "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
 }
 
 _unit = number(0.0, strict=False, maximum=1.0, max_strict=True)

@@ -327,3 +327,13 @@ def test_sigkill_while_checkpointing_never_leaves_a_broken_file(tmp_path):
         arrays, meta = load_checkpoint(path)
         assert np.all(arrays["layers.0.W"] == meta["epoch"])
     assert zipfile.is_zipfile(path)
+
+
+def test_resume_refuses_fewer_epochs_than_trained(tmp_path):
+    run = tmp_path / "r"
+    assert cnn("train", SHAPES, "--run-dir", run, "--epochs", 3, "--quiet").exit_code == 0
+    before = (run / "config.yaml").read_bytes()
+    result = cnn("train", "--resume", run, "--epochs", 2)
+    assert result.exit_code == 1
+    assert "--epochs 2 is below the 3 epochs" in result.output
+    assert (run / "config.yaml").read_bytes() == before

@@ -135,3 +135,19 @@ def test_shipped_configs_are_valid():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(path)
         assert cfg["network"], path
+
+
+def test_lr_override_replaces_the_optimizer_sections_rate():
+    cfg = load_config(ROOT / "configs" / "digits.yaml", ["training.learning_rate=0.01"])
+    assert cfg["training"]["learning_rate"] == 0.01
+    cfg = load_config(ROOT / "configs" / "shapes.yaml", ["training.optimizer.learning_rate=0.2"])
+    assert cfg["training"]["learning_rate"] == 0.2
+
+
+def test_a_layers_own_impl_is_used_unless_training_impl_is_set():
+    from cnncli.train import Trainer
+
+    cfg = load_config(ROOT / "configs" / "shapes.yaml", ["network.0.impl=reference"])
+    assert Trainer(cfg).net.layers[0].impl == "reference"
+    cfg = load_config(ROOT / "configs" / "shapes.yaml", ["network.0.impl=reference", "training.impl=fast"])
+    assert Trainer(cfg).net.layers[0].impl == "fast"
