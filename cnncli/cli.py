@@ -209,6 +209,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
     import numpy as np
 
     from cnncli.checkpoint import check_resumable, load_checkpoint
+    from cnncli.config import dump_config
     from cnncli.config import config_diff
     from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
     from cnncli.run import metrics_csv
@@ -252,7 +253,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
         else:
             say(f"Resuming {run.path}: no epoch had finished, starting at epoch 1")
-        run.write("config.yaml", __import__("cnncli.config", fromlist=["dump_config"]).dump_config(cfg))
+        run.write("config.yaml", dump_config(cfg))
     else:
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "

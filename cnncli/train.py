@@ -13,7 +13,7 @@ from cnncli.data import Dataset, load_dataset, one_hot
 from cnncli.errors import TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
 from cnncli.network import Network, build_network
-from cnncli.optim import SGD, Adam
+from cnncli.optim import OPTIMIZERS
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
                   "learning_rate"]
@@ -66,7 +66,7 @@ def make_loss(training: dict, net: Network):
 def make_optimizer(training: dict):
     opt = dict(training["optimizer"])
     name = opt.pop("name")
-    cls = {"sgd": SGD, "adam": Adam}[name]
+    cls = OPTIMIZERS[name]
     return cls(learning_rate=training["learning_rate"], **opt)
 
 
