@@ -268,7 +268,7 @@ def blas_lines():
     """One line per BLAS/OpenMP library in the process: kernel and thread count in use."""
     from threadpoolctl import threadpool_info
 
-    owners = {"numpy.libs": "NumPy's: matrix products", "scipy.libs": "SciPy's: the SGD axpy, "
+    owners = {"numpy.libs": "NumPy's: matrix products", "scipy.libs": "SciPy's: the in-place SGD updates, "
               "1 thread while cnncli trains", "torch": "PyTorch's OpenMP"}
     lines = []
     for lib in sorted(threadpool_info(), key=lambda lib: lib.get("filepath", "")):

@@ -35,6 +35,15 @@ class Network:
             if dout is None:
                 break
 
+    def backward_sgd(self, dout: np.ndarray, lr: float) -> None:
+        """Backward fused with the plain SGD step ``p -= lr * grad``: each layer updates its
+        parameters as soon as it has passed its input gradient on (``Layer.backward_sgd``).
+        Equal to ``backward`` then ``SGD(lr).step`` up to rounding."""
+        for layer in reversed(self.layers):
+            dout = layer.backward_sgd(dout, lr)
+            if dout is None:
+                break
+
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Forward in chunks of ``batch_size``; returns (N, n_outputs)."""
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]

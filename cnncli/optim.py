@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.blas import axpy, load as load_blas
+
 
 class SGD:
     """Stochastic gradient descent, optionally with momentum (PyTorch's convention).
@@ -22,7 +24,13 @@ class SGD:
         self.weight_decay = float(weight_decay)
         self.velocity: dict[str, np.ndarray] = {}
         self._buf: dict[str, np.ndarray] = {}
-        _load_axpy()  # now, so that a thread limit set after this covers SciPy's BLAS too
+        load_blas()  # now, so that a thread limit set after this covers SciPy's BLAS too
+
+    @property
+    def plain(self) -> bool:
+        """No momentum, no weight decay: ``p -= lr * g``, which layers can fuse into their
+        backward pass (``Network.backward_sgd``)."""
+        return not self.momentum and not self.weight_decay
 
     def step(self, network) -> None:
         lr, mu, wd = self.learning_rate, self.momentum, self.weight_decay
@@ -40,11 +48,11 @@ class SGD:
                 v += g
                 if self.nesterov:
                     d = g if wd else self._copy(key, g)  # g in a scratch array
-                    _axpy(mu, v, d)  # g + mu * v
+                    axpy(mu, v, d)  # g + mu * v
                     g = d
                 else:
                     g = v
-            _axpy(-lr, g, p)
+            axpy(-lr, g, p)
 
     def _scratch(self, key, p):
         buf = self._buf.get(key)
@@ -63,29 +71,6 @@ class SGD:
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         self.velocity = {k[len("velocity."):]: np.array(v) for k, v in state.items()
                          if k.startswith("velocity.")}
-
-
-_AXPY: dict[str, object] = {}  # BLAS axpy by dtype character: "f" float32, "d" float64
-
-
-def _load_axpy() -> None:
-    if not _AXPY:
-        from scipy.linalg import blas  # SciPy's own BLAS library, loaded by this import
-
-        for char in "fd":
-            _AXPY[char] = blas.get_blas_funcs("axpy", dtype=np.dtype(char))
-
-
-def _axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
-    """``y += a * x`` in place, in one pass over y (BLAS axpy for float32/float64 arrays)."""
-    fn = _AXPY.get(y.dtype.char)
-    if fn is not None and x.dtype == y.dtype and y.flags.c_contiguous and x.flags.c_contiguous:
-        yf = y.reshape(-1)
-        z = fn(x.reshape(-1), yf, a=a)  # SciPy writes into y itself and returns it ...
-        if z is not yf:  # pragma: no cover - ... unless it had to copy
-            yf[...] = z
-        return
-    y += a * x
 
 
 class Adam:

@@ -113,6 +113,14 @@ class Trainer:
                                  impl=t["impl"])
         self.loss = make_loss(t, self.net)
         self.optimizer = make_optimizer(t)
+        # impl "reference" runs the seed's algorithm step for step: per-sample SciPy loops in
+        # every conv layer, every gradient (the first layer's input gradient too, which nobody
+        # uses), then a separate update. The fast path skips that gradient and, for plain SGD,
+        # fuses each layer's update into its backward pass (Network.backward_sgd).
+        self.reference = t["impl"] == "reference"
+        if self.reference:
+            self.net.layers[0].needs_input_grad = True
+        self.fused_sgd = not self.reference and getattr(self.optimizer, "plain", False)
         self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
         self.epoch = 0
         self.history: list[dict] = []
@@ -164,8 +172,11 @@ class Trainer:
                     f"used {lr:g})")
             correct += int((out.argmax(axis=1) == yb).sum())
             loss_sum += batch_loss * len(yb)
-            self.net.backward(self.loss.gradient(out, target))
-            self.optimizer.step(self.net)
+            if self.fused_sgd:
+                self.net.backward_sgd(self.loss.gradient(out, target), lr)
+            else:
+                self.net.backward(self.loss.gradient(out, target))
+                self.optimizer.step(self.net)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)
         test = evaluate(self.net, self.loss, self.data, "test", self.dtype)

@@ -212,3 +212,66 @@ def test_training_runs_blas_with_the_configured_threads_and_one_by_default(threa
     assert numpy_blas == {threads or 1}
     scipy_own = {n for libs in seen for path, n in libs.items() if "scipy.libs" in path}
     assert scipy_own <= {1}  # SciPy's own OpenBLAS (the SGD axpy) never gets a second thread
+
+
+def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
+    """A Trainer on the seed's MNIST network after ``steps`` steps over random digits-sized data."""
+    from cnncli.data import Dataset
+
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, (16 * steps, 1, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, 16 * steps)
+    data = Dataset("random", x, y, x[:16], y[:16], [str(i) for i in range(10)], 1 / 255)
+    cfg = load_config(ROOT / "configs" / "shapes.yaml")
+    cfg["network"] = SEED_MNIST_NET
+    cfg["training"].update(impl=impl, batch_size=16, learning_rate=0.1, dtype=dtype,
+                           optimizer=optimizer)
+    trainer = Trainer(cfg, data=data)
+    trainer.train_epoch()
+    return trainer
+
+
+def test_trainer_fast_and_reference_paths_reach_the_same_parameters_after_20_steps():
+    # The fast path fuses plain SGD into the backward pass; the reference path runs the seed's
+    # algorithm step for step (SciPy loops, every gradient, then the update).
+    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    fast = _trainer_after_steps("fast", 20, sgd)
+    ref = _trainer_after_steps("reference", 20, sgd)
+    assert fast.fused_sgd and not ref.fused_sgd
+    assert ref.net.layers[0].needs_input_grad and not fast.net.layers[0].needs_input_grad
+    assert_same_params(fast.net, ref.net, 1e-10)
+    start = build_network(SEED_MNIST_NET, (1, 28, 28), np.random.default_rng([0, 1]))
+    for key, p in start.params.items():  # every parameter moved
+        assert not np.allclose(fast.net.params[key], p), key
+
+
+def test_fused_sgd_backward_equals_backward_then_sgd_step():
+    specs = LENET_NET[:-1] + [{"type": "dense", "out_features": 10}]
+    loss = CrossEntropyLoss()
+    rng = np.random.default_rng(8)
+    x = rng.random((5, 1, 28, 28))
+    y = np.eye(10)[rng.integers(0, 10, 5)]
+    a = build_network(specs, (1, 28, 28), np.random.default_rng(3))
+    b = build_network(specs, (1, 28, 28), np.random.default_rng(3))
+    a.backward_sgd(loss.gradient(a.forward(x), y), 0.05)
+    b.backward(loss.gradient(b.forward(x), y))
+    SGD(0.05).step(b)
+    for key, p in a.params.items():
+        np.testing.assert_allclose(p, b.params[key], rtol=1e-13, atol=1e-15)
+
+
+def test_momentum_adam_and_weight_decay_do_not_take_the_fused_path():
+    for opt in ({"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
+                {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 1e-4},
+                {"name": "adam", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}):
+        assert not _trainer_after_steps("fast", 1, opt).fused_sgd, opt
+
+
+def test_trainer_float32_fused_path_stays_float32_and_close_to_float64():
+    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    t = _trainer_after_steps("fast", 5, sgd, "float32")
+    t64 = _trainer_after_steps("fast", 5, sgd)
+    assert t.fused_sgd
+    for key, p in t.net.params.items():
+        assert p.dtype == np.float32, key
+        np.testing.assert_allclose(p, t64.net.params[key], rtol=0, atol=2e-5 * np.abs(p).max())

@@ -8,6 +8,7 @@ import numbers
 
 import numpy as np
 
+from cnncli.blas import axpy
 from cnncli.errors import ConfigError
 
 LAYERS: dict[str, type["Layer"]] = {}
@@ -73,6 +74,19 @@ class Layer:
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         raise NotImplementedError
+
+    def backward_sgd(self, dout: np.ndarray, lr: float) -> np.ndarray | None:
+        """``backward``, then the plain SGD step ``p -= lr * grad`` on every parameter.
+
+        Returns the input gradient, computed with the parameters from before the step. Layers
+        that can update in place without storing a gradient override this (Dense); their
+        ``grads`` are then left unwritten.
+        """
+
+        dx = self.backward(dout)
+        for name, p in self.params.items():
+            axpy(-lr, self.grads[name], p)
+        return dx
 
     def config(self) -> dict:
         """The spec that rebuilds this layer (hyperparameters only)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.blas import add_product, axpy
 from cnncli.errors import ConfigError
 from cnncli.layers.base import Layer, check_init, check_int, check_keys, init_bias, init_weights, register
 
@@ -91,11 +92,30 @@ class Dense(Layer):
 
     def backward(self, dout):
         """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
-        dx = None
-        if self.needs_input_grad:
-            # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and
-            # OpenBLAS runs this orientation faster for a few rows in float32.
-            dx = np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)  # (N, in_features)
+        dx = self._input_grad(dout)
         np.matmul(self._x.T, dout, out=self.grads["W"])  # (in_features, out_features)
         np.sum(dout, axis=0, out=self.grads["b"])
         return dx
+
+    def backward_sgd(self, dout, lr):
+        """``backward`` fused with ``W -= lr * x.T @ dout`` and ``b -= lr * sum(dout)``.
+
+        The weight gradient goes straight into W (one GEMM accumulating into it), so it is
+        never stored: the update costs one pass over W instead of three (write the gradient,
+        read it, update W). ``grads["W"]`` is left unwritten.
+        """
+
+        dx = self._input_grad(dout)  # with W from before the step
+        add_product(-lr, self._x, dout, self.params["W"])
+        gb = self.grads["b"]
+        np.sum(dout, axis=0, out=gb)
+        axpy(-lr, gb, self.params["b"])
+        return dx
+
+    def _input_grad(self, dout):
+        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
+        if not self.needs_input_grad:
+            return None
+        # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and OpenBLAS
+        # runs this orientation faster for a few rows in float32.
+        return np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)
