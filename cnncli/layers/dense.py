@@ -104,7 +104,6 @@ class Dense(Layer):
         never stored: the update costs one pass over W instead of three (write the gradient,
         read it, update W). ``grads["W"]`` is left unwritten.
         """
-
         dx = self._input_grad(dout)  # with W from before the step
         add_product(-lr, self._x, dout, self.params["W"])
         gb = self.grads["b"]
