@@ -26,10 +26,12 @@ def load() -> None:
 
 
 def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
-    """``y += a * x`` in place (x and y of one shape)."""
+    """``y += a * x`` in place. BLAS runs it when x and y are contiguous arrays of one shape
+    and dtype that do not overlap; anything else goes through NumPy (broadcasting included)."""
     load()
     fn = _FUNCS.get(("axpy", y.dtype.char))
-    if fn is not None and x.dtype == y.dtype and y.flags.c_contiguous and x.flags.c_contiguous:
+    if (fn is not None and x.dtype == y.dtype and x.shape == y.shape and y.flags.c_contiguous
+            and x.flags.c_contiguous and (x is y or not np.may_share_memory(x, y))):
         yf = y.reshape(-1)
         z = fn(x.reshape(-1), yf, a=a)  # SciPy writes into y itself and returns it ...
         if z is not yf:  # pragma: no cover - ... unless it had to copy
@@ -41,12 +43,14 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
 def add_product(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     """``c += alpha * a.T @ b`` in place.
 
-    a: (K, M), b: (K, N), c: (M, N), one floating dtype.
+    a: (K, M), b: (K, N), c: (M, N). BLAS runs it for contiguous float32/float64 arrays of one
+    dtype when c overlaps neither a nor b; anything else goes through NumPy.
     """
     load()
     fn = _FUNCS.get(("gemm", c.dtype.char))
     if (fn is not None and a.dtype == b.dtype == c.dtype and c.flags.c_contiguous
-            and a.flags.c_contiguous and b.flags.c_contiguous):
+            and a.flags.c_contiguous and b.flags.c_contiguous
+            and not np.may_share_memory(a, c) and not np.may_share_memory(b, c)):
         # Column-major BLAS sees each C-ordered array as its transpose, so ask it for
         # c.T += alpha * b.T @ (a.T).T: every operand is then read in place, without a copy.
         z = fn(alpha, b.T, a.T, beta=1.0, c=c.T, trans_b=1, overwrite_c=1)

@@ -13,7 +13,8 @@ class Network:
     """A stack of layers run in order.
 
     ``forward(x)`` returns the last layer's output; ``backward(dout)`` fills every layer's
-    ``grads`` (the first layer skips the input gradient nobody uses).
+    ``grads`` (the first layer skips the input gradient nobody uses); ``backward_sgd(dout, lr)``
+    also applies the plain SGD step, leaving the fused dense layers' ``grads["W"]`` unwritten.
     """
 
     def __init__(self, layers: list[Layer], input_shape: tuple | None = None,

@@ -1,4 +1,8 @@
-"""Optimizers: they update a network's parameters in place from the gradients its backward wrote."""
+"""Optimizers: they update a network's parameters in place from the gradients its backward wrote.
+
+With plain SGD the trainer skips ``SGD.step`` and runs ``Network.backward_sgd``, which applies the
+same update inside the backward pass (``SGD.plain`` tells when).
+"""
 
 from __future__ import annotations
 

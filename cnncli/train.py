@@ -29,8 +29,8 @@ def blas_threads(threads: int | None):
     on an idle machine. A fixed count also makes results bit-identical from one machine to
     the next. Set ``training.threads`` for more.
 
-    SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; the optimizer's axpy
-    runs there) always gets 1 thread: two thread pools busy-waiting for each other's cores
+    SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; the in-place updates of
+    ``cnncli.blas`` run there, the fused dense weight update included) always gets 1 thread: two thread pools busy-waiting for each other's cores
     made a step 4x slower with 2 threads even on an idle machine.
     """
     from contextlib import ExitStack

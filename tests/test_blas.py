@@ -9,18 +9,67 @@ from cnncli import blas
 dims = st.integers(1, 40)
 
 
-@settings(max_examples=60, deadline=None)
+def _layout(x, kind):
+    """The same values in C order, Fortran order, or as a strided view of a larger array."""
+    if kind == "F":
+        return np.asfortranarray(x)
+    if kind == "strided":
+        big = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=x.dtype)
+        big[:, ::2] = x
+        return big[:, ::2]
+    return x
+
+
+@settings(max_examples=80, deadline=None)
 @given(k=dims, m=dims, n=dims, alpha=st.floats(-3, 3), dtype=st.sampled_from(["float64", "float32"]),
-       seed=st.integers(0, 2**32 - 1))
-def test_add_product_adds_alpha_a_transpose_b_into_c_in_place(k, m, n, alpha, dtype, seed):
+       layouts=st.tuples(*[st.sampled_from(["C", "F", "strided"])] * 3), seed=st.integers(0, 2**32 - 1))
+def test_add_product_adds_alpha_a_transpose_b_into_c_in_place(k, m, n, alpha, dtype, layouts, seed):
     rng = np.random.default_rng(seed)
-    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((k, m), (k, n), (m, n)))
+    a, b, c = (_layout(rng.standard_normal(s).astype(dtype), kind)
+               for s, kind in zip(((k, m), (k, n), (m, n)), layouts))
     expected = c.astype(np.float64) + alpha * (a.astype(np.float64).T @ b.astype(np.float64))
-    before = c.__array_interface__["data"][0]
+    view = c[...]  # another view of c's memory: it must see the result
     blas.add_product(alpha, a, b, c)
-    assert c.__array_interface__["data"][0] == before and c.dtype == dtype
+    assert c.dtype == dtype
     tol = 1e-12 if dtype == "float64" else 2e-5
-    np.testing.assert_allclose(c, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
+    np.testing.assert_allclose(view, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
+
+
+def test_add_product_uses_blas_for_contiguous_arrays(monkeypatch):
+    blas.load()
+    used = []
+    fn = blas._FUNCS["gemm", "d"]
+    monkeypatch.setitem(blas._FUNCS, ("gemm", "d"), lambda *a, **k: used.append(1) or fn(*a, **k))
+    rng = np.random.default_rng(0)
+    a, b, c = rng.standard_normal((5, 3)), rng.standard_normal((5, 4)), rng.standard_normal((3, 4))
+    expected = c - 0.5 * a.T @ b
+    blas.add_product(-0.5, a, b, c)
+    assert used == [1]
+    np.testing.assert_allclose(c, expected, rtol=1e-14)
+
+
+def test_add_product_and_axpy_are_right_when_arrays_overlap():
+    rng = np.random.default_rng(2)
+    c = rng.standard_normal((6, 6))
+    a = c  # c += a.T @ c with a and b the very array being written
+    expected = c + 0.25 * (c.T @ c)
+    blas.add_product(0.25, a, c, c)
+    np.testing.assert_allclose(c, expected, rtol=1e-13)
+    buf = rng.standard_normal(10)
+    x, y = buf[:6], buf[4:]  # overlapping views
+    expected = y + 2.0 * x
+    blas.axpy(2.0, x, y)
+    np.testing.assert_allclose(buf[4:], expected, rtol=1e-14)
+    y = rng.standard_normal(5)
+    expected = 3 * y
+    blas.axpy(2.0, y, y)  # x is y
+    np.testing.assert_allclose(y, expected, rtol=1e-14)
+
+
+def test_axpy_broadcasts_like_numpy_when_shapes_differ():
+    y = np.ones((2, 3))
+    blas.axpy(2.0, np.arange(3.0), y)
+    np.testing.assert_array_equal(y, [[1, 3, 5], [1, 3, 5]])
 
 
 def test_add_product_falls_back_to_numpy_for_views_and_other_dtypes():

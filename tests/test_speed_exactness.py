@@ -211,7 +211,7 @@ def test_training_runs_blas_with_the_configured_threads_and_one_by_default(threa
     numpy_blas = {n for libs in seen for path, n in libs.items() if "scipy.libs" not in path}
     assert numpy_blas == {threads or 1}
     scipy_own = {n for libs in seen for path, n in libs.items() if "scipy.libs" in path}
-    assert scipy_own <= {1}  # SciPy's own OpenBLAS (the SGD axpy) never gets a second thread
+    assert scipy_own <= {1}  # SciPy's own OpenBLAS (the in-place updates) never gets a second thread
 
 
 def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
@@ -267,11 +267,74 @@ def test_momentum_adam_and_weight_decay_do_not_take_the_fused_path():
         assert not _trainer_after_steps("fast", 1, opt).fused_sgd, opt
 
 
-def test_trainer_float32_fused_path_stays_float32_and_close_to_float64():
+def test_trainer_float32_fused_path_is_close_to_float64():
     sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
     t = _trainer_after_steps("fast", 5, sgd, "float32")
     t64 = _trainer_after_steps("fast", 5, sgd)
     assert t.fused_sgd
     for key, p in t.net.params.items():
-        assert p.dtype == np.float32, key
         np.testing.assert_allclose(p, t64.net.params[key], rtol=0, atol=2e-5 * np.abs(p).max())
+
+
+def test_fused_and_unfused_trainers_agree_under_a_step_schedule_with_shuffling():
+    over = ["training.epochs=3", "training.shuffle=true", "training.batch_size=7",
+            "training.schedule={name: step, step_size: 1, gamma: 0.5}"]
+    cfg = load_config(ROOT / "configs" / "shapes.yaml", over)
+    fused, plain = Trainer(cfg), Trainer(cfg)
+    plain.fused_sgd = False  # backward, then SGD.step
+    assert fused.fused_sgd
+    for _ in range(3):
+        a, b = fused.train_epoch(), plain.train_epoch()
+        assert a["learning_rate"] == b["learning_rate"]
+    assert fused.history[-1]["learning_rate"] == cfg["training"]["learning_rate"] / 4
+    assert_same_params(fused.net, plain.net, 1e-12)
+
+
+def test_the_fused_path_runs_one_gemm_update_per_dense_layer_and_step(monkeypatch):
+    from cnncli import blas
+
+    blas.load()
+    calls = {"gemm": 0, "axpy": 0}
+    for (name, char), fn in list(blas._FUNCS.items()):
+        def counted(*args, _fn=fn, _name=name, **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+        monkeypatch.setitem(blas._FUNCS, (name, char), counted)
+    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    trainer = _trainer_after_steps("fast", 3, sgd)
+    # 4 dense layers x 3 steps: one GEMM into W each, one axpy on b each, and the conv's two
+    # parameters through the default backward_sgd (2 axpys a step).
+    assert calls == {"gemm": 4 * 3, "axpy": 4 * 3 + 2 * 3}, calls
+    assert trainer.fused_sgd
+
+
+def test_a_dense_subclass_with_its_own_backward_is_honoured_on_the_fused_path():
+    from cnncli.layers import Dense
+
+    class HalfGradient(Dense):  # a user's layer: scales its weight gradient
+        def backward(self, dout):
+            dx = super().backward(dout)
+            self.grads["W"] *= 0.5
+            return dx
+
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 3))
+    layer = HalfGradient(6, 3, rng=np.random.default_rng(1))
+    before = layer.params["W"].copy()
+    layer.forward(x)
+    layer.backward_sgd(dout, 0.1)
+    np.testing.assert_allclose(layer.params["W"], before - 0.1 * 0.5 * (x.T @ dout), rtol=1e-13)
+
+
+def test_the_reference_trainer_computes_the_first_layers_input_gradient_as_the_seed_does():
+    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    seen = {}
+    for impl in ("fast", "reference"):
+        trainer = _trainer_after_steps(impl, 1, sgd)
+        first = trainer.net.layers[0]
+        xb = np.random.default_rng(0).random((2, 1, 28, 28))
+        dout = np.ones((2, 4, 24, 24))
+        first.forward(xb)
+        seen[impl] = first.backward(dout)
+    assert seen["fast"] is None
+    assert seen["reference"].shape == (2, 1, 28, 28)

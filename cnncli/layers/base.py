@@ -18,6 +18,8 @@ def register(name: str):
     """Class decorator: make a layer buildable from a spec ``{type: name, ...}``."""
 
     def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Layer)):
+            raise TypeError(f"@register({name!r}) needs a subclass of cnncli.layers.Layer, got {cls!r}")
         if name in LAYERS:
             raise ValueError(f"layer type {name!r} is already registered")
         LAYERS[name] = cls
@@ -41,12 +43,14 @@ class Layer:
     """One step of the network.
 
     ``params`` and ``grads`` have the same keys and shapes; ``backward`` writes ``grads``
-    and the optimizer updates ``params`` in place. Shapes given without the batch axis
-    (``in_shape``) describe one sample.
+    and the optimizer updates ``params`` in place, or ``backward_sgd`` does both in one pass
+    (what training with plain SGD runs). Shapes given without the batch axis (``in_shape``)
+    describe one sample.
     """
 
     type_name = "layer"
-    # Set to False by the network on its first layer: nobody uses that input gradient.
+    # Set to False by the network on its first layer: nobody uses that input gradient
+    # (the trainer's reference path sets it back to True, as the seed computes it).
     needs_input_grad: bool = True
 
     def __init__(self):

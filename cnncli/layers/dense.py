@@ -102,8 +102,11 @@ class Dense(Layer):
 
         The weight gradient goes straight into W (one GEMM accumulating into it), so it is
         never stored: the update costs one pass over W instead of three (write the gradient,
-        read it, update W). ``grads["W"]`` is left unwritten.
+        read it, update W). ``grads["W"]`` is left unwritten. A subclass that overrides
+        ``backward`` gets the plain backward-then-update instead.
         """
+        if type(self).backward is not Dense.backward:
+            return super().backward_sgd(dout, lr)
         dx = self._input_grad(dout)  # with W from before the step
         add_product(-lr, self._x, dout, self.params["W"])
         gb = self.grads["b"]
