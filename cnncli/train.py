@@ -117,10 +117,10 @@ class Trainer:
         # every conv layer, every gradient (the first layer's input gradient too, which nobody
         # uses), then a separate update. The fast path skips that gradient and, for plain SGD,
         # fuses each layer's update into its backward pass (Network.backward_sgd).
-        self.reference = t["impl"] == "reference"
-        if self.reference:
+        reference = t["impl"] == "reference"
+        if reference:
             self.net.layers[0].needs_input_grad = True
-        self.fused_sgd = not self.reference and getattr(self.optimizer, "plain", False)
+        self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
         self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
         self.epoch = 0
         self.history: list[dict] = []

@@ -214,6 +214,9 @@ def test_training_runs_blas_with_the_configured_threads_and_one_by_default(threa
     assert scipy_own <= {1}  # SciPy's own OpenBLAS (the in-place updates) never gets a second thread
 
 
+PLAIN_SGD = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+
+
 def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
     """A Trainer on the seed's MNIST network after ``steps`` steps over random digits-sized data."""
     from cnncli.data import Dataset
@@ -234,9 +237,8 @@ def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
 def test_trainer_fast_and_reference_paths_reach_the_same_parameters_after_20_steps():
     # The fast path fuses plain SGD into the backward pass; the reference path runs the seed's
     # algorithm step for step (SciPy loops, every gradient, then the update).
-    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
-    fast = _trainer_after_steps("fast", 20, sgd)
-    ref = _trainer_after_steps("reference", 20, sgd)
+    fast = _trainer_after_steps("fast", 20, PLAIN_SGD)
+    ref = _trainer_after_steps("reference", 20, PLAIN_SGD)
     assert fast.fused_sgd and not ref.fused_sgd
     assert ref.net.layers[0].needs_input_grad and not fast.net.layers[0].needs_input_grad
     assert_same_params(fast.net, ref.net, 1e-10)
@@ -268,9 +270,8 @@ def test_momentum_adam_and_weight_decay_do_not_take_the_fused_path():
 
 
 def test_trainer_float32_fused_path_is_close_to_float64():
-    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
-    t = _trainer_after_steps("fast", 5, sgd, "float32")
-    t64 = _trainer_after_steps("fast", 5, sgd)
+    t = _trainer_after_steps("fast", 5, PLAIN_SGD, "float32")
+    t64 = _trainer_after_steps("fast", 5, PLAIN_SGD)
     assert t.fused_sgd
     for key, p in t.net.params.items():
         np.testing.assert_allclose(p, t64.net.params[key], rtol=0, atol=2e-5 * np.abs(p).max())
@@ -300,8 +301,7 @@ def test_the_fused_path_runs_one_gemm_update_per_dense_layer_and_step(monkeypatc
             calls[_name] += 1
             return _fn(*args, **kwargs)
         monkeypatch.setitem(blas._FUNCS, (name, char), counted)
-    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
-    trainer = _trainer_after_steps("fast", 3, sgd)
+    trainer = _trainer_after_steps("fast", 3, PLAIN_SGD)
     # 4 dense layers x 3 steps: one GEMM into W each, one axpy on b each, and the conv's two
     # parameters through the default backward_sgd (2 axpys a step).
     assert calls == {"gemm": 4 * 3, "axpy": 4 * 3 + 2 * 3}, calls
@@ -327,10 +327,9 @@ def test_a_dense_subclass_with_its_own_backward_is_honoured_on_the_fused_path():
 
 
 def test_the_reference_trainer_computes_the_first_layers_input_gradient_as_the_seed_does():
-    sgd = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
     seen = {}
     for impl in ("fast", "reference"):
-        trainer = _trainer_after_steps(impl, 1, sgd)
+        trainer = _trainer_after_steps(impl, 1, PLAIN_SGD)
         first = trainer.net.layers[0]
         xb = np.random.default_rng(0).random((2, 1, 28, 28))
         dout = np.ones((2, 4, 24, 24))
