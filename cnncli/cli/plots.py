@@ -1,4 +1,4 @@
-"""Picture commands: ``cnn plot`` and ``cnn show-kernels`` (registered on the main app by cli.py).
+"""Picture commands: ``cnn plot`` and ``cnn show-kernels`` .
 
 matplotlib loads inside the commands only (through cnncli.plots), never when the CLI starts."""
 
@@ -10,7 +10,7 @@ from typing import List
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli import _console, app, cli_errors
+from cnncli.cli.app import app, cli_errors, console
 
 
 @app.command("plot")
@@ -37,7 +37,7 @@ def plot_cmd(
 
         written = plot_runs(out, run_dirs)
         n = len(run_dirs)
-        _console().print(f"Wrote {written} ({n} run{'s' if n != 1 else ''})", markup=False,
+        console().print(f"Wrote {written} ({n} run{'s' if n != 1 else ''})", markup=False,
                          soft_wrap=True)
 
 
@@ -63,4 +63,4 @@ def show_kernels(
         name = meta.get("config_name") or checkpoint.parent.name
         written = plot_kernels(out, net, f"{checkpoint}: {name}, epoch {meta['epoch']}",
                                source=str(checkpoint))
-        _console().print(f"Wrote {written}", markup=False, soft_wrap=True)
+        console().print(f"Wrote {written}", markup=False, soft_wrap=True)

@@ -1,0 +1,15 @@
+"""The ``cnn`` command: a Typer app (``app.py``) and one module per command group.
+
+Importing this package registers every command on ``app``; ``main`` is the console-script
+entry point.
+"""
+
+from cnncli.cli import train, evaluate, data, model, plots  # noqa: F401,I001  (registers commands, in help order)
+from cnncli.cli.app import app
+
+
+def main():
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,121 @@
+"""The root Typer app, the consoles and the one-line error handling every command shares.
+
+Command modules (``cnncli.cli.train``, ``.evaluate``, ...) import this module and register
+on ``app``; this module imports none of them, so no import runs back up. Only the ``cli``
+package prints or exits; heavy modules load inside the commands.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+import typer
+from typing_extensions import Annotated
+
+from cnncli import __version__
+
+app = typer.Typer(
+    help="Train convolutional neural networks written from scratch in NumPy.\n\n"
+         "Example: cnn train configs/shapes.yaml",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+STATE = {"debug": False}
+
+
+def console(stderr: bool = False, **kw):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, **kw)
+
+
+def fail(message: str, code: int = 1):
+    """One line on stderr, then exit."""
+    err = console(stderr=True)
+    err.print(f"[red]Error:[/red] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code=code)
+
+
+@contextmanager
+def cli_errors():
+    """Turn cnncli's errors (and OS errors) into one line and exit code 1; --debug re-raises."""
+    from cnncli.errors import CnnError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except CnnError as exc:
+        if STATE["debug"]:
+            raise
+        fail(escape(str(exc)))
+    except OSError as exc:
+        if STATE["debug"]:
+            raise
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        fail(escape(f"{where}{exc.strerror or exc}"))
+    except MemoryError:
+        if STATE["debug"]:
+            raise
+        fail("out of memory; try a smaller batch_size or network")
+    except Exception as exc:  # a bug: still one line, the traceback behind --debug
+        if STATE["debug"]:
+            raise
+        fail(escape(f"unexpected {type(exc).__name__}: {exc} (a bug in cnncli; run with --debug "
+                     "for the traceback)"))
+
+
+_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def escape(text: str) -> str:
+    """A message as one line of Rich-safe text (no line break of any kind, no markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text.translate(_LINE_BREAKS))
+
+
+def _tolerant_streams():
+    """Print what the terminal cannot encode (a non-ASCII path under an ASCII locale, a file name
+    that is not valid UTF-8) as escapes instead of failing on it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def _version(value: bool):
+    if value:
+        print(f"cnncli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+):
+    """Train convolutional neural networks written from scratch in NumPy.
+
+    Example: cnn train configs/shapes.yaml
+    """
+    STATE["debug"] = debug
+    _tolerant_streams()
+
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def offline_mode(offline: bool) -> None:
+    """``--offline``: never download datasets (read by cnncli.data)."""
+    if offline:
+        os.environ["CNNCLI_OFFLINE"] = "1"

@@ -1,0 +1,114 @@
+"""Dataset commands: ``cnn data download`` and ``cnn generate-shapes``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cnncli.cli.app import app, cli_errors, console, escape, fail
+
+data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mnist",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DOWNLOADABLE = ("mnist",)
+NO_DOWNLOAD_NEEDED = ("shapes", "digits", "npz")
+
+
+@data_app.command("download")
+def download(
+    dataset: Annotated[str, typer.Argument(help="The dataset to download: mnist.", show_default=False)],
+    dir: Annotated[Optional[Path], typer.Option(
+        "--dir", help="Download into this folder (then train with --set data.path=DIR). "
+                      "Default: the cache, $CNNCLI_DATA_DIR/mnist, else "
+                      "$XDG_CACHE_HOME/cnncli/mnist, else ~/.cache/cnncli/mnist.",
+        show_default=False)] = None,
+):
+    """Download a dataset's files (checked against their published MD5) and say where they are.
+
+    Files already there are kept. Exits 1 when a file cannot be downloaded.
+
+    Examples:
+
+      cnn data download mnist
+
+      cnn data download mnist --dir data/mnist
+    """
+    if dataset not in DOWNLOADABLE:
+        extra = (f" ({dataset} needs no download)" if dataset in NO_DOWNLOAD_NEEDED else "")
+        fail(f"unknown dataset {dataset!r}{extra}; datasets to download: "
+             f"{', '.join(DOWNLOADABLE)}", code=2)
+    with cli_errors():
+        from cnncli.data import mnist
+
+        folder = (dir.expanduser() if dir is not None else mnist.cache_dir()).absolute()
+        fetched = mnist.ensure_downloaded(folder)
+        x_tr, _, x_te, _ = mnist.read_folder(folder)  # parse and cross-check every file
+        out = console()
+        present = [mnist.find_file(folder, name) for name in mnist.FILES]
+        for p in present:
+            state = "downloaded" if p.name in fetched else "already present"
+            out.print(f"  {p.name:<28} {p.stat().st_size:>12,} bytes  {state}", markup=False)
+        out.print(f"MNIST ({len(x_tr):,} training / {len(x_te):,} test images) is in {folder}",
+                  markup=False, soft_wrap=True)
+        if dir is not None:
+            out.print(f"Train on it with: cnn train configs/mnist.yaml --set data.path={folder}",
+                      markup=False, soft_wrap=True)
+
+
+@app.command("generate-shapes")
+def generate_shapes(
+    out: Annotated[Path, typer.Option("--out", help="The .npz file to write.")] = Path("shapes.npz"),
+    n: Annotated[int, typer.Option("--n", min=2, help="Number of samples.")] = 500,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, help="Uniform noise in [-noise, noise].")] = 0.25,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
+    test_size: Annotated[float, typer.Option("--test-size", help="Fraction held out for testing, in (0, 1).")] = 0.33,
+    preview: Annotated[Optional[Path], typer.Option("--preview", help="Also draw a grid of samples to this PNG.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+):
+    """Write the synthetic shapes dataset (3x3 v_line, h_line, cross, diamond plus noise).
+
+    Train on it with data: {name: npz, path: shapes.npz}.
+
+    Example: cnn generate-shapes --out shapes.npz --n 1000 --noise 0.3
+    """
+    if not 0.0 < test_size < 1.0:
+        fail(f"--test-size must be between 0 and 1 (exclusive), got {test_size}", code=2)
+    with cli_errors():
+        import numpy as np
+
+        from cnncli.data import load_dataset
+
+        if out.is_dir():
+            fail(f"{out}: is a directory; give a file name such as {out / 'shapes.npz'}")
+        if out.exists() and not force:
+            fail(f"{out}: exists; pass --force to overwrite it")
+        if not out.parent.is_dir():
+            fail(f"{out}: cannot write: the directory {out.parent} does not exist")
+        ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
+                           "stratify": False, "limit": None}, seed)
+        from cnncli.atomic import atomic_file
+
+        try:
+            with atomic_file(out) as f:
+                np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                         y_test=ds.y_test, class_names=np.array(ds.class_names))
+        except OSError as exc:
+            fail(escape(f"{out}: cannot write ({exc.strerror or exc})"))
+        if preview is not None:
+            from cnncli.plots import plot_dataset_preview
+
+            plot_dataset_preview(preview, ds)
+        from rich.table import Table
+
+        table = Table(title=f"{out}: {len(ds.y_train)} train, {len(ds.y_test)} test samples")
+        table.add_column("class")
+        table.add_column("label", justify="right")
+        table.add_column("train", justify="right")
+        table.add_column("test", justify="right")
+        for i, name in enumerate(ds.class_names):
+            table.add_row(name, str(i), str(int((ds.y_train == i).sum())), str(int((ds.y_test == i).sum())))
+        console().print(table)

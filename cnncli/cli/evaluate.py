@@ -1,0 +1,93 @@
+"""``cnn eval``: score a checkpoint on a dataset split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cnncli.cli.app import app, cli_errors, console, fail, offline_mode, pct
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on the data of this config instead.")] = None,
+    split: Annotated[str, typer.Option("--split", help="train or test.")] = "test",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+):
+    """Evaluate a checkpoint: accuracy, loss, per-class accuracy and the confusion matrix.
+
+    The network is rebuilt from the checkpoint alone.
+
+    Example: cnn eval runs/shapes-20260101-120000/best.npz --json
+    """
+    if split not in ("train", "test"):
+        fail(f"--split must be train or test, got {split!r}", code=2)
+    offline_mode(offline)
+    with cli_errors():
+        _eval(checkpoint, data, split, as_json, plot)
+
+
+def _eval(checkpoint, data, split, as_json, plot):
+    import numpy as np
+
+    from cnncli.checkpoint import load_network
+    from cnncli.config import load_config
+    from cnncli.data import load_dataset
+    from cnncli.errors import DataError
+    from cnncli.metrics import confusion_matrix
+    from cnncli.train import blas_threads, evaluate, make_loss
+
+    net, cfg, meta, _ = load_network(checkpoint)
+    data_cfg, seed = cfg["data"], cfg["seed"]
+    if data is not None:
+        other = load_config(data)
+        data_cfg, seed = other["data"], other["seed"]
+    ds = load_dataset(data_cfg, seed)
+    if tuple(ds.input_shape) != tuple(net.input_shape) or ds.n_classes != net.output_shape[0]:
+        source = data if data is not None else f"{checkpoint} (its {data_cfg['name']} data)"
+        raise DataError(f"{source}: its images are {'x'.join(map(str, ds.input_shape))} with "
+                        f"{ds.n_classes} classes, but the network takes "
+                        f"{'x'.join(map(str, net.input_shape))} with {net.output_shape[0]} classes")
+    dtype = np.dtype(cfg["training"]["dtype"])
+    with blas_threads(cfg["training"]["threads"]):
+        res = evaluate(net, make_loss(cfg["training"], net), ds, split, dtype)
+    _, y = ds.split(split)
+    cm = confusion_matrix(y, res["predictions"], ds.n_classes)
+    totals = cm.sum(axis=1)
+    per_class = [float(cm[i, i] / totals[i]) if totals[i] else None for i in range(ds.n_classes)]
+    if plot is not None:
+        from cnncli.plots import plot_evaluation
+
+        plot_evaluation(plot, cm, ds, split, res["predictions"], net, dtype)
+    if as_json:
+        print(json.dumps({"checkpoint": str(checkpoint), "split": split, "n": int(len(y)),
+                          "accuracy": res["accuracy"], "loss": res["loss"],
+                          "class_names": ds.class_names, "per_class_accuracy": per_class,
+                          "confusion_matrix": cm.tolist()}))
+        return
+    from rich.table import Table
+
+    out = console()
+    out.print(f"{checkpoint} (epoch {meta['epoch']}) on the {ds.name} {split} split, "
+              f"{len(y):,} samples", markup=False)
+    out.print(f"accuracy {pct(res['accuracy'])}   loss {res['loss']:.6f}", markup=False)
+    per = Table(title="Per-class accuracy")
+    per.add_column("class")
+    per.add_column("samples", justify="right")
+    per.add_column("accuracy", justify="right")
+    for name, total, acc in zip(ds.class_names, totals, per_class):
+        per.add_row(name, str(int(total)), "-" if acc is None else pct(acc))
+    out.print(per)
+    conf = Table(title="Confusion matrix (rows: true, columns: predicted)")
+    conf.add_column("true \\ pred")
+    for name in ds.class_names:
+        conf.add_column(name, justify="right")
+    for name, row in zip(ds.class_names, cm):
+        conf.add_row(name, *[str(int(v)) for v in row])
+    out.print(conf)
