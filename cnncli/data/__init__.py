@@ -22,7 +22,8 @@ class Dataset:
         y_train: (N_train,) int64 in [0, n_classes)
         x_test:  (N_test, C, H, W)
         y_test:  (N_test,)
-    A batch is ``x[i:j].astype(dtype) * scale``.
+    A batch is ``x[i:j].astype(dtype) * scale``. ``pixel_max`` is the stored value of a
+    full-intensity pixel (255 for 8-bit images, 16 for digits, 1.0 for float data such as shapes).
     """
 
     name: str
@@ -32,6 +33,7 @@ class Dataset:
     y_test: np.ndarray
     class_names: list[str]
     scale: float = 1.0
+    pixel_max: float = 1.0
 
     @property
     def input_shape(self) -> tuple:
@@ -102,7 +104,7 @@ def _load_digits(cfg: dict, seed: int) -> Dataset:
     x = bunch.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
     y = bunch.target.astype(np.int64)
     tr, te = train_test_indices(len(y), cfg["test_size"], _rng(seed), y)
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], [str(d) for d in range(10)], 1 / 16)
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], [str(d) for d in range(10)], 1 / 16, 16.0)
 
 
 # ---------------------------------------------------------------- mnist
@@ -110,7 +112,7 @@ def _load_mnist(cfg: dict, seed: int) -> Dataset:
     from cnncli.data.mnist import load_mnist
 
     x_tr, y_tr, x_te, y_te = load_mnist(cfg["path"])
-    return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255)
+    return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255, 255.0)
 
 
 # ---------------------------------------------------------------- npz

@@ -75,8 +75,9 @@ def load_npz(path: Path):
         raise DataError(f"{path}: x_train and x_test must each hold at least one image, got "
                         f"{len(x_tr)} and {len(x_te)}")
     names = names or [str(i) for i in range(n_classes)]
-    scale = 1 / 255 if x_tr.dtype == np.uint8 else 1.0
-    return Dataset(path.stem, x_tr, y_tr, x_te, y_te, names, scale)
+    eight_bit = x_tr.dtype == np.uint8
+    return Dataset(path.stem, x_tr, y_tr, x_te, y_te, names, 1 / 255 if eight_bit else 1.0,
+                   255.0 if eight_bit else 1.0)
 
 
 def _names(keys) -> str:
