@@ -12,13 +12,50 @@ import sys
 from contextlib import contextmanager
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 from typing_extensions import Annotated
 
 from cnncli import __version__
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h is --help, in every command
+
+
+class PlainArgument(TyperArgument):
+    """An argument shown in help as Click shows it, ``CHECKPOINT`` (its metavar, else its name in
+    capitals), in the usage line and in the Arguments list; not ``{checkpoint}`` and
+    ``checkpoint <path>``."""
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or self.name.upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def _rich_display_name(self) -> str:
+        return (self.metavar or self.name.upper()) + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx):
+        return None
+
+
+class CnnGroup(TyperGroup):
+    """The root group: gives every command's arguments the plain placeholders of PlainArgument."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        todo = list(self.commands.values())
+        while todo:
+            command = todo.pop()
+            todo.extend(getattr(command, "commands", {}).values())
+            for param in command.params:
+                if type(param) is TyperArgument:
+                    param.__class__ = PlainArgument
+
+
 app = typer.Typer(
     help="Train convolutional neural networks written from scratch in NumPy.\n\n"
          "Example: cnn train configs/shapes.yaml",
+    cls=CnnGroup,
+    context_settings=HELP_OPTIONS,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
