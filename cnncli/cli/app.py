@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
 from typer.core import TyperArgument, TyperGroup
@@ -17,7 +18,7 @@ from typing_extensions import Annotated
 
 from cnncli import __version__
 
-HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}  # -h is --help, in every command
+HELP_OPTIONS = {"help_option_names": ["--help", "-h"]}  # -h is --help, in every command
 
 
 class PlainArgument(TyperArgument):
@@ -146,6 +147,36 @@ def main_callback(
     STATE["debug"] = debug
     _tolerant_streams()
 
+
+
+def load_checkpoint_network(path: Path):
+    """``cnncli.checkpoint.load_network``, whose error says so when the file is a YAML config
+    rather than a checkpoint (``cnn eval configs/shapes.yaml``) and names the command to run."""
+    from cnncli.checkpoint import load_network
+    from cnncli.errors import CheckpointError
+
+    try:
+        return load_network(path)
+    except CheckpointError:
+        if _is_yaml_config(path):
+            raise CheckpointError(f"{path}: is a YAML config, not a checkpoint; train it first "
+                                  f"(cnn train {path}), then give the run's best.npz or "
+                                  "last.npz") from None
+        raise
+
+
+def _is_yaml_config(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return True
+    from cnncli.config import read_config_file
+    from cnncli.errors import CnnError
+
+    try:
+        return "network" in read_config_file(path)
+    except CnnError:
+        return False
 
 
 def pct(x: float) -> str:

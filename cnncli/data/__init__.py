@@ -10,7 +10,18 @@ from typing import Callable
 import numpy as np
 
 from cnncli.errors import DataError
-from cnncli.schema import REQUIRED, Field, SchemaError, boolean, integer, number, optional, string
+from cnncli.schema import (
+    REQUIRED,
+    SHAPES_MAX_N,
+    SHAPES_MAX_NOISE,
+    Field,
+    SchemaError,
+    boolean,
+    integer,
+    number,
+    optional,
+    string,
+)
 
 
 @dataclass
@@ -129,7 +140,8 @@ def _load_npz(cfg: dict, seed: int) -> Dataset:
 
 DATASETS: dict[str, DatasetKind] = {
     "shapes": DatasetKind(
-        {"n": Field(500, integer(2, 10_000_000)), "noise": Field(0.25, number(0.0, strict=False)),
+        {"n": Field(500, integer(2, SHAPES_MAX_N)),
+         "noise": Field(0.25, number(0.0, strict=False, maximum=SHAPES_MAX_NOISE)),
          "test_size": Field(0.33, _fraction), "stratify": Field(False, boolean)},
         lambda cfg: ((1, 3, 3), 4), _load_shapes,
         "the seed's four 3x3 shapes plus uniform noise, generated from the seed"),
