@@ -74,7 +74,7 @@ def generate_shapes(
 
     Train on it with data: {name: npz, path: shapes.npz}.
 
-    Example: cnn generate-shapes --out shapes.npz --n 1000 --noise 0.3
+    Example: cnn generate-shapes -o shapes.npz --n 1000 --noise 0.3
     """
     if not 0.0 < test_size < 1.0:
         fail(f"--test-size must be between 0 and 1 (exclusive), got {test_size}", code=2)

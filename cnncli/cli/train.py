@@ -112,11 +112,12 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 
 
 def _fit(cfg, run, config_name, resume, quiet, trainer=None):
+    import copy
+
     import numpy as np
 
     from cnncli.checkpoint import check_resumable, load_checkpoint
-    from cnncli.config import dump_config
-    from cnncli.config import config_diff
+    from cnncli.config import absolute_data_path, config_diff, dump_config
     from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
     from cnncli.run import metrics_csv
     from cnncli.train import Interrupted, Trainer
@@ -136,7 +137,9 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         last = run.path / "last.npz"
         if last.exists():
             arrays, meta = load_checkpoint(last)
-            diff = [d for d in config_diff(meta["config"], cfg) if not d.startswith("training.epochs:")]
+            # an older cnncli saved data.path as given, relative to the current directory
+            saved = absolute_data_path(copy.deepcopy(meta["config"]), Path.cwd())
+            diff = [d for d in config_diff(saved, cfg) if not d.startswith("training.epochs:")]
             if diff:
                 raise CheckpointError(f"{last}: was written by another run (its config differs in "
                                       + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
@@ -215,6 +218,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
 
     if trainer.history:
         _draw_curves(run.path, config_name, force=True)
+        say(f"Curves: {run.path / 'curves.png'}")
     if trainer.should_stop_early() and trainer.epoch < trainer.epochs:
         say(f"Early stopping after epoch {trainer.epoch}: the test loss has not improved for "
             f"{cfg['training']['early_stopping']['patience']} epochs")
