@@ -131,13 +131,21 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(monkeypatch, tmp_path)
     assert resumed.exit_code == 0, resumed.output
 
 
-def test_ctrl_c_later_keeps_the_epoch_and_curves_png_is_drawn_from_the_first_epoch(monkeypatch, tmp_path):
-    _interrupt_in_epoch(monkeypatch, 2)
+def test_ctrl_c_later_keeps_the_epoch_and_curves_png_is_drawn_after_epoch_1_and_on_ctrl_c(monkeypatch, tmp_path):
+    from cnncli import plots
+
+    _interrupt_in_epoch(monkeypatch, 4)
     run = tmp_path / "run"
     result = cnn("train", SHAPES, "--run-dir", run)
     assert result.exit_code == 130
-    assert f"epoch 1 is saved in {run / 'last.npz'}" in result.stderr
-    assert (run / "curves.png").is_file()  # drawn after epoch 1, not after 20 s
+    assert f"epoch 3 is saved in {run / 'last.npz'}" in result.stderr
+    state = plots.draw_stats(run)
+    # drawn after epoch 1 (not after 20 s), throttled for the fast epochs 2 and 3, then
+    # drawn again on Ctrl-C: the picture holds every finished epoch
+    assert state.calls == 3 + 1 and state.draws == 2
+    st = os.stat(run / "metrics.csv")
+    assert state.stamp == (st.st_mtime_ns, st.st_size)
+    assert (run / "curves.png").is_file()
 
 
 # ---------------------------------------------------------------- sparkline

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from typer.core import TyperArgument, TyperGroup
+from typer.core import TyperArgument, TyperGroup, TyperOption
 from typing_extensions import Annotated
 
 from cnncli import __version__
@@ -38,8 +38,24 @@ class PlainArgument(TyperArgument):
         return None
 
 
+_CLICK_NAMES = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "bool": "BOOLEAN"}
+
+
+class PlainOption(TyperOption):
+    """An option whose value is shown as Click shows it, ``--epochs INTEGER`` (its metavar, else
+    its type in capitals: INTEGER, FLOAT, TEXT, PATH); not ``<int range>`` or ``<list[str]>``."""
+
+    def display_type_rich(self, ctx):
+        if self.metavar is not None:
+            return self.metavar
+        label = self.display_type(ctx).strip("<>").removesuffix(" range")
+        label = label.removeprefix("list[").removesuffix("]")
+        return _CLICK_NAMES.get(label, "PATH" if label in ("path", "file", "directory") else label.upper())
+
+
 class CnnGroup(TyperGroup):
-    """The root group: gives every command's arguments the plain placeholders of PlainArgument."""
+    """The root group: gives every command's arguments and options the plain placeholders of
+    PlainArgument and PlainOption, commands added later included."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -50,6 +66,8 @@ class CnnGroup(TyperGroup):
             for param in command.params:
                 if type(param) is TyperArgument:
                     param.__class__ = PlainArgument
+                elif type(param) is TyperOption:
+                    param.__class__ = PlainOption
 
 
 app = typer.Typer(

@@ -198,12 +198,16 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         if trainer.epoch:
             msg = (f"Interrupted: epoch {trainer.epoch} is saved in {run.path / 'last.npz'}. "
                    f"Resume with: cnn train --resume {run.path}")
-            _draw_curves(run.path, config_name, force=True)
         else:
             msg = (f"Interrupted during epoch 1: no epoch had finished, so no checkpoint was "
                    f"saved. Start it again with: cnn train --resume {run.path}")
         run.log(msg)
         console(stderr=True).print(msg, markup=False, soft_wrap=True)
+        if trainer.epoch:
+            try:  # the curves of every finished epoch, whatever the throttle skipped
+                _draw_curves(run.path, config_name, force=True)
+            except CnnError:
+                pass  # the checkpoint is what matters, and it is on disk
         raise typer.Exit(code=130)
     except TrainingError as exc:
         kept = (f"; {run.path / 'last.npz'} keeps epoch {trainer.epoch}, the last good one"
