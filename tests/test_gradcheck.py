@@ -115,6 +115,17 @@ def test_kinks_are_skipped_and_the_rest_still_checked():
     assert r.passed and r.skipped == 40 and r.checked == 80 and r.max_rel_error < TOLERANCE
 
 
+def test_max_pool_on_relu_zeros_skips_the_tied_windows_and_checks_the_others():
+    """ReLU outputs without any nudge: about 1 window in 16 is all zeros, a four-way tie; the
+    central difference there mixes the slopes (the check before this one failed on them)."""
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((4, 3, 8, 8)), 0.0)
+    (r,) = check_layer(MaxPool2D(2), x, rng, max_entries=None)
+    tied = int((x.reshape(4, 3, 4, 2, 4, 2).max(axis=(3, 5)) == 0).sum())
+    assert tied > 0
+    assert r.passed and r.skipped == 4 * tied and r.checked == x.size - 4 * tied
+
+
 def test_a_wrong_gradient_on_a_kink_free_layer_is_never_skipped():
     """Twice the true gradient everywhere: the one-sided differences agree, so nothing is excused."""
     class DoubleReLU(ReLU):
