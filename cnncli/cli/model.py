@@ -75,7 +75,7 @@ def gradcheck(
 
         from cnncli.config import load_config
         from cnncli.data import load_dataset, one_hot
-        from cnncli.gradcheck import TOLERANCE, check_network, move_off_kinks
+        from cnncli.gradcheck import JITTER, LAYER_NUDGE, TOLERANCE, check_network, move_off_kinks
         from cnncli.network import build_network
         from cnncli.train import make_loss
 
@@ -95,8 +95,9 @@ def gradcheck(
 
         table = Table(title=f"{config}: gradients vs central finite differences "
                             f"(float64, {impl} conv, batch {len(x)}, seed {cfg['seed']}, tolerance "
-                            f"{TOLERANCE:g}; inputs and biases jittered by 0.01 to stay off "
-                            f"ReLU/max-pool kinks, entries still on one skipped)")
+                            f"{TOLERANCE:g}; inputs and biases jittered by {JITTER:g}, each layer's "
+                            f"input by {LAYER_NUDGE:g}, to stay off ReLU/max-pool kinks; entries "
+                            f"still on a kink are skipped)")
         table.add_column("layer")
         table.add_column("gradient")
         table.add_column("checked", justify="right")
