@@ -213,6 +213,7 @@ TRAINING_FIELDS = {
     "loss": Field("mse", choice("mse", "cross_entropy")),
     "dtype": Field("float64", choice("float64", "float32")),
     "shuffle": Field(True, boolean),
+    "drop_last": Field(False, boolean),  # skip a last batch smaller than batch_size
     "optimizer": Field(None, lambda v: v),
     "schedule": Field(None, lambda v: v),
     "early_stopping": Field(None, lambda v: v),
