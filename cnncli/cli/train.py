@@ -125,7 +125,10 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         last = run.path / "last.npz"
         if last.exists():
             arrays, meta = load_checkpoint(last)
-            stored = checkpoint_config(last, meta)  # re-validated: defaults added since are filled in
+            try:  # re-validated, so that keys added to cnncli since get their defaults
+                stored = checkpoint_config(last, meta)
+            except CheckpointError:
+                stored = meta["config"]  # as it is: the checks below name what does not fit
             diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
             if diff:
                 raise CheckpointError(f"{last}: was written by another run (its config differs in "
