@@ -16,6 +16,7 @@ from cnncli.cli import app
 from cnncli.config import validate
 from cnncli.errors import ConfigError
 from cnncli.train import Trainer, evaluate
+from conftest import ROOT
 
 runner = CliRunner()
 
@@ -200,7 +201,7 @@ def test_checkpoint_holds_buffers_and_the_input_description(tmp_path):
 def test_a_format_1_checkpoint_still_evaluates(tmp_path):
     """Written as cnncli 0.1.0 did: no buffers, no dtype/input_scale/pixel_max in meta."""
     run = tmp_path / "run"
-    shapes = _write(tmp_path, validate(yaml.safe_load(open("configs/shapes.yaml"))))
+    shapes = _write(tmp_path, validate(yaml.safe_load(open(ROOT / "configs" / "shapes.yaml"))))
     assert cnn("train", shapes, "--run-dir", run, "--epochs", 3, "--quiet").exit_code == 0
     arrays, meta = load_checkpoint(run / "last.npz")
     old = {k: v for k, v in meta.items()
@@ -220,3 +221,33 @@ def test_a_format_1_checkpoint_still_evaluates(tmp_path):
     save_checkpoint(run / "last.npz", arrays, {k: v for k, v in old.items() if k != "format_version"})
     result = cnn("train", "--resume", run, "--epochs", 4, "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(tmp_path):
+    """`cnn gradcheck` on configs/mnist-bn.yaml's network (on random data of MNIST's shape and
+    range, so that no files are needed): batch norm through its batch statistics, dropout with
+    a fixed mask, and the conv biases before batch norm, whose gradient is exactly 0."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "fake-mnist.npz"
+    x = rng.integers(0, 256, (40, 28, 28)).astype(np.uint8)
+    y = np.arange(40) % 10
+    np.savez(data, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    cfg = yaml.safe_load(open(ROOT / "configs" / "mnist-bn.yaml"))
+    cfg["data"] = {"name": "npz", "path": str(data)}
+    result = cnn("gradcheck", _write(tmp_path, cfg), "--max-entries", 15)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for layer, grad in [("1 batch_norm", "input"), ("1 batch_norm", "gamma"),
+                        ("10 batch_norm", "beta"), ("12 dropout", "input")]:
+        assert any(layer in line and f" {grad} " in line and "pass" in line for line in lines), \
+            (layer, grad, result.output)
+    assert any("layers.0.b" in line and "pass" in line for line in lines)
+    assert "FAIL" not in result.output
+
+
+def test_summary_shows_buffers_apart_from_parameters():
+    result = cnn("summary", ROOT / "configs" / "mnist-bn.yaml")
+    assert result.exit_code == 0, result.output
+    assert "buffers" in result.output
+    # batch norms over 8, 16 and 128 channels: 2 trainable (gamma, beta) and 2 buffers each
+    assert "56,346 trainable parameters; 304 buffer values (saved, not trained)" in result.output
