@@ -163,13 +163,18 @@ class Trainer:
     def _check_batches(self) -> None:
         """Refuse, before training, a batch that would give a batch_norm layer a single value
         per channel in train mode (no variance), naming the layer and the fix."""
-        smallest = min(self.batch_sizes())
+        sizes = self.batch_sizes()
+        smallest = min(sizes)
         where = single_value_batch_norm(self.net, smallest)
         if where is None:
             return
         bs, n = self.cfg["training"]["batch_size"], len(self.data.y_train)
-        fix = ("set training.drop_last: true to skip that last batch, or choose another "
-               "batch_size" if smallest < bs else "use a batch_size of at least 2")
+        if n < 2:
+            fix = "train on at least 2 samples"
+        elif smallest < bs and len(sizes) > 1:
+            fix = "set training.drop_last: true to skip that last batch, or choose another batch_size"
+        else:
+            fix = "use a batch_size of at least 2"
         raise ConfigError(f"{where}: a training batch of {smallest} sample(s) (the "
                           f"{n} training samples in batches of {bs}) gives it a single value "
                           f"per channel, which has no variance; {fix}")

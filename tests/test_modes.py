@@ -132,6 +132,10 @@ def test_last_batch_of_one_is_refused_in_one_line_or_dropped():
     assert np.isfinite(row["train_loss"])
     with pytest.raises(ConfigError, match="batch_size of at least 2"):
         Trainer(norm_config(batch_size=1))
+    one = dict(norm_config())
+    one["data"] = {**one["data"], "limit": 1}
+    with pytest.raises(ConfigError, match="train on at least 2 samples"):
+        Trainer(one)
     # a 4-D batch norm alone (4 values per channel even for one sample) trains a last batch of 1
     raw = {"seed": 0, "data": {"name": "shapes", "n": 300}, "network": NORM_NET[:3] + [NORM_NET[4], NORM_NET[-1]],
            "training": {"batch_size": 20}}
