@@ -45,10 +45,11 @@ class CheckResult:
         return self.checked > 0 and self.max_rel_error <= TOLERANCE
 
 
-def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
-    """max |a - n| over the entries, relative to the largest magnitude of either."""
+def relative_error(analytic: np.ndarray, numeric: np.ndarray, floor: float = 1e-8) -> float:
+    """max |a - n| over the entries, relative to the largest magnitude of either (or
+    ``floor``, when both are smaller)."""
     scale = max(float(np.max(np.abs(analytic), initial=0.0)),
-                float(np.max(np.abs(numeric), initial=0.0)), 1e-8)
+                float(np.max(np.abs(numeric), initial=0.0)), floor)
     return float(np.max(np.abs(analytic - numeric), initial=0.0)) / scale
 
 
@@ -71,14 +72,16 @@ def _differences(f, v: np.ndarray, index: np.ndarray, eps: float) -> tuple[np.nd
 
 
 def compare(layer: int, type_name: str, name: str, analytic: np.ndarray, fwd: np.ndarray,
-            bwd: np.ndarray) -> CheckResult:
+            bwd: np.ndarray, floor: float = 1e-8) -> CheckResult:
     """Compare analytic gradient entries with finite differences, skipping kinks (module doc).
 
     analytic, fwd, bwd: (M,) the analytic values and the one-sided differences of M entries.
+    Errors are relative to the largest magnitude of either (or ``floor``, when both are
+    smaller; see relative_error).
     """
     numeric = (fwd + bwd) / 2  # the central difference
     scale = max(float(np.max(np.abs(analytic), initial=0.0)),
-                float(np.max(np.abs(numeric), initial=0.0)), 1e-8)
+                float(np.max(np.abs(numeric), initial=0.0)), floor)
     err = np.abs(analytic - numeric) / scale
     lo, hi = np.minimum(fwd, bwd), np.maximum(fwd, bwd)
     margin = TOLERANCE * scale + 0.25 * (hi - lo)
@@ -97,7 +100,9 @@ def _entries(size: int, max_entries: int | None, rng) -> np.ndarray:
 
 def check_layer(layer, x: np.ndarray, rng, eps: float = 1e-6, max_entries: int | None = 200,
                 index: int = 0) -> list[CheckResult]:
-    """Check the input gradient and every parameter gradient of one layer (float64 arrays)."""
+    """Check the input gradient and every parameter gradient of one layer (float64 arrays),
+    in the layer's mode (batch norm in train mode: through the batch statistics)."""
+    fix_masks([layer])
     x = np.ascontiguousarray(x, dtype=np.float64).copy()
     out = layer.forward(x)
     dout = rng.standard_normal(out.shape)
@@ -128,6 +133,7 @@ def check_network(net, loss, x, target, rng, eps: float = 1e-6,
     """Every layer on its own (on the activations it sees in the network), then every
     parameter gradient of the whole network's loss, as backpropagated by ``net.backward``."""
     x = np.asarray(x, dtype=np.float64)
+    fix_masks(net.layers)
     results, h = [], x
     for i, layer in enumerate(net.layers):
         # ReLU outputs hold exact zeros, which tie in max-pool windows: nudge each layer's own
@@ -144,11 +150,23 @@ def check_network(net, loss, x, target, rng, eps: float = 1e-6,
     def f():
         return loss(net.forward(x), target)
 
+    # Some gradients are exactly 0 (a bias just before a batch norm: the normalisation removes
+    # it). Finite differences of the loss resolve nothing below ~10 eps_machine |loss| / eps,
+    # so a gradient is judged relative to that resolution when it is smaller.
+    floor = max(1e-8, 10 * np.finfo(np.float64).eps * max(abs(f()), 1.0) / eps / TOLERANCE)
     for key, p, _ in net.parameters():
         idx = _entries(p.size, max_entries, rng)
         results.append(compare(-1, "network", key, grads[key].reshape(-1)[idx],
-                               *_differences(f, p, idx, eps)))
+                               *_differences(f, p, idx, eps), floor=floor))
     return results
+
+
+def fix_masks(layers) -> None:
+    """Dropout draws a new mask on every forward pass; a finite difference needs the same
+    mask on both sides, so each dropout layer keeps the mask it draws next (``fix_mask``)."""
+    for layer in layers:
+        if hasattr(layer, "fix_mask"):
+            layer.fix_mask = True
 
 
 def move_off_kinks(net, x: np.ndarray, rng, scale: float | None = None) -> np.ndarray:

@@ -362,28 +362,14 @@ def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
 
 
 # ---------------------------------------------------------------- evaluation
-def class_probabilities(net, out):
-    """out: (N, n_classes) network outputs -> (N, n_classes) probabilities, each row summing to
-    1: a softmax of logits (a network ending in a dense layer), a softmax layer's output as it
-    is, and other outputs (sigmoid scores of an MSE network) normalised to sum 1."""
-    import numpy as np
-
-    out = np.asarray(out, dtype=np.float64)
-    last = net.layers[-1].type_name
-    if last == "softmax":
-        return out
-    if last == "sigmoid":
-        total = out.sum(axis=1, keepdims=True)
-        return out / np.where(total > 0, total, 1.0)
-    e = np.exp(out - out.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def worst_mistakes(net, ds, split: str, predictions, dtype, limit: int = 16, chunk: int = 1000):
     """Indices into the split of its misclassified samples with the highest probability for the
-    (wrong) predicted class (class_probabilities), worst first, with those probabilities:
-    (indices (k,), probabilities (k,))."""
+    (wrong) predicted class (the scores of cnncli.scoring: a softmax of logits, sigmoid outputs
+    divided by their sum), worst first, with those probabilities: (indices (k,),
+    probabilities (k,))."""
     import numpy as np
+
+    from cnncli.scoring import outputs_to_scores, score_rule
 
     x, y = ds.split(split)
     predictions = np.asarray(predictions)
@@ -391,7 +377,7 @@ def worst_mistakes(net, ds, split: str, predictions, dtype, limit: int = 16, chu
     scores = np.empty(len(wrong))
     for i in range(0, len(wrong), chunk):
         idx = wrong[i:i + chunk]
-        prob = class_probabilities(net, net.predict(ds.images(x[idx], dtype)))
+        prob = outputs_to_scores(net.predict(ds.images(x[idx], dtype)), score_rule(net))
         scores[i:i + len(idx)] = prob[np.arange(len(idx)), predictions[idx]]
     order = np.argsort(-scores, kind="stable")[:limit]
     return wrong[order], scores[order]

@@ -15,7 +15,9 @@ def summary(
     config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
     sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set network.0.out_channels=8 (repeatable).")] = None,
 ):
-    """Validate a config and show its layers as built: output shapes and parameter counts.
+    """Validate a config and show its layers as built: output shapes, trainable parameter
+    counts and buffers (values saved with the model but not trained, such as batch norm's
+    running statistics).
 
     Examples:
 
@@ -40,12 +42,15 @@ def summary(
         table.add_column("type")
         table.add_column("output shape")
         table.add_column("params", justify="right")
+        table.add_column("buffers", justify="right")
         for row in net.summary():
             table.add_row(str(row["index"]), row["type"], "x".join(map(str, row["output_shape"])),
-                          f"{row['params']:,}")
+                          f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
-        table.add_row("", "total", "", f"{net.num_params():,}")
+        table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
         console().print(table)
+        console().print(f"{net.num_params():,} trainable parameters; {net.num_buffers():,} buffer "
+                        "values (saved, not trained)", markup=False)
 
 
 @app.command()
