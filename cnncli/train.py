@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from cnncli.data import Dataset, load_dataset, one_hot
+from cnncli.data.augment import augment, is_active
 from cnncli.errors import TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
 from cnncli.network import Network, build_network
@@ -100,7 +101,8 @@ class Trainer:
     """Owns the network, the optimizer and all training state of one run.
 
     ``epoch`` counts finished epochs; ``history`` holds one metrics row per finished epoch.
-    All randomness comes from the config's seed: stream 0 data, 1 initialisation, 2 shuffling.
+    All randomness comes from the config's seed: stream 0 data, 1 initialisation, 2 shuffling,
+    3 augmentation.
     """
 
     def __init__(self, cfg: dict, data: Dataset | None = None):
@@ -122,6 +124,8 @@ class Trainer:
             self.net.layers[0].needs_input_grad = True
         self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
         self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
+        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": 0, "test_accuracy": -1.0}
@@ -160,7 +164,10 @@ class Trainer:
                 raise Interrupted()
             sl = slice(b * bs, min((b + 1) * bs, n))
             idx = order[sl] if order is not None else sl
-            xb = self.data.images(x[idx], self.dtype)
+            xb = x[idx]
+            if self.augment is not None:  # the training batch only, on the stored images
+                xb = augment(xb, self.augment_rng, self.augment)
+            xb = self.data.images(xb, self.dtype)
             yb = y[idx]
             target = targets[yb]  # (B, n_classes), as one_hot(yb) but one gather
             out = self.net.forward(xb)
@@ -210,6 +217,7 @@ class Trainer:
             "best": self.best,
             "early_stopping": self.early,
             "rng_state": self.shuffle_rng.bit_generator.state,
+            "augment_rng_state": self.augment_rng.bit_generator.state,
         }
         return arrays, meta
 
@@ -225,3 +233,5 @@ class Trainer:
         state = meta.get("rng_state")
         if state is not None:
             self.shuffle_rng.bit_generator.state = state
+        if meta.get("augment_rng_state") is not None:
+            self.augment_rng.bit_generator.state = meta["augment_rng_state"]
