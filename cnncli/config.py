@@ -396,9 +396,19 @@ class _BudgetRng:
         return getattr(self._rng, name)
 
 
+def resolve_folder_path(raw: dict, config_path) -> None:
+    """A folder dataset's relative ``data.path`` in a config file is relative to that file's
+    folder (a ``--set data.path=`` override stays relative to the working directory)."""
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("name") == "folder" and isinstance(data.get("path"), str) \
+            and data["path"] and not Path(data["path"]).expanduser().is_absolute():
+        data["path"] = str(Path(config_path).parent / data["path"])
+
+
 def load_config(path, overrides: list[str] = ()) -> dict:
     """Read, override, validate: the resolved config of a file."""
     raw = read_config_file(path)
+    resolve_folder_path(raw, path)
     if overrides:
         raw = apply_overrides(raw, list(overrides))
     return validate(raw, str(path))

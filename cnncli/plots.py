@@ -324,10 +324,12 @@ def _as_picture(img, lo: float, hi: float):
     return img[0]
 
 
-def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
+def plot_dataset_preview(path, ds, per_class: int = 8, transform=None) -> Path:
     """A grid of training samples: one row per class (labelled with its name), up to
     ``per_class`` samples each, the first ones of that class (from the test split when the
-    training split has too few). All images share one grey scale, so noise levels compare."""
+    training split has too few). All images share one grey scale, so noise levels compare.
+    ``transform``: applied to each row's stored images (N, C, H, W) before scaling (the
+    training augmentation, for ``cnn data preview``)."""
     import numpy as np
 
     picks = []
@@ -336,7 +338,8 @@ def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
         have = len(got[0])
         if have < per_class:
             got.append(ds.x_test[np.flatnonzero(ds.y_test == c)[:per_class - have]])
-        picks.append(ds.images(np.concatenate(got), np.float64))
+        got = np.concatenate(got)
+        picks.append(ds.images(transform(got) if transform is not None else got, np.float64))
     shown = [p for p in picks if len(p)]
     lo = float(min(p.min() for p in shown)) if shown else 0.0
     hi = float(max(p.max() for p in shown)) if shown else 1.0
@@ -361,7 +364,7 @@ def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
         axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
     c, h, w = ds.input_shape
     fig.suptitle(f"{ds.name}: {len(ds.y_train):,} training samples of {c}x{h}x{w}, "
-                 f"first {per_class} per class", fontsize=11)
+                 f"first {per_class} per class" + (", augmented" if transform else ""), fontsize=11)
     return save_figure(fig, path)
 
 

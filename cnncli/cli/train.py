@@ -154,6 +154,8 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "
             f"-> {run.path}")
+        for note in trainer.data.notes:  # files a folder dataset ignored or skipped
+            say(note)
 
     stop = {"count": 0}
 
