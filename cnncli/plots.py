@@ -527,3 +527,35 @@ def kernels_figure(net, title: str, source: str = "the network"):
 def plot_kernels(path, net, title: str, source: str = "the network") -> Path:
     """``cnn show-kernels``: write kernels_figure to ``path``."""
     return save_figure(kernels_figure(net, title, source), path)
+
+
+# ---------------------------------------------------------------- predictions
+def plot_predictions(path, images, rows: list[dict], pixel_max: float, title: str,
+                     cols: int = 8) -> Path:
+    """A grid of the predicted images, each titled with its predicted class and score (and
+    its file name), for a first look at what the model gets wrong.
+
+    images: (N, C, H, W) in the stored form (full intensity ``pixel_max``); rows: the
+    prediction records of the same images, in order."""
+    import numpy as np
+
+    n = len(images)
+    cols = max(1, min(cols, n))
+    nrows = max(1, -(-n // cols))
+    cell = 1.5
+    fig = new_figure(0.4 + cols * cell, 0.7 + nrows * (cell + 0.35))
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        img = np.asarray(images[i], dtype=np.float64)
+        ax.imshow(_as_picture(img, 0.0, pixel_max), cmap="gray", vmin=0.0, vmax=pixel_max,
+                  interpolation="nearest")
+        r = rows[i]
+        name = Path(r["path"].split("[")[0]).name + (r["path"][len(r["path"].split("[")[0]):])
+        ax.set_title(f"{r['class']} {100 * r['score']:.1f}%\n{name[:22]}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
