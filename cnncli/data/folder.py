@@ -14,6 +14,7 @@ decoding, the stored size ``N * C * H * W`` bytes is compared with the memory av
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -102,14 +103,10 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
                 is_dir = e.is_dir()
                 is_file = not is_dir and e.is_file()
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise DataError(f"{d / e.name}: a symlink loop (the link leads back to "
+                                    "itself)") from None
                 raise DataError(f"{d / e.name}: cannot read ({exc.strerror or exc})") from None
-            if not is_dir and not is_file and e.is_symlink():
-                try:
-                    os.stat(e.path)
-                except OSError as exc:
-                    if exc.errno == 40:  # ELOOP
-                        raise DataError(f"{d / e.name}: a symlink loop (the link leads back to "
-                                        "itself)") from None
             if is_dir:
                 walk(d / e.name, sub)
             elif e.name.rpartition(".")[2].lower() in extensions and "." in e.name:
@@ -262,7 +259,7 @@ def _check_memory(root: Path, n: int, c: int, size) -> None:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    return f"{n / 1e9:.2f} GB ({n:,} bytes)" if n >= 1e8 else f"{n / 1e6:.2f} MB ({n:,} bytes)"
 
 
 # ------------------------------------------------------------------ the cache
