@@ -110,7 +110,7 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
             if is_dir:
                 walk(d / e.name, sub)
             elif e.name.rpartition(".")[2].lower() in extensions and "." in e.name:
-                found.append((sub, _stat(d / e.name)))
+                found.append((sub, _stat(e)))
             else:
                 ignored += 1
         seen_dirs.pop()
@@ -119,14 +119,14 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
     return found, ignored
 
 
-def _stat(path: Path):
+def _stat(entry: os.DirEntry):
     try:
-        return path.stat()
+        return entry.stat()
     except OSError:
         return None  # a dangling link: reported as unreadable when it is decoded
 
 
-def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[Path, int, os.stat_result]], int]:
+def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[str, int, os.stat_result]], int]:
     """Class names and (file, label, stat) of one split folder, plus the count of ignored files."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder" if not folder.exists() else
@@ -145,7 +145,8 @@ def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[Path, int, os
         if not found:
             raise DataError(f"{d}: an empty class folder (no {'/'.join(extensions)} images)")
         classes.append(d.name)
-        files += [(d / rel, label, st) for rel, st in found]
+        base = str(d)
+        files += [(os.path.join(base, rel), label, st) for rel, st in found]  # str: Path is slow
     if len(classes) < 2:
         raise DataError(f"{folder}: only one class folder ({classes[0]}); a classifier needs "
                         "at least two")
@@ -266,7 +267,8 @@ def _gb(n: int) -> str:
 def _cache_key(root: Path, files, size, channels, skip_bad, has_test) -> str:
     import PIL
 
-    listing = [[str(p.relative_to(root)), label] + ([st.st_size, st.st_mtime_ns] if st else [None, None])
+    cut = len(str(root)) + 1
+    listing = [[p[cut:], label] + ([st.st_size, st.st_mtime_ns] if st else [None, None])
                for p, label, st in files]
     blob = json.dumps({"format": CACHE_FORMAT, "pillow": PIL.__version__, "root": str(root.resolve()),
                        "size": list(size) if size else None, "channels": channels,
