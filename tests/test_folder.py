@@ -144,10 +144,13 @@ def test_size_resizes_every_image_and_channels_choose_the_form(tmp_path):
 
 def test_the_run_trains_on_rgb_images_with_the_configs_layers(tmp_path):
     root = make_folder(tmp_path / "pics", mode="RGB")
+    (root / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
+    (root / "dog" / "labels.csv").write_text("not an image")
     run = tmp_path / "run"
     result = runner.invoke(app, ["train", str(write_config(tmp_path, root)), "--run-dir", str(run)])
     assert result.exit_code == 0, result.output
-    assert "12 images" not in result.output and "Final test accuracy" in result.output
+    assert "pics: ignored 1 file(s) that are not images by their extension" in result.output
+    assert "Final test accuracy" in result.output
     from cnncli.checkpoint import load_checkpoint
 
     arrays, meta = load_checkpoint(run / "last.npz")

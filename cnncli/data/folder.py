@@ -132,10 +132,11 @@ def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[str, int, os.
         raise DataError(f"{folder}: no such folder" if not folder.exists() else
                         f"{folder}: is not a folder; data.path names a folder of class folders")
     try:
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        # hidden folders (.ipynb_checkpoints, .git) are not classes
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        top_files = sum(1 for p in folder.iterdir() if not p.is_dir())
     except OSError as exc:
         raise DataError(f"{folder}: cannot read the folder ({exc.strerror or exc})") from None
-    top_files = sum(1 for p in folder.iterdir() if not p.is_dir())
     if not subdirs:
         raise DataError(f"{folder}: no class folders (expected {folder}/<class name>/<images>)")
     classes, files, ignored = [], [], top_files
