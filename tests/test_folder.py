@@ -254,7 +254,7 @@ def test_mixed_sizes_without_size_name_two_files(tmp_path):
 
 
 def test_memory_refusal_names_the_figure_before_decoding(tmp_path, monkeypatch):
-    from cnncli.data import folder, images
+    from cnncli.data import folder
 
     root = make_folder(tmp_path / "pics", n=10)
     monkeypatch.setattr(folder, "available_memory", lambda: 5_000)
@@ -263,7 +263,7 @@ def test_memory_refusal_names_the_figure_before_decoding(tmp_path, monkeypatch):
     train_fails(tmp_path, root, "the 20 images would take 0.60 MB (600,000 bytes) as 3x100x100 "
                                 "uint8, more than the 0.01 MB (5,000 bytes) of memory available",
                 size=[100, 100], channels=3)
-    assert not decoded and images.decode_image is not None
+    assert not decoded
     monkeypatch.setattr(folder, "available_memory", lambda: 599)
     train_fails(tmp_path, root, "the 20 images would take 0.00 MB (600 bytes) as 1x6x5 uint8")
 
@@ -341,12 +341,14 @@ def test_cnn_train_second_run_reads_no_image_file(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ acceptance: real training
-def _colour_shapes(root, n=60, seed=0):
+RED, GREEN = [255, 0, 0], [0, 130, 0]  # Pillow's luma of both: 76
+
+
+def _colour_shapes(root, n=100, seed=0):
     """4 classes = colour (red or green, of equal luma) x shape (horizontal or vertical bar),
     at random positions with noise: the colour is invisible in grayscale."""
     rng = np.random.default_rng(seed)
-    red, green = np.array([255, 0, 0]), np.array([0, 130, 0])  # Pillow's luma: 76 and 76
-    for colour_name, colour in (("red", red), ("green", green)):
+    for colour_name, colour in (("red", RED), ("green", GREEN)):
         for bar in ("h", "v"):
             (root / f"{colour_name}_{bar}").mkdir(parents=True)
             for i in range(n):
@@ -363,9 +365,8 @@ def _colour_shapes(root, n=60, seed=0):
 @pytest.mark.slow
 def test_colour_flows_through_rgb_reaches_95_percent_where_grayscale_cannot(tmp_path):
     root = _colour_shapes(tmp_path / "colours")
-    from cnncli.data.images import decode_image
-
-    red, green = (decode_image(root / f"{c}_h" / "0.png", channels=1) for c in ("red", "green"))
+    pair = Image.fromarray(np.array([[RED, GREEN]], dtype=np.uint8)).convert("L")
+    assert np.asarray(pair).tolist() == [[76, 76]]  # the same gray: colour is lost in grayscale
     net = [{"type": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": "same", "init": "he"},
            {"type": "relu"}, {"type": "max_pool2d", "kernel_size": 2}, {"type": "flatten"},
            {"type": "dense", "out_features": 32, "init": "he"}, {"type": "relu"},
@@ -383,10 +384,9 @@ def test_colour_flows_through_rgb_reaches_95_percent_where_grayscale_cannot(tmp_
         assert trainer.data.input_shape == (channels, 8, 8)
         for _ in range(trainer.epochs):
             row = trainer.train_epoch()
-        accuracy[channels] = max(r["test_accuracy"] for r in trainer.history[-5:])
+        accuracy[channels] = row["test_accuracy"]
     assert accuracy[3] >= 0.95, accuracy
     assert accuracy[1] <= 0.75, accuracy  # the bar's orientation only: about half right
-    assert red.shape == green.shape == (1, 8, 8)
 
 
 @pytest.mark.slow
@@ -445,11 +445,10 @@ def test_preview_draws_resized_augmented_training_images(tmp_path):
 
 
 def test_help_imports_no_pillow():
-    code = "import sys, cnncli.cli; cnncli.cli.app(['--help'])"
     check = ("import sys, runpy; sys.argv = ['cnn', '--help']\n"
              "try:\n    runpy.run_module('cnncli', run_name='__main__')\n"
              "except SystemExit:\n    pass\n"
              "print('PIL' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "False", (code, out.stdout)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
