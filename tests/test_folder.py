@@ -253,6 +253,25 @@ def test_mixed_sizes_without_size_name_two_files(tmp_path):
                                str(tmp_path / "ok"), "--quiet"]).exit_code == 0
 
 
+def test_a_png_whose_exif_rotation_comes_after_its_pixels_is_caught_by_the_size_check(tmp_path):
+    """The header (what the size check reads) cannot see an eXIf chunk placed after the pixels;
+    decoding applies it, and the decoded size is checked again."""
+    import struct
+    import zlib
+
+    root = make_folder(tmp_path / "pics", shape=(6, 5))
+    data = (root / "dog" / "05.png").read_bytes()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate: 6x5 becomes 5x6
+    payload = exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + \
+        struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    end = data.rindex(b"IEND") - 4
+    (root / "dog" / "05.png").write_bytes(data[:end] + chunk + data[end:])
+    out = train_fails(tmp_path, root, "dog/05.png is 5x6 once decoded; set data.size")
+    assert "cat/00.png is 6x5 (HxW)" in out
+
+
 def test_memory_refusal_names_the_figure_before_decoding(tmp_path, monkeypatch):
     from cnncli.data import folder
 

@@ -208,6 +208,7 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
         raise DataError(f"{root}: none of the {len(files):,} image files could be read")
     if channels is None:
         channels = 1 if all(infos[i].channels == 1 for i in ok) else 3
+    fixed_size = size is not None
     if size is None:
         first = infos[ok[0]]
         for i in ok:
@@ -223,12 +224,17 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
     keep = np.zeros(len(files), dtype=bool)
     for i in ok:
         try:
-            x[i] = decode_image(files[i][0], size, channels)
-            keep[i] = True
+            img = decode_image(files[i][0], size if fixed_size else None, channels)
         except BadImage as exc:
             if not skip_bad:
                 raise
             skipped.append(str(exc))
+            continue
+        if img.shape[1:] != tuple(size):  # a header that did not tell (a PNG's late EXIF)
+            raise DataError(f"{files[ok[0]][0]} is {size[0]}x{size[1]} (HxW) but {files[i][0]} is "
+                            f"{img.shape[1]}x{img.shape[2]} once decoded; set data.size: [H, W] "
+                            "to resize every image to one size")
+        x[i], keep[i] = img, True
     if not keep.all():
         x, labels, is_test = x[keep], labels[keep], is_test[keep]
         _check_classes_left(root, classes, labels, is_test, has_test)
