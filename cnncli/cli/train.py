@@ -104,7 +104,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 def _fit(cfg, run, config_name, resume, quiet, trainer=None):
     import numpy as np
 
-    from cnncli.checkpoint import check_resumable, load_checkpoint
+    from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
     from cnncli.config import dump_config
     from cnncli.config import config_diff
     from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
@@ -114,8 +114,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
     out = console()
     interactive = out.is_terminal and not quiet
     trainer = trainer if trainer is not None else Trainer(cfg)
-    extra_meta = {"config": cfg, "input_shape": list(trainer.data.input_shape),
-                  "class_names": trainer.data.class_names, "config_name": config_name}
+    extra_meta = {"config": cfg, "config_name": config_name}  # trainer.state() adds the input
 
     def say(text: str, always: bool = False):
         run.log(text)
@@ -126,7 +125,11 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         last = run.path / "last.npz"
         if last.exists():
             arrays, meta = load_checkpoint(last)
-            diff = [d for d in config_diff(meta["config"], cfg) if not d.startswith("training.epochs:")]
+            try:  # re-validated, so that keys added to cnncli since get their defaults
+                stored = checkpoint_config(last, meta)
+            except CheckpointError:
+                stored = meta["config"]  # as it is: the checks below name what does not fit
+            diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
             if diff:
                 raise CheckpointError(f"{last}: was written by another run (its config differs in "
                                       + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
@@ -137,7 +140,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                     f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
                     f"{len(meta['class_names'])} classes, but this run's data has "
                     f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
-            check_resumable(last, arrays, trainer.net.params)
+            check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
             try:
                 trainer.load_state(arrays, meta)
             except CheckpointError as exc:
