@@ -402,11 +402,12 @@ class _BudgetRng:
 
 def resolve_folder_path(raw: dict, config_path) -> None:
     """A folder dataset's relative ``data.path`` in a config file is relative to that file's
-    folder (a ``--set data.path=`` override stays relative to the working directory)."""
+    folder, and made absolute, so the run's saved config finds it from anywhere (a ``--set
+    data.path=`` override stays relative to the working directory)."""
     data = raw.get("data")
     if isinstance(data, dict) and data.get("name") == "folder" and isinstance(data.get("path"), str) \
             and data["path"] and not Path(data["path"]).expanduser().is_absolute():
-        data["path"] = str(Path(config_path).parent / data["path"])
+        data["path"] = str(Path(config_path).absolute().parent / data["path"])
 
 
 def load_config(path, overrides: list[str] = ()) -> dict:

@@ -124,7 +124,8 @@ def test_relative_path_in_a_config_file_is_relative_to_its_folder(tmp_path, monk
     (tmp_path / "project" / "configs").mkdir()
     cfg_path = write_config(tmp_path / "project" / "configs", "../pics")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(cfg_path)
+    cfg = load_config(os.path.join("project", "configs", "cfg.yaml"))
+    assert os.path.isabs(cfg["data"]["path"])
     assert os.path.samefile(cfg["data"]["path"], tmp_path / "project" / "pics")
 
 
