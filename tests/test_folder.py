@@ -122,11 +122,15 @@ def test_train_and_test_folders_are_the_two_splits(tmp_path):
 def test_relative_path_in_a_config_file_is_relative_to_its_folder(tmp_path, monkeypatch):
     make_folder(tmp_path / "project" / "pics")
     (tmp_path / "project" / "configs").mkdir()
-    cfg_path = write_config(tmp_path / "project" / "configs", "../pics")
+    write_config(tmp_path / "project" / "configs", "../pics")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(os.path.join("project", "configs", "cfg.yaml"))
+    cfg_path = os.path.join("project", "configs", "cfg.yaml")
+    cfg = load_config(cfg_path)
     assert os.path.isabs(cfg["data"]["path"])
     assert os.path.samefile(cfg["data"]["path"], tmp_path / "project" / "pics")
+    assert runner.invoke(app, ["train", cfg_path, "--run-dir", "run", "-q"]).exit_code == 0
+    result = runner.invoke(app, ["train", cfg_path, "--resume", "run", "--epochs", "2", "-q"])
+    assert result.exit_code == 0, result.output  # the same config: the same resolved path
 
 
 def test_size_resizes_every_image_and_channels_choose_the_form(tmp_path):

@@ -77,8 +77,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
         try:
             stored = validate(read_config_file(resume / "config.yaml"), str(resume / "config.yaml"))
             raw = dict(stored)
-            wanted = validate(apply_overrides(read_config_file(config), overrides), str(config)) \
-                if config is not None else validate(apply_overrides(raw, overrides), "overrides")
+            wanted = load_config(config, overrides) if config is not None else validate(apply_overrides(raw, overrides), "overrides")
             diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
             if diff:
                 raise ConfigError(f"cannot resume {resume}: the config differs from the run's in "
