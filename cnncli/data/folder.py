@@ -163,29 +163,8 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
     Raises DataError naming the file or folder for every kind of bad input.
     """
     root = Path(path)
-    extensions = tuple(e.lower().lstrip(".") for e in extensions)
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: is not a folder; data.path names a folder of class folders")
-    has_test = (root / "train").is_dir() and (root / "test").is_dir()
-    if has_test:
-        classes, train, ign_tr = _scan(root / "train", extensions)
-        test_classes, test, ign_te = _scan(root / "test", extensions)
-        if classes != test_classes:
-            only_tr = sorted(set(classes) - set(test_classes))
-            only_te = sorted(set(test_classes) - set(classes))
-            parts = ([f"only in train/: {', '.join(only_tr)}"] if only_tr else []) + \
-                    ([f"only in test/: {', '.join(only_te)}"] if only_te else [])
-            raise DataError(f"{root}: train/ and test/ must hold the same class folders; "
-                            + "; ".join(parts))
-        files, ignored = train + test, ign_tr + ign_te
-        is_test = np.array([False] * len(train) + [True] * len(test))
-    else:
-        classes, files, ignored = _scan(root, extensions)
-        is_test = np.zeros(len(files), dtype=bool)
+    classes, files, is_test, ignored, has_test = _list_files(root, extensions)
     labels = np.array([f[1] for f in files], dtype=np.int64)
-
     key = _cache_key(root, files, size, channels, skip_bad, has_test)
     cached = (_MEMO.get(key) or _read_cache(key)) if cache else None
     if cached is not None:
@@ -193,48 +172,7 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
         _MEMO.clear()
         _MEMO[key] = cached
         return cached
-
-    infos, skipped = [], []
-    for p, _, _ in files:
-        try:
-            infos.append(probe_image(p))
-        except BadImage as exc:
-            if not skip_bad:
-                raise
-            infos.append(None)
-            skipped.append(str(exc))
-    ok = [i for i, info in enumerate(infos) if info is not None]
-    if not ok:
-        raise DataError(f"{root}: none of the {len(files):,} image files could be read")
-    if channels is None:
-        channels = 1 if all(infos[i].channels == 1 for i in ok) else 3
-    fixed_size = size is not None
-    if size is None:
-        first = infos[ok[0]]
-        for i in ok:
-            if (infos[i].height, infos[i].width) != (first.height, first.width):
-                raise DataError(
-                    f"{files[ok[0]][0]} is {first.height}x{first.width} (HxW) but {files[i][0]} "
-                    f"is {infos[i].height}x{infos[i].width}; set data.size: [H, W] to resize "
-                    "every image to one size")
-        size = (first.height, first.width)
-    _check_memory(root, len(ok), channels, size)
-
-    x = np.empty((len(files), channels, *size), dtype=np.uint8)
-    keep = np.zeros(len(files), dtype=bool)
-    for i in ok:
-        try:
-            img = decode_image(files[i][0], size if fixed_size else None, channels)
-        except BadImage as exc:
-            if not skip_bad:
-                raise
-            skipped.append(str(exc))
-            continue
-        if img.shape[1:] != tuple(size):  # a header that did not tell (a PNG's late EXIF)
-            raise DataError(f"{files[ok[0]][0]} is {size[0]}x{size[1]} (HxW) but {files[i][0]} is "
-                            f"{img.shape[1]}x{img.shape[2]} once decoded; set data.size: [H, W] "
-                            "to resize every image to one size")
-        x[i], keep[i] = img, True
+    x, keep, skipped = _decode_all(root, [f[0] for f in files], size, channels, skip_bad)
     if not keep.all():
         x, labels, is_test = x[keep], labels[keep], is_test[keep]
         _check_classes_left(root, classes, labels, is_test, has_test)
@@ -244,6 +182,77 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
         _MEMO.clear()
         _MEMO[key] = out
     return out
+
+
+def _list_files(root: Path, extensions):
+    """(class names, [(file, label, stat)], is_test (N,) bool, ignored count, has_test) of a
+    folder dataset: ``root/train`` + ``root/test`` when both exist, else ``root``'s classes."""
+    extensions = tuple(e.lower().lstrip(".") for e in extensions)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: is not a folder; data.path names a folder of class folders")
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        classes, files, ignored = _scan(root, extensions)
+        return classes, files, np.zeros(len(files), dtype=bool), ignored, False
+    classes, train, ign_tr = _scan(root / "train", extensions)
+    test_classes, test, ign_te = _scan(root / "test", extensions)
+    if classes != test_classes:
+        only_tr = sorted(set(classes) - set(test_classes))
+        only_te = sorted(set(test_classes) - set(classes))
+        parts = ([f"only in train/: {', '.join(only_tr)}"] if only_tr else []) + \
+                ([f"only in test/: {', '.join(only_te)}"] if only_te else [])
+        raise DataError(f"{root}: train/ and test/ must hold the same class folders; "
+                        + "; ".join(parts))
+    is_test = np.array([False] * len(train) + [True] * len(test))
+    return classes, train + test, is_test, ign_tr + ign_te, True
+
+
+def _decode_all(root: Path, paths: list[str], size, channels, skip_bad):
+    """Read every header (modes, sizes), settle channels and size, refuse what would not fit in
+    memory, then decode. Returns x: (N, C, H, W) uint8, keep: (N,) bool (False for a skipped
+    file) and the skipped files' messages."""
+    infos, skipped = [], []
+    for p in paths:
+        try:
+            infos.append(probe_image(p))
+        except BadImage as exc:
+            if not skip_bad:
+                raise
+            infos.append(None)
+            skipped.append(str(exc))
+    ok = [i for i, info in enumerate(infos) if info is not None]
+    if not ok:
+        raise DataError(f"{root}: none of the {len(paths):,} image files could be read")
+    if channels is None:
+        channels = 1 if all(infos[i].channels == 1 for i in ok) else 3
+    fixed_size = size is not None
+    first = infos[ok[0]]
+    size = tuple(size) if fixed_size else (first.height, first.width)
+
+    def mixed(i, h, w, how=""):
+        return DataError(f"{paths[ok[0]]} is {size[0]}x{size[1]} (HxW) but {paths[i]} is "
+                         f"{h}x{w}{how}; set data.size: [H, W] to resize every image to one size")
+
+    if not fixed_size:
+        for i in ok:
+            if (infos[i].height, infos[i].width) != size:
+                raise mixed(i, infos[i].height, infos[i].width)
+    _check_memory(root, len(ok), channels, size)
+    x = np.empty((len(paths), channels, *size), dtype=np.uint8)
+    keep = np.zeros(len(paths), dtype=bool)
+    for i in ok:
+        try:
+            img = decode_image(paths[i], size if fixed_size else None, channels)
+        except BadImage as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+            continue
+        if img.shape[1:] != size:  # a header that did not tell (a PNG's EXIF after its pixels)
+            raise mixed(i, *img.shape[1:], " once decoded")
+        x[i], keep[i] = img, True
+    return x, keep, skipped
 
 
 def _check_classes_left(root, classes, labels, is_test, has_test):
