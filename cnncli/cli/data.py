@@ -179,6 +179,8 @@ def preview(
     """
     offline_mode(offline)
     with cli_errors():
+        from functools import partial
+
         import numpy as np
 
         from cnncli.config import load_config
@@ -192,12 +194,7 @@ def preview(
         for note in ds.notes:
             err.print(escape(note), soft_wrap=True)
         spec = cfg["data"]["augment"]
-        transform = None
-        if is_active(spec):
-            rng = np.random.default_rng([cfg["seed"], 3])
-
-            def transform(x):
-                return augment(x, rng, spec)
-
+        rng = np.random.default_rng([cfg["seed"], 3])  # the training's augmentation stream
+        transform = partial(augment, rng=rng, spec=spec) if is_active(spec) else None
         path = plot_dataset_preview(out, ds, per_class, transform)
         console().print(f"Wrote {escape(str(path))}", soft_wrap=True)

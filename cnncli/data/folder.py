@@ -100,8 +100,7 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
         for e in entries:
             sub = f"{rel}/{e.name}" if rel else e.name
             try:
-                is_dir = e.is_dir()
-                is_file = not is_dir and e.is_file()
+                is_dir = e.is_dir()  # follows links; a link to itself raises ELOOP
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
                     raise DataError(f"{d / e.name}: a symlink loop (the link leads back to "
