@@ -451,6 +451,11 @@ def test_export_writes_eight_bit_pngs_of_each_split_and_never_overwrites(tmp_pat
     assert again.exit_code == 1 and "exists and is not an empty folder" in again.output
     assert len(list((out / "train").glob("*/*.png"))) == 30
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no temporary folder left
+    from cnncli.data.folder import export_folder
+
+    calls = []
+    export_folder(ds, tmp_path / "again", limit=150, on_image=lambda *a: calls.append(a))
+    assert calls == [(100, 300), (200, 300), (300, 300)]  # the progress bar's updates
     bad = runner.invoke(app, ["data", "export", "cifar", "-o", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "datasets to export: shapes, digits, mnist" in bad.output
 

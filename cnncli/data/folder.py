@@ -353,12 +353,13 @@ def notes(d: Decoded) -> list[str]:
 
 
 # ------------------------------------------------------------------ writing a folder
-def export_folder(ds, out, limit: int | None = None) -> dict[str, np.ndarray]:
+def export_folder(ds, out, limit: int | None = None, on_image=None) -> dict[str, np.ndarray]:
     """Write a Dataset as ``out/train/<class>/<i>.png`` and ``out/test/<class>/<i>.png``
     (8-bit, ``x * 255 / pixel_max`` rounded and clipped; ``i`` is the index in the split, at
     most ``limit`` per split). Everything goes to a temporary folder beside ``out`` that is
     renamed to ``out`` at the end: a failed or killed export leaves no half folder. ``out``
-    must not exist or be empty. Returns the images written per split and class."""
+    must not exist or be empty. ``on_image(done, total)`` is called as images are written.
+    Returns the images written per split and class."""
     import shutil
 
     from cnncli.data.images import to_eight_bit, write_png
@@ -375,16 +376,21 @@ def export_folder(ds, out, limit: int | None = None) -> dict[str, np.ndarray]:
         raise DataError(f"{ds.name}: the class name {bad[0]!r} cannot be a folder name")
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     counts = {}
+    sizes = {s: len(ds.split(s)[1]) if limit is None else min(limit, len(ds.split(s)[1]))
+             for s in ("train", "test")}
+    done, total = 0, sum(sizes.values())
     try:
-        for split in ("train", "test"):
+        for split, n in sizes.items():
             x, y = ds.split(split)
-            n = len(y) if limit is None else min(limit, len(y))
             width = max(5, len(str(n - 1)))
             for name in ds.class_names:
                 (tmp / split / name).mkdir(parents=True)
             for i in range(n):
                 write_png(tmp / split / ds.class_names[y[i]] / f"{i:0{width}d}.png",
                           to_eight_bit(x[i], ds.pixel_max))
+                done += 1
+                if on_image is not None and (done % 100 == 0 or done == total):
+                    on_image(done, total)
             counts[split] = np.bincount(y[:n], minlength=ds.n_classes)
         if out.exists():
             out.rmdir()  # empty (checked above); rename needs the name free
