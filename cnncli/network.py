@@ -48,7 +48,8 @@ class Network:
                 break
 
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """Forward in chunks of ``batch_size``; returns (N, n_outputs)."""
+        """Forward in chunks of ``batch_size``, in the network's current mode (``eval()``
+        first for predictions); returns (N, n_outputs)."""
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
 

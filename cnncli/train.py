@@ -142,11 +142,11 @@ class Trainer:
             self.net.layers[0].needs_input_grad = True
         self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
         self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
+        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
         self.noise_rng = np.random.default_rng([cfg["seed"], 4])
         self.net.set_rng(self.noise_rng)
         self._check_batches()
-        self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
-        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": 0, "test_accuracy": -1.0}
@@ -166,13 +166,18 @@ class Trainer:
     def _check_batches(self) -> None:
         """Refuse, before training, a batch that would give a batch_norm layer a single value
         per channel in train mode (no variance), naming the layer and the fix."""
-        smallest = min(self.batch_sizes())
+        sizes = self.batch_sizes()
+        smallest = min(sizes)
         where = single_value_batch_norm(self.net, smallest)
         if where is None:
             return
         bs, n = self.cfg["training"]["batch_size"], len(self.data.y_train)
-        fix = ("set training.drop_last: true to skip that last batch, or choose another "
-               "batch_size" if smallest < bs else "use a batch_size of at least 2")
+        if n < 2:
+            fix = "train on at least 2 samples"
+        elif smallest < bs and len(sizes) > 1:
+            fix = "set training.drop_last: true to skip that last batch, or choose another batch_size"
+        else:
+            fix = "use a batch_size of at least 2"
         raise ConfigError(f"{where}: a training batch of {smallest} sample(s) (the "
                           f"{n} training samples in batches of {bs}) gives it a single value "
                           f"per channel, which has no variance; {fix}")
@@ -265,8 +270,8 @@ class Trainer:
             "best": self.best,
             "early_stopping": self.early,
             "rng_state": self.shuffle_rng.bit_generator.state,
-            "noise_rng_state": self.noise_rng.bit_generator.state,
             "augment_rng_state": self.augment_rng.bit_generator.state,
+            "noise_rng_state": self.noise_rng.bit_generator.state,
         }
         return arrays, meta
 
@@ -292,8 +297,8 @@ class Trainer:
         state = meta.get("rng_state")
         if state is not None:
             self.shuffle_rng.bit_generator.state = state
+        if meta.get("augment_rng_state") is not None:
+            self.augment_rng.bit_generator.state = meta["augment_rng_state"]
         state = meta.get("noise_rng_state")
         if state is not None:
             self.noise_rng.bit_generator.state = state
-        if meta.get("augment_rng_state") is not None:
-            self.augment_rng.bit_generator.state = meta["augment_rng_state"]

@@ -3,6 +3,8 @@ orientation, resizing, and the files Pillow refuses."""
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from cnncli.data.images import BadImage, decode_image, probe_image, to_eight_bit
@@ -138,3 +140,39 @@ def test_to_eight_bit_scales_rounds_and_clips():
     x = np.array([-0.2, 0.0, 0.5, 1.0, 1.3])
     assert to_eight_bit(x, 1.0).tolist() == [0, 0, 128, 255, 255]
     assert to_eight_bit(np.array([0, 1, 8, 16], np.uint8), 16.0).tolist() == [0, 16, 128, 255]
+
+
+_FORMATS = {}
+
+
+def _valid_file(fmt):
+    """A small valid image file's bytes in ``fmt`` (made once)."""
+    if fmt not in _FORMATS:
+        import io
+
+        buf = io.BytesIO()
+        im = Image.fromarray(RGB)
+        (im.convert("P") if fmt == "GIF" else im).save(buf, format=fmt)
+        _FORMATS[fmt] = buf.getvalue()
+    return _FORMATS[fmt]
+
+
+@settings(max_examples=60, deadline=None)
+@given(fmt=st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "WEBP"]), cut=st.floats(0.0, 1.0),
+       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=4))
+def test_damaged_files_decode_or_raise_bad_image_and_nothing_else(tmp_path_factory, fmt, cut, flips):
+    """A valid file cut short and with bytes overwritten: decoded to (C, H, W) uint8 or refused
+    with BadImage naming it; no other exception leaks out."""
+    data = bytearray(_valid_file(fmt))
+    data = data[: int(len(data) * cut)]
+    for where, value in flips:
+        if data:
+            data[min(int(where * len(data)), len(data) - 1)] = value
+    path = tmp_path_factory.mktemp("hostile") / f"damaged.{fmt.lower()}"
+    path.write_bytes(bytes(data))
+    try:
+        out = decode_image(path, size=(4, 4))
+    except BadImage as exc:
+        assert str(exc).startswith(str(path))
+    else:
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[1:] == (4, 4)

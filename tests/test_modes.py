@@ -16,6 +16,7 @@ from cnncli.cli import app
 from cnncli.config import validate
 from cnncli.errors import ConfigError
 from cnncli.train import Trainer, evaluate
+from conftest import ROOT
 
 runner = CliRunner()
 
@@ -31,12 +32,11 @@ NORM_NET = [  # shapes 1x3x3 -> 4, with every new layer
     {"type": "dropout", "p": 0.3},
     {"type": "dense", "out_features": 4},
 ]
-GAP_NET = [  # ends in global average pooling: logits straight from a conv
-    {"type": "conv2d", "out_channels": 6, "kernel_size": 2, "padding": 1},  # -> 6x4x4
+GAP_NET = [  # all convolutional: one logit per channel of the last conv, by global pooling
+    {"type": "conv2d", "out_channels": 8, "kernel_size": 2, "padding": 1, "init": "he"},  # -> 8x4x4
     {"type": "batch_norm"}, {"type": "relu"},
-    {"type": "conv2d", "out_channels": 4, "kernel_size": 3},  # -> 4x2x2
-    {"type": "global_avg_pool2d"},
-    {"type": "softmax"},
+    {"type": "conv2d", "out_channels": 4, "kernel_size": 3, "init": "he"},  # -> 4x2x2
+    {"type": "global_avg_pool2d"},  # -> 4 logits
 ]
 
 
@@ -74,6 +74,17 @@ def test_every_optimizer_trains_the_new_layers(opt, dtype):
         if key == "layers.0.b":  # the batch norm after it removes it: its gradient is 0
             continue
         assert not np.array_equal(end[key], start[key]), f"{key} did not change"  # gamma, beta, buffers
+
+
+def test_an_all_convolutional_network_trains_with_cross_entropy():
+    raw = {"seed": 0, "data": {"name": "shapes", "n": 300}, "network": GAP_NET,
+           "training": {"epochs": 4, "batch_size": 16, "loss": "cross_entropy",
+                        "optimizer": {"name": "adam", "learning_rate": 0.02}}}
+    trainer = Trainer(validate(raw))
+    assert trainer.loss.from_logits
+    for _ in range(4):  # measured: 96% after one epoch, 100% from the second
+        row = trainer.train_epoch()
+    assert row["test_accuracy"] > 0.9, row
 
 
 def test_fused_sgd_equals_the_reference_path_with_the_new_layers():
@@ -121,6 +132,10 @@ def test_last_batch_of_one_is_refused_in_one_line_or_dropped():
     assert np.isfinite(row["train_loss"])
     with pytest.raises(ConfigError, match="batch_size of at least 2"):
         Trainer(norm_config(batch_size=1))
+    one = dict(norm_config())
+    one["data"] = {**one["data"], "limit": 1}
+    with pytest.raises(ConfigError, match="train on at least 2 samples"):
+        Trainer(one)
     # a 4-D batch norm alone (4 values per channel even for one sample) trains a last batch of 1
     raw = {"seed": 0, "data": {"name": "shapes", "n": 300}, "network": NORM_NET[:3] + [NORM_NET[4], NORM_NET[-1]],
            "training": {"batch_size": 20}}
@@ -200,7 +215,7 @@ def test_checkpoint_holds_buffers_and_the_input_description(tmp_path):
 def test_a_format_1_checkpoint_still_evaluates(tmp_path):
     """Written as cnncli 0.1.0 did: no buffers, no dtype/input_scale/pixel_max in meta."""
     run = tmp_path / "run"
-    shapes = _write(tmp_path, validate(yaml.safe_load(open("configs/shapes.yaml"))))
+    shapes = _write(tmp_path, validate(yaml.safe_load(open(ROOT / "configs" / "shapes.yaml"))))
     assert cnn("train", shapes, "--run-dir", run, "--epochs", 3, "--quiet").exit_code == 0
     arrays, meta = load_checkpoint(run / "last.npz")
     old = {k: v for k, v in meta.items()
@@ -220,3 +235,33 @@ def test_a_format_1_checkpoint_still_evaluates(tmp_path):
     save_checkpoint(run / "last.npz", arrays, {k: v for k, v in old.items() if k != "format_version"})
     result = cnn("train", "--resume", run, "--epochs", 4, "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(tmp_path):
+    """`cnn gradcheck` on configs/mnist-bn.yaml's network (on random data of MNIST's shape and
+    range, so that no files are needed): batch norm through its batch statistics, dropout with
+    a fixed mask, and the conv biases before batch norm, whose gradient is exactly 0."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "fake-mnist.npz"
+    x = rng.integers(0, 256, (40, 28, 28)).astype(np.uint8)
+    y = np.arange(40) % 10
+    np.savez(data, x_train=x[:30], y_train=y[:30], x_test=x[30:], y_test=y[30:])
+    cfg = yaml.safe_load(open(ROOT / "configs" / "mnist-bn.yaml"))
+    cfg["data"] = {"name": "npz", "path": str(data)}
+    result = cnn("gradcheck", _write(tmp_path, cfg), "--max-entries", 15)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for layer, grad in [("1 batch_norm", "input"), ("1 batch_norm", "gamma"),
+                        ("10 batch_norm", "beta"), ("12 dropout", "input")]:
+        assert any(layer in line and f" {grad} " in line and "pass" in line for line in lines), \
+            (layer, grad, result.output)
+    assert any("layers.0.b" in line and "pass" in line for line in lines)
+    assert "FAIL" not in result.output
+
+
+def test_summary_shows_buffers_apart_from_parameters():
+    result = cnn("summary", ROOT / "configs" / "mnist-bn.yaml")
+    assert result.exit_code == 0, result.output
+    assert "buffers" in result.output
+    # batch norms over 8, 16 and 128 channels: 2 trainable (gamma, beta) and 2 buffers each
+    assert "56,346 trainable parameters; 304 buffer values (saved, not trained)" in result.output

@@ -143,12 +143,11 @@ def export(
     offline_mode(offline)
     with cli_errors():
         from cnncli.data import DATASETS, load_dataset
-        from cnncli.data.folder import export_folder
 
         cfg = {"name": dataset, **{k: f.default for k, f in DATASETS[dataset].fields.items()},
                "limit": None}
         ds = load_dataset(cfg, seed)
-        counts = export_folder(ds, out, limit)
+        counts = _export_with_progress(ds, out, limit)
         from rich.table import Table
 
         table = Table(title=f"{out}: {counts['train'].sum():,} train, {counts['test'].sum():,} "
@@ -160,6 +159,22 @@ def export(
         console().print(table)
         console().print(f"Train on it with data: {{name: folder, path: {escape(str(out))}}}",
                         soft_wrap=True)
+
+
+def _export_with_progress(ds, out, limit):
+    """export_folder with a progress bar on stderr when it is a terminal."""
+    from cnncli.data.folder import export_folder
+
+    err = console(stderr=True)
+    if not err.is_terminal:
+        return export_folder(ds, out, limit)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("writing PNGs"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("export", total=None)
+        return export_folder(ds, out, limit,
+                             lambda done, total: progress.update(task, completed=done, total=total))
 
 
 @data_app.command("preview")
@@ -179,6 +194,8 @@ def preview(
     """
     offline_mode(offline)
     with cli_errors():
+        from functools import partial
+
         import numpy as np
 
         from cnncli.config import load_config
@@ -192,12 +209,7 @@ def preview(
         for note in ds.notes:
             err.print(escape(note), soft_wrap=True)
         spec = cfg["data"]["augment"]
-        transform = None
-        if is_active(spec):
-            rng = np.random.default_rng([cfg["seed"], 3])
-
-            def transform(x):
-                return augment(x, rng, spec)
-
+        rng = np.random.default_rng([cfg["seed"], 3])  # the training's augmentation stream
+        transform = partial(augment, rng=rng, spec=spec) if is_active(spec) else None
         path = plot_dataset_preview(out, ds, per_class, transform)
         console().print(f"Wrote {escape(str(path))}", soft_wrap=True)

@@ -77,8 +77,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
         try:
             stored = validate(read_config_file(resume / "config.yaml"), str(resume / "config.yaml"))
             raw = dict(stored)
-            wanted = validate(apply_overrides(read_config_file(config), overrides), str(config)) \
-                if config is not None else validate(apply_overrides(raw, overrides), "overrides")
+            wanted = load_config(config, overrides) if config is not None else validate(apply_overrides(raw, overrides), "overrides")
             diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
             if diff:
                 raise ConfigError(f"cannot resume {resume}: the config differs from the run's in "
@@ -125,7 +124,10 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         last = run.path / "last.npz"
         if last.exists():
             arrays, meta = load_checkpoint(last)
-            stored = checkpoint_config(last, meta)  # re-validated: defaults added since are filled in
+            try:  # re-validated, so that keys added to cnncli since get their defaults
+                stored = checkpoint_config(last, meta)
+            except CheckpointError:
+                stored = meta["config"]  # as it is: the checks below name what does not fit
             diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
             if diff:
                 raise CheckpointError(f"{last}: was written by another run (its config differs in "

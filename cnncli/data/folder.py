@@ -14,6 +14,7 @@ decoding, the stored size ``N * C * H * W`` bytes is compared with the memory av
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -99,21 +100,16 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
         for e in entries:
             sub = f"{rel}/{e.name}" if rel else e.name
             try:
-                is_dir = e.is_dir()
-                is_file = not is_dir and e.is_file()
+                is_dir = e.is_dir()  # follows links; a link to itself raises ELOOP
             except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise DataError(f"{d / e.name}: a symlink loop (the link leads back to "
+                                    "itself)") from None
                 raise DataError(f"{d / e.name}: cannot read ({exc.strerror or exc})") from None
-            if not is_dir and not is_file and e.is_symlink():
-                try:
-                    os.stat(e.path)
-                except OSError as exc:
-                    if exc.errno == 40:  # ELOOP
-                        raise DataError(f"{d / e.name}: a symlink loop (the link leads back to "
-                                        "itself)") from None
             if is_dir:
                 walk(d / e.name, sub)
             elif e.name.rpartition(".")[2].lower() in extensions and "." in e.name:
-                found.append((sub, _stat(d / e.name)))
+                found.append((sub, _stat(e)))
             else:
                 ignored += 1
         seen_dirs.pop()
@@ -122,23 +118,24 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
     return found, ignored
 
 
-def _stat(path: Path):
+def _stat(entry: os.DirEntry):
     try:
-        return path.stat()
+        return entry.stat()
     except OSError:
         return None  # a dangling link: reported as unreadable when it is decoded
 
 
-def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[Path, int, os.stat_result]], int]:
+def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[str, int, os.stat_result]], int]:
     """Class names and (file, label, stat) of one split folder, plus the count of ignored files."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder" if not folder.exists() else
                         f"{folder}: is not a folder; data.path names a folder of class folders")
     try:
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+        # hidden folders (.ipynb_checkpoints, .git) are not classes
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        top_files = sum(1 for p in folder.iterdir() if not p.is_dir())
     except OSError as exc:
         raise DataError(f"{folder}: cannot read the folder ({exc.strerror or exc})") from None
-    top_files = sum(1 for p in folder.iterdir() if not p.is_dir())
     if not subdirs:
         raise DataError(f"{folder}: no class folders (expected {folder}/<class name>/<images>)")
     classes, files, ignored = [], [], top_files
@@ -148,7 +145,8 @@ def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[Path, int, os
         if not found:
             raise DataError(f"{d}: an empty class folder (no {'/'.join(extensions)} images)")
         classes.append(d.name)
-        files += [(d / rel, label, st) for rel, st in found]
+        base = str(d)
+        files += [(os.path.join(base, rel), label, st) for rel, st in found]  # str: Path is slow
     if len(classes) < 2:
         raise DataError(f"{folder}: only one class folder ({classes[0]}); a classifier needs "
                         "at least two")
@@ -164,29 +162,8 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
     Raises DataError naming the file or folder for every kind of bad input.
     """
     root = Path(path)
-    extensions = tuple(e.lower().lstrip(".") for e in extensions)
-    if not root.exists():
-        raise DataError(f"{root}: no such folder")
-    if not root.is_dir():
-        raise DataError(f"{root}: is not a folder; data.path names a folder of class folders")
-    has_test = (root / "train").is_dir() and (root / "test").is_dir()
-    if has_test:
-        classes, train, ign_tr = _scan(root / "train", extensions)
-        test_classes, test, ign_te = _scan(root / "test", extensions)
-        if classes != test_classes:
-            only_tr = sorted(set(classes) - set(test_classes))
-            only_te = sorted(set(test_classes) - set(classes))
-            parts = ([f"only in train/: {', '.join(only_tr)}"] if only_tr else []) + \
-                    ([f"only in test/: {', '.join(only_te)}"] if only_te else [])
-            raise DataError(f"{root}: train/ and test/ must hold the same class folders; "
-                            + "; ".join(parts))
-        files, ignored = train + test, ign_tr + ign_te
-        is_test = np.array([False] * len(train) + [True] * len(test))
-    else:
-        classes, files, ignored = _scan(root, extensions)
-        is_test = np.zeros(len(files), dtype=bool)
+    classes, files, is_test, ignored, has_test = _list_files(root, extensions)
     labels = np.array([f[1] for f in files], dtype=np.int64)
-
     key = _cache_key(root, files, size, channels, skip_bad, has_test)
     cached = (_MEMO.get(key) or _read_cache(key)) if cache else None
     if cached is not None:
@@ -194,42 +171,7 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
         _MEMO.clear()
         _MEMO[key] = cached
         return cached
-
-    infos, skipped = [], []
-    for p, _, _ in files:
-        try:
-            infos.append(probe_image(p))
-        except BadImage as exc:
-            if not skip_bad:
-                raise
-            infos.append(None)
-            skipped.append(str(exc))
-    ok = [i for i, info in enumerate(infos) if info is not None]
-    if not ok:
-        raise DataError(f"{root}: none of the {len(files):,} image files could be read")
-    if channels is None:
-        channels = 1 if all(infos[i].channels == 1 for i in ok) else 3
-    if size is None:
-        first = infos[ok[0]]
-        for i in ok:
-            if (infos[i].height, infos[i].width) != (first.height, first.width):
-                raise DataError(
-                    f"{files[ok[0]][0]} is {first.height}x{first.width} (HxW) but {files[i][0]} "
-                    f"is {infos[i].height}x{infos[i].width}; set data.size: [H, W] to resize "
-                    "every image to one size")
-        size = (first.height, first.width)
-    _check_memory(root, len(ok), channels, size)
-
-    x = np.empty((len(files), channels, *size), dtype=np.uint8)
-    keep = np.zeros(len(files), dtype=bool)
-    for i in ok:
-        try:
-            x[i] = decode_image(files[i][0], size, channels)
-            keep[i] = True
-        except BadImage as exc:
-            if not skip_bad:
-                raise
-            skipped.append(str(exc))
+    x, keep, skipped = _decode_all(root, [f[0] for f in files], size, channels, skip_bad)
     if not keep.all():
         x, labels, is_test = x[keep], labels[keep], is_test[keep]
         _check_classes_left(root, classes, labels, is_test, has_test)
@@ -239,6 +181,77 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
         _MEMO.clear()
         _MEMO[key] = out
     return out
+
+
+def _list_files(root: Path, extensions):
+    """(class names, [(file, label, stat)], is_test (N,) bool, ignored count, has_test) of a
+    folder dataset: ``root/train`` + ``root/test`` when both exist, else ``root``'s classes."""
+    extensions = tuple(e.lower().lstrip(".") for e in extensions)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: is not a folder; data.path names a folder of class folders")
+    if not ((root / "train").is_dir() and (root / "test").is_dir()):
+        classes, files, ignored = _scan(root, extensions)
+        return classes, files, np.zeros(len(files), dtype=bool), ignored, False
+    classes, train, ign_tr = _scan(root / "train", extensions)
+    test_classes, test, ign_te = _scan(root / "test", extensions)
+    if classes != test_classes:
+        only_tr = sorted(set(classes) - set(test_classes))
+        only_te = sorted(set(test_classes) - set(classes))
+        parts = ([f"only in train/: {', '.join(only_tr)}"] if only_tr else []) + \
+                ([f"only in test/: {', '.join(only_te)}"] if only_te else [])
+        raise DataError(f"{root}: train/ and test/ must hold the same class folders; "
+                        + "; ".join(parts))
+    is_test = np.array([False] * len(train) + [True] * len(test))
+    return classes, train + test, is_test, ign_tr + ign_te, True
+
+
+def _decode_all(root: Path, paths: list[str], size, channels, skip_bad):
+    """Read every header (modes, sizes), settle channels and size, refuse what would not fit in
+    memory, then decode. Returns x: (N, C, H, W) uint8, keep: (N,) bool (False for a skipped
+    file) and the skipped files' messages."""
+    infos, skipped = [], []
+    for p in paths:
+        try:
+            infos.append(probe_image(p))
+        except BadImage as exc:
+            if not skip_bad:
+                raise
+            infos.append(None)
+            skipped.append(str(exc))
+    ok = [i for i, info in enumerate(infos) if info is not None]
+    if not ok:
+        raise DataError(f"{root}: none of the {len(paths):,} image files could be read")
+    if channels is None:
+        channels = 1 if all(infos[i].channels == 1 for i in ok) else 3
+    fixed_size = size is not None
+    first = infos[ok[0]]
+    size = tuple(size) if fixed_size else (first.height, first.width)
+
+    def mixed(i, h, w, how=""):
+        return DataError(f"{paths[ok[0]]} is {size[0]}x{size[1]} (HxW) but {paths[i]} is "
+                         f"{h}x{w}{how}; set data.size: [H, W] to resize every image to one size")
+
+    if not fixed_size:
+        for i in ok:
+            if (infos[i].height, infos[i].width) != size:
+                raise mixed(i, infos[i].height, infos[i].width)
+    _check_memory(root, len(ok), channels, size)
+    x = np.empty((len(paths), channels, *size), dtype=np.uint8)
+    keep = np.zeros(len(paths), dtype=bool)
+    for i in ok:
+        try:
+            img = decode_image(paths[i], size if fixed_size else None, channels)
+        except BadImage as exc:
+            if not skip_bad:
+                raise
+            skipped.append(str(exc))
+            continue
+        if img.shape[1:] != size:  # a header that did not tell (a PNG's EXIF after its pixels)
+            raise mixed(i, *img.shape[1:], " once decoded")
+        x[i], keep[i] = img, True
+    return x, keep, skipped
 
 
 def _check_classes_left(root, classes, labels, is_test, has_test):
@@ -262,14 +275,15 @@ def _check_memory(root: Path, n: int, c: int, size) -> None:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    return f"{n / 1e9:.2f} GB ({n:,} bytes)" if n >= 1e8 else f"{n / 1e6:.2f} MB ({n:,} bytes)"
 
 
 # ------------------------------------------------------------------ the cache
 def _cache_key(root: Path, files, size, channels, skip_bad, has_test) -> str:
     import PIL
 
-    listing = [[str(p.relative_to(root)), label] + ([st.st_size, st.st_mtime_ns] if st else [None, None])
+    cut = len(str(root)) + 1
+    listing = [[p[cut:], label] + ([st.st_size, st.st_mtime_ns] if st else [None, None])
                for p, label, st in files]
     blob = json.dumps({"format": CACHE_FORMAT, "pillow": PIL.__version__, "root": str(root.resolve()),
                        "size": list(size) if size else None, "channels": channels,
@@ -339,12 +353,13 @@ def notes(d: Decoded) -> list[str]:
 
 
 # ------------------------------------------------------------------ writing a folder
-def export_folder(ds, out, limit: int | None = None) -> dict[str, np.ndarray]:
+def export_folder(ds, out, limit: int | None = None, on_image=None) -> dict[str, np.ndarray]:
     """Write a Dataset as ``out/train/<class>/<i>.png`` and ``out/test/<class>/<i>.png``
     (8-bit, ``x * 255 / pixel_max`` rounded and clipped; ``i`` is the index in the split, at
     most ``limit`` per split). Everything goes to a temporary folder beside ``out`` that is
     renamed to ``out`` at the end: a failed or killed export leaves no half folder. ``out``
-    must not exist or be empty. Returns the images written per split and class."""
+    must not exist or be empty. ``on_image(done, total)`` is called as images are written.
+    Returns the images written per split and class."""
     import shutil
 
     from cnncli.data.images import to_eight_bit, write_png
@@ -361,16 +376,21 @@ def export_folder(ds, out, limit: int | None = None) -> dict[str, np.ndarray]:
         raise DataError(f"{ds.name}: the class name {bad[0]!r} cannot be a folder name")
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     counts = {}
+    sizes = {s: len(ds.split(s)[1]) if limit is None else min(limit, len(ds.split(s)[1]))
+             for s in ("train", "test")}
+    done, total = 0, sum(sizes.values())
     try:
-        for split in ("train", "test"):
+        for split, n in sizes.items():
             x, y = ds.split(split)
-            n = len(y) if limit is None else min(limit, len(y))
             width = max(5, len(str(n - 1)))
             for name in ds.class_names:
                 (tmp / split / name).mkdir(parents=True)
             for i in range(n):
                 write_png(tmp / split / ds.class_names[y[i]] / f"{i:0{width}d}.png",
                           to_eight_bit(x[i], ds.pixel_max))
+                done += 1
+                if on_image is not None and (done % 100 == 0 or done == total):
+                    on_image(done, total)
             counts[split] = np.bincount(y[:n], minlength=ds.n_classes)
         if out.exists():
             out.rmdir()  # empty (checked above); rename needs the name free

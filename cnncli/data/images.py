@@ -91,7 +91,11 @@ def probe_image(path) -> ImageInfo:
     with _open(path) as im:
         w, h = im.size
         try:
-            orientation = im.getexif().get(_EXIF_ORIENTATION)
+            # A PNG's getexif() decodes the whole image when no eXIf chunk came before the
+            # pixels; such a late chunk is applied when decoding (and caught by the caller's
+            # size check), not read here.
+            late = im.format == "PNG" and "exif" not in im.info
+            orientation = None if late else im.getexif().get(_EXIF_ORIENTATION)
         except Exception:  # noqa: BLE001 - a broken EXIF block: leave the image as it is
             orientation = None
         if orientation in _TRANSPOSED:

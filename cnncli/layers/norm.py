@@ -127,7 +127,8 @@ class BatchNorm(Layer):
 class Dropout(Layer):
     """Inverted dropout: in train mode each unit is zeroed with probability ``p`` and the
     kept ones are scaled by 1 / (1 - p), so that eval mode is the identity. The mask is drawn
-    from the generator given by ``set_rng`` (the trainer's, from the config seed).
+    from the generator given by ``set_rng`` (the trainer hands every layer one generator from
+    the config seed; until then, a fresh unseeded one).
 
     ``fix_mask = True`` (finite-difference checks) keeps the last mask of the same shape
     instead of drawing a new one per forward pass.
@@ -144,6 +145,7 @@ class Dropout(Layer):
         self.rng = np.random.default_rng()
         self.fix_mask = False
         self.mask = None  # (N, ...) of 0 and 1 / (1 - p), the last one drawn
+        self._mask_used = None  # the mask of the last forward pass (None: the identity)
 
     def set_rng(self, rng):
         self.rng = rng
