@@ -169,10 +169,10 @@ def _meta_problem(meta: dict) -> str | None:
     if early is not None and not (isinstance(early, dict) and _is_num(early.get("best_loss"))
                                   and _is_int(early.get("bad_epochs"))):
         return f"early_stopping must be {{best_loss, bad_epochs}}, got {short_repr(early)}"
-    for key in ("rng_state", "noise_rng_state"):
+    for key in ("rng_state", "noise_rng_state", "augment_rng_state"):
         state = meta.get(key)
         if state is not None:
-            try:  # the shuffling and dropout generators are PCG64s (numpy's default)
+            try:  # the shuffling, dropout and augmentation generators are PCG64s (numpy's default)
                 np.random.PCG64().state = state
             except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError or KeyError here
                 return f"{key} is not a PCG64 state, got {short_repr(state)}"

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from cnncli.data import Dataset, load_dataset, one_hot
+from cnncli.data.augment import augment, is_active
 from cnncli.errors import ConfigError, TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
 from cnncli.network import Network, build_network
@@ -119,7 +120,7 @@ class Trainer:
 
     ``epoch`` counts finished epochs; ``history`` holds one metrics row per finished epoch.
     All randomness comes from the config's seed: stream 0 data, 1 initialisation, 2 shuffling,
-    4 the network's own draws while training (dropout masks).
+    3 augmentation, 4 the network's own draws while training (dropout masks).
     """
 
     def __init__(self, cfg: dict, data: Dataset | None = None):
@@ -141,6 +142,8 @@ class Trainer:
             self.net.layers[0].needs_input_grad = True
         self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
         self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
+        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
         self.noise_rng = np.random.default_rng([cfg["seed"], 4])
         self.net.set_rng(self.noise_rng)
         self._check_batches()
@@ -213,7 +216,10 @@ class Trainer:
                 raise Interrupted()
             sl = slice(b * bs, min((b + 1) * bs, n))
             idx = order[sl] if order is not None else sl
-            xb = self.data.images(x[idx], self.dtype)
+            xb = x[idx]
+            if self.augment is not None:  # the training batch only, on the stored images
+                xb = augment(xb, self.augment_rng, self.augment)
+            xb = self.data.images(xb, self.dtype)
             yb = y[idx]
             target = targets[yb]  # (B, n_classes), as one_hot(yb) but one gather
             out = self.net.forward(xb)
@@ -264,6 +270,7 @@ class Trainer:
             "best": self.best,
             "early_stopping": self.early,
             "rng_state": self.shuffle_rng.bit_generator.state,
+            "augment_rng_state": self.augment_rng.bit_generator.state,
             "noise_rng_state": self.noise_rng.bit_generator.state,
         }
         return arrays, meta
@@ -290,6 +297,8 @@ class Trainer:
         state = meta.get("rng_state")
         if state is not None:
             self.shuffle_rng.bit_generator.state = state
+        if meta.get("augment_rng_state") is not None:
+            self.augment_rng.bit_generator.state = meta["augment_rng_state"]
         state = meta.get("noise_rng_state")
         if state is not None:
             self.noise_rng.bit_generator.state = state

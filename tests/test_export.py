@@ -68,10 +68,14 @@ def _fake_data(cfg):
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_shipped_configs_export_and_match_onnx_runtime(config, tmp_path):
+def test_shipped_configs_export_and_match_onnx_runtime(config, tmp_path, request, monkeypatch):
     from cnncli.train import Trainer
 
-    cfg = load_config(ROOT / "configs" / config, ["training.epochs=1", "training.batch_size=16"])
+    sets = []
+    if config == "folder-example.yaml":  # it trains on the folder `cnn data export digits` writes
+        monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path / "cache"))
+        sets = [f"data.path={request.getfixturevalue('digits_folder')}"]
+    cfg = load_config(ROOT / "configs" / config, ["training.epochs=1", "training.batch_size=16", *sets])
     data = _fake_data(cfg)
     if len(data.y_train) > 160:  # a few steps are enough
         data.x_train, data.y_train = data.x_train[:160], data.y_train[:160]

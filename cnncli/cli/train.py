@@ -86,7 +86,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
             stored_raw = absolute_data_path(read_config_file(resume / "config.yaml"), Path.cwd())
             stored = validate(stored_raw, str(resume / "config.yaml"))
             raw = dict(stored)
-            wanted = validate(read_config(config, overrides), str(config)) if config is not None \
+            wanted = load_config(config, overrides) if config is not None \
                 else validate(absolute_data_path(apply_overrides(raw, overrides), Path.cwd()),
                               "overrides")
             diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
@@ -178,6 +178,8 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "
             f"-> {run.path}")
+        for note in trainer.data.notes:  # files a folder dataset ignored or skipped
+            say(note)
 
     stop = {"count": 0}
 
