@@ -3,6 +3,9 @@
 The Python API (imported lazily, so that ``cnn --help`` stays fast)::
 
     from cnncli import build_network, Network, SGD, MSELoss
+
+Every call into cnncli's arithmetic runs under one thread policy; ``with cnncli.threads(n):``
+chooses another (``cnncli.parallel``).
 """
 
 __version__ = "0.1.0"
@@ -17,6 +20,7 @@ _API = {
     "LAYERS": "cnncli.layers",
     "register": "cnncli.layers",
     "CnnError": "cnncli.errors",
+    "threads": "cnncli.parallel",
 }
 
 __all__ = ["__version__", *_API]
