@@ -39,8 +39,8 @@ POOL_SIZE = 2  # cores cnncli's own pool uses at most (the calling thread includ
 _lock = threading.Lock()
 _count: int | None = None  # the policy: None, 1 or n (see the module docstring)
 _depth = 0  # nesting of applied calls and threads() blocks; the outermost applies the policy
-_saved: list[tuple[object, int]] = []  # (library controller, thread count before) to restore
-_libs: list[tuple[object, bool]] | None = None  # (controller, is SciPy's own copy), found once
+_saved: list[tuple[object, int]] = []  # (set count function, count before) to restore
+_libs: list[tuple[object, object, bool]] | None = None  # see _find_libs
 _pool: "_Pool | None" = None
 
 
@@ -54,8 +54,9 @@ def _check(n):
     return n
 
 
-def _find_libs() -> list[tuple[object, bool]]:
-    """The BLAS libraries in the process (NumPy's, SciPy's own copy), found once (~5 ms)."""
+def _find_libs() -> list[tuple[object, object, bool]]:
+    """(get count, set count, is SciPy's own copy) for each BLAS library in the process
+    (NumPy's, SciPy's own copy), found once (~5 ms)."""
     global _libs
     if _libs is None:
         from threadpoolctl import ThreadpoolController
@@ -64,9 +65,25 @@ def _find_libs() -> list[tuple[object, bool]]:
 
         blas.load()  # SciPy's BLAS must be loaded for threadpoolctl to see it
         controller = ThreadpoolController()
-        _libs = [(lib, is_scipy_vendored(lib.filepath)) for lib in controller.lib_controllers
-                 if lib.user_api == "blas"]
+        _libs = [(*_accessors(lib), is_scipy_vendored(lib.filepath))
+                 for lib in controller.lib_controllers if lib.user_api == "blas"]
     return _libs
+
+
+def _accessors(lib):
+    """The library's own get/set thread count functions. For OpenBLAS with its own threads (the
+    pip wheels' build) these are its C functions, called directly: a process-wide setting,
+    whichever Python thread calls (threadpoolctl's ``set_num_threads`` does nothing when called
+    from another thread than the first that used it), and cheaper. Other builds go through
+    threadpoolctl."""
+    if lib.internal_api == "openblas" and getattr(lib, "threading_layer", None) != "openmp":
+        for prefix in ("", "scipy_"):
+            for suffix in ("", "64_", "_64"):
+                get = getattr(lib.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                put = getattr(lib.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    return get, put
+    return lib.get_num_threads, lib.set_num_threads
 
 
 def is_scipy_vendored(filepath: str) -> bool:
@@ -83,18 +100,18 @@ def blas_count(n: int | None) -> int:
 def _apply(n: int | None) -> list[tuple[object, int]]:
     """Set every BLAS library for policy ``n``; returns what to restore."""
     saved = []
-    for lib, scipy_own in _find_libs():
+    for get, put, scipy_own in _find_libs():
         want = 1 if scipy_own else blas_count(n)
-        have = lib.get_num_threads()
+        have = get()
         if have != want:
-            lib.set_num_threads(want)
-            saved.append((lib, have))
+            put(want)
+            saved.append((put, have))
     return saved
 
 
 def _restore(saved) -> None:
-    for lib, have in reversed(saved):
-        lib.set_num_threads(have)
+    for put, have in reversed(saved):
+        put(have)
 
 
 def _enter() -> None:

@@ -142,6 +142,22 @@ def test_a_call_restores_the_callers_thread_counts_even_when_it_fails():
     assert seen == [ones, ones, [2] * len(_numpy_blas())]
 
 
+def test_the_policy_holds_in_any_python_thread():
+    # threadpoolctl lets only one Python thread set OpenBLAS's (process-wide) count; the policy
+    # must hold for a call from another thread too, e.g. a notebook's or a GUI's worker.
+    net = build_network(SEED_MNIST_NET, (1, 28, 28), np.random.default_rng(0))
+    seen = []
+    real = net.layers[2].forward
+    net.layers[2].forward = lambda x: seen.append(
+        [lib.get_num_threads() for lib in _numpy_blas()]) or real(x)
+    with threadpool_limits(limits=3, user_api="blas"):  # this thread now controls OpenBLAS
+        worker = threading.Thread(target=net.forward, args=(np.zeros((2, 1, 28, 28)),))
+        worker.start()
+        worker.join()
+        assert {lib.get_num_threads() for lib in _numpy_blas()} == {3}
+    assert seen == [[1] * len(_numpy_blas())]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
 def test_threads_refuses_anything_but_a_positive_integer_or_none(bad):
     with pytest.raises(ConfigError, match="threads must be an integer >= 1 or None"):
