@@ -32,6 +32,7 @@ import functools
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 
 POOL_SIZE = 2  # cores cnncli's own pool uses at most (the calling thread included)
@@ -220,6 +221,7 @@ class _Batch:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.cpu = 0.0  # CPU seconds the blocks took, summed over the threads that ran them
 
     def work(self) -> None:
         while True:
@@ -228,22 +230,37 @@ class _Batch:
                 if i >= len(self.blocks):
                     return
                 self.next = i + 1
+            start = time.thread_time()
             try:
                 self.blocks[i]()
             except BaseException as exc:  # re-raised by the calling thread
                 self.error = self.error or exc
+            cpu = time.thread_time() - start
             with self.lock:
+                self.cpu += cpu
                 self.left -= 1
                 if self.left == 0:
                     self.done.set()
 
 
 class _Pool:
-    """``size`` daemon threads waiting for batches; they sleep on a queue when idle."""
+    """``size`` daemon threads waiting for batches; they sleep on a queue when idle.
+
+    A batch that did not run on more than ``MIN_CORES`` cores on average (the CPU time of its
+    blocks over its wall time: a thread was late, or other processes hold the cores) makes the
+    next batches run on the calling thread alone, 1, 2, 4, ... up to ``BACKOFF_MAX`` of them
+    before the pool is tried again (halving on each success), so a busy machine costs a slow
+    batch now and then, not every step. Only who computes a block changes, never what.
+    """
+
+    BACKOFF_MAX = 1024
+    MIN_CORES = 1.2
 
     def __init__(self, size: int):
         self.size = size
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.backoff = 0  # batches to run alone after the next late one
+        self.skip = 0  # batches still to run alone
         for i in range(size):
             threading.Thread(target=self._serve, name=f"cnncli-pool-{i}", daemon=True).start()
 
@@ -252,11 +269,22 @@ class _Pool:
             self.queue.get().work()
 
     def run(self, blocks) -> None:
+        if self.skip:
+            self.skip -= 1
+            for block in blocks:
+                block()
+            return
         batch = _Batch(blocks)
         for _ in range(min(self.size, len(blocks) - 1)):
             self.queue.put(batch)
+        start = time.perf_counter()
         batch.work()
         batch.done.wait()
+        if batch.cpu < self.MIN_CORES * (time.perf_counter() - start):
+            self.backoff = min(2 * self.backoff or 1, self.BACKOFF_MAX)
+            self.skip = self.backoff
+        else:
+            self.backoff //= 2
         if batch.error is not None:
             raise batch.error
 

@@ -185,8 +185,9 @@ def _train(dtype, fused, steps=20):
 def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, fused):
     with cnncli.threads(1):
         off = _train(dtype, fused)
-    # On: force one pool thread even on a one-core machine, and see that it took blocks.
-    monkeypatch.setattr(parallel, "pool_workers", lambda n: 1 if n is None else 0)
+    # On: force one pool thread even on a one-core machine, never backing off on a busy one,
+    # and see that it took blocks.
+    _fresh_pool(monkeypatch, 0.0)
     taken = []
     work = parallel._Batch.work
 
@@ -206,7 +207,7 @@ def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, f
 
 
 def test_run_blocks_runs_each_block_once_and_never_waits_for_a_stalled_thread(monkeypatch):
-    monkeypatch.setattr(parallel, "pool_workers", lambda n: 1)
+    _fresh_pool(monkeypatch, 0.0)
     release = threading.Event()
     ran = []
 
@@ -244,8 +245,38 @@ def test_run_blocks_runs_each_block_once_and_never_waits_for_a_stalled_thread(mo
     assert finished.is_set()
 
 
+def _fresh_pool(monkeypatch, min_cores):
+    """One pool thread even on a one-core machine, a new pool, and the given back-off bar."""
+    monkeypatch.setattr(parallel, "pool_workers", lambda n: 1 if n is None else 0)
+    monkeypatch.setattr(parallel, "_pool", None)
+    monkeypatch.setattr(parallel._Pool, "MIN_CORES", min_cores)
+
+
+def test_a_pool_that_does_not_gain_backs_off_exponentially(monkeypatch):
+    _fresh_pool(monkeypatch, 100.0)  # no batch ever runs on 100 cores
+    pooled, call = [], [0]
+
+    class Counted(parallel._Batch):
+        def __init__(self, blocks):
+            pooled.append(call[0])
+            super().__init__(blocks)
+
+    monkeypatch.setattr(parallel, "_Batch", Counted)
+    out = np.zeros((12, 2))
+
+    def block(n, i):
+        return lambda: out.__setitem__((n, i), out[n, i] + 1)
+
+    with cnncli.threads(None):
+        for n in range(12):
+            call[0] = n
+            parallel.run_blocks([block(n, 0), block(n, 1)])
+    assert pooled == [0, 2, 5, 10]  # tried, then 1, 2, 4 batches on the calling thread alone
+    assert (out == 1).all()  # every block ran once either way
+
+
 def test_an_error_in_a_block_reaches_the_caller(monkeypatch):
-    monkeypatch.setattr(parallel, "pool_workers", lambda n: 1)
+    _fresh_pool(monkeypatch, 0.0)
 
     def boom():
         raise FloatingPointError("in a block")
