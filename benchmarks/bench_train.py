@@ -474,6 +474,8 @@ def main(argv=None):
                         "chunks": args.chunks}
                 res = run_child(spec)
                 medians[case].append(statistics.median(res["times"]))
+                print(f"  round {rnd + 1}/{args.repeat}: {case[0]} {label(case)}: "
+                      f"{1e3 * medians[case][-1]:.3f} ms/step", file=sys.stderr, flush=True)
                 setups.setdefault(tuple(res["blas"]), []).append(label(case))
         if "torch" in impls and "fast" in impls:
             for dtype in dtypes:
