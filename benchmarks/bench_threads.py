@@ -8,7 +8,7 @@
    products, each in 2 fixed blocks), batch 16, with the pool (the default) and without
    (``cnncli.threads(1)``): the same arithmetic, run side by side or one block after the other.
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py [--busy]
 
 Medians of ``--repeat`` rounds, the two settings interleaved; see benchmarks/README.md.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -34,14 +36,28 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=9, help="rounds (the median is shown)")
     ap.add_argument("--calls", type=int, default=200, help="layer passes per round")
+    ap.add_argument("--busy", type=int, nargs="?", const=1, default=0,
+                    help="keep this many other processes spinning meanwhile (default 1)")
     args = ap.parse_args(argv)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.busy)]
+    try:
+        measure(args)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def measure(args):
 
     import cnncli
     from cnncli import parallel
     from cnncli.layers import Dense
 
     print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
-          f"cnncli's pool: {parallel.pool_workers(None)} thread(s) beside the caller")
+          f"cnncli's pool: {parallel.pool_workers(None)} thread(s) beside the caller"
+          + (f"; {args.busy} other process(es) spinning" if args.busy else ""))
 
     @parallel.applied
     def empty():

@@ -5,7 +5,8 @@ The policy, chosen with ``cnncli.threads(n)`` (or ``training.threads`` in a conf
 - ``None`` (the default): BLAS runs single-threaded, and the few large matrix products (the
   2304x256 dense layer of the seed's MNIST network) are cut into a fixed number of blocks that
   cnncli's own small pool of Python threads computes side by side, one block per core, at most
-  ``POOL_SIZE`` cores. The pool's threads sleep when idle; they never busy-wait.
+  ``POOL_SIZE`` cores. The pool's threads sleep when idle; they never busy-wait, and the pool
+  steps aside for a while when it does not gain (another process holds the other core).
 - ``1``: everything on the calling thread, one block after the other (what sweep workers want).
 - ``n >= 2``: NumPy's BLAS with ``n`` threads of its own, cnncli's pool off (the old opt-in).
 
@@ -18,12 +19,14 @@ The partition into blocks depends on the layer's shape alone, never on the polic
 whether the pool runs, and each block is the same BLAS call either way: results are bit-identical
 with the pool on or off and from one machine to the next.
 
-Every public entry point into cnncli's arithmetic (``Network.forward/backward/backward_sgd``,
-the optimizers' ``step``, the losses, ``cnncli.blas``, the Dense and Conv2D layers) is wrapped
+Every public entry point into cnncli's arithmetic (``Network.forward/backward/backward_sgd/
+predict``, the optimizers' ``step``, ``cnncli.blas``, the Dense and Conv2D layers) is wrapped
 with ``@applied``: the outermost such call sets the BLAS libraries' thread counts and puts the
 previous counts back when it returns, so code outside cnncli's calls sees its own settings. The
-libraries are found once (threadpoolctl, the first time cnncli computes); setting a count is
-then a C call, a few microseconds per call.
+libraries are found once (threadpoolctl, the first time cnncli computes; libraries loaded
+later are not governed); setting a count is then a C call, a few microseconds per call
+(``benchmarks/bench_threads.py``). The policy is one setting for the whole process, not one per
+Python thread.
 """
 
 from __future__ import annotations
