@@ -206,6 +206,29 @@ def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, f
         assert p.tobytes() == on.params[key].tobytes(), key
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_its_own_pool(monkeypatch):
+    # multiprocessing forks on Linux: the child has none of the parent's threads.
+    import multiprocessing
+
+    _fresh_pool(monkeypatch, 0.0)
+    with cnncli.threads(None):
+        parent = _train(np.float64, True, steps=2)  # the parent's pool is running
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as workers:
+        child = workers.apply_async(_child_params).get(timeout=60)
+    for key, p in parent.params.items():
+        assert p.tobytes() == child[key], key
+
+
+def _child_params():
+    assert parallel._pool is None  # reset at the fork
+    with cnncli.threads(None):
+        net = _train(np.float64, True, steps=2)
+    assert parallel._pool is not None and parallel._pool.size == 1
+    return {key: p.tobytes() for key, p in net.params.items()}
+
+
 def test_run_blocks_runs_each_block_once_and_never_waits_for_a_stalled_thread(monkeypatch):
     _fresh_pool(monkeypatch, 0.0)
     release = threading.Event()
