@@ -136,12 +136,17 @@ class Dense(Layer):
         """
         if type(self).backward is not Dense.backward:
             return super().backward_sgd(dout, lr)
-        dx = self._input_grad(dout)  # with W from before the step
         w, x, parts = self.params["W"], self._x, self.blocks()
         if parts is None:
+            dx = self._input_grad(dout)  # with W from before the step
             add_product(-lr, x, dout, w)
-        else:  # W[i0:i1] -= lr * x[:, i0:i1].T @ dout
-            run_blocks([partial(_add_product_block, -lr, x, a, b, dout, w) for a, b in parts[1]])
+        else:  # per block of W's rows: dx rows from W[i0:i1], then W[i0:i1] -= lr * x[:, i0:i1].T @ dout
+            dx_t = None
+            if self.needs_input_grad:
+                dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
+            run_blocks([partial(_backward_sgd_block, -lr, x, a, b, dout, w, dx_t)
+                        for a, b in parts[1]])
+            dx = None if dx_t is None else np.ascontiguousarray(dx_t.T)
         gb = self.grads["b"]
         np.sum(dout, axis=0, out=gb)
         axpy(-lr, gb, self.params["b"])
@@ -167,6 +172,11 @@ def _split(n: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def _add_product_block(alpha, x, a, b, dout, w):
-    """``W[a:b] += alpha * x[:, a:b].T @ dout`` (the columns copied: BLAS reads them in place)."""
+def _backward_sgd_block(alpha, x, a, b, dout, w, dx_t):
+    """One block of W's rows in the fused backward: ``dx_t[a:b] = W[a:b] @ dout.T`` (when dx_t
+    is given) with the rows from before the step, then ``W[a:b] += alpha * x[:, a:b].T @ dout``
+    (x's columns copied: BLAS reads them in place). No other block reads or writes these rows,
+    so one batch of blocks does both products."""
+    if dx_t is not None:
+        np.matmul(w[a:b], dout.T, out=dx_t[a:b])
     add_product(alpha, np.ascontiguousarray(x[:, a:b]), dout, w[a:b])
