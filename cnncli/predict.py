@@ -182,6 +182,11 @@ def _npz_images(path: Path, shape) -> np.ndarray:
         raise DataError(f"{path}: '{key}' must hold numbers of shape (N, {', '.join(map(str, shape))})"
                         f"{' or (N, H, W)' if shape[0] == 1 else ''} for this {want} model, got "
                         f"{x.dtype} {x.shape}")
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)  # (N,) rows with NaN or inf
+        if bad.any():
+            raise DataError(f"{path}[{int(np.argmax(bad))}]: '{key}' holds NaN or infinite values "
+                            f"({int(bad.sum())} of its {len(x)} rows do); images must be finite")
     return x
 
 

@@ -221,6 +221,10 @@ def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp
     (lambda p: np.savez(p, y=np.zeros(3)), "holds no image array named x or x_test"),
     (lambda p: np.savez(p, x=np.zeros((3, 9, 9))), "must hold numbers of shape (N, 1, 8, 8)"),
     (lambda p: p.write_bytes(b"PK\x03\x04 junk"), "not a readable .npz"),
+    (lambda p: np.savez(p, x=np.where(np.arange(3 * 64).reshape(3, 8, 8) == 70, np.nan, 1.0)),
+     "in.npz[1]: 'x' holds NaN or infinite values"),
+    (lambda p: np.savez(p, x_test=np.full((2, 1, 8, 8), -np.inf)),
+     "in.npz[0]: 'x_test' holds NaN or infinite values"),
 ])
 def test_bad_npz_inputs_get_one_line(digits_run, tmp_path, make, phrase):
     p = tmp_path / "in.npz"
