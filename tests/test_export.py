@@ -252,6 +252,19 @@ def test_missing_onnx_package_says_how_to_install(monkeypatch, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_out_that_is_a_directory_or_in_a_missing_folder_is_named(tmp_path):
+    """The line names the file the user gave, never the temporary file written first."""
+    ckpt = _shapes_checkpoint(tmp_path)
+    (tmp_path / "models").mkdir()
+    for out, phrase in [(tmp_path / "models", "is a directory"),
+                        (tmp_path / "nope" / "m.onnx", f"the directory {tmp_path / 'nope'} does not exist")]:
+        result = cnn("export", ckpt, "-o", out)
+        assert result.exit_code == 1
+        line = " ".join(result.output.split())
+        assert line.startswith(f"Error: {out}: ") and phrase in line and ".tmp" not in line, line
+    assert list((tmp_path / "models").iterdir()) == []
+
+
 def test_export_of_a_format_1_checkpoint_says_what_is_missing(tmp_path):
     from cnncli.checkpoint import load_checkpoint
 

@@ -124,6 +124,16 @@ def test_top_k_csv_and_table(folder_run, tmp_path):
     assert shown.exit_code == 0 and files[0].name in shown.stdout and "#3" in shown.stdout
 
 
+def test_csv_in_a_missing_folder_names_the_file(digits_run, tmp_path):
+    x = tmp_path / "in.npz"
+    np.savez(x, x=np.zeros((2, 8, 8)))
+    out = tmp_path / "nope" / "p.csv"
+    result = cnn("predict", digits_run / "best.npz", x, "--csv", out)
+    assert result.exit_code == 1
+    line = " ".join(result.stderr.split())
+    assert line.startswith(f"Error: {out}: ") and ".tmp" not in line, line
+
+
 def test_plot_writes_a_png(folder_run, tmp_path):
     from PIL import Image
 
