@@ -79,6 +79,7 @@ def gradcheck(
         ds = load_dataset(cfg["data"], cfg["seed"])
         net = build_network(cfg["network"], ds.input_shape, np.random.default_rng([cfg["seed"], 1]),
                             np.float64, impl=impl)
+        net.set_rng(np.random.default_rng([cfg["seed"], 4]))  # dropout masks: training's stream
         x = ds.images(ds.x_train[:batch], np.float64)
         y = one_hot(ds.y_train[:batch], ds.n_classes, np.float64)
         rng = np.random.default_rng(cfg["seed"])
