@@ -473,6 +473,24 @@ def test_preview_draws_resized_augmented_training_images(tmp_path):
     assert result.exit_code == 1 and "data.augment: crop_padding: must be an integer >= 0" in result.output
 
 
+def test_class_and_file_names_that_look_like_rich_markup_are_shown_as_they_are(tmp_path):
+    """Folder and file names are the user's: cnn eval's and cnn predict's tables print them
+    literally (Rich would read "[draft]" as a style and drop it)."""
+    root = make_folder(tmp_path / "pics", classes=("[bold]cats", "[draft] dogs"))
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(write_config(tmp_path, root)), "--run-dir", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["eval", str(run / "last.npz")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
+    picture = root / "[draft] dogs" / "[red]00.png"
+    (root / "[draft] dogs" / "00.png").rename(picture)
+    shown = runner.invoke(app, ["predict", str(run / "last.npz"), str(picture)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "[red]00.png" in shown.stdout
+    assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
+
+
 def test_help_imports_no_pillow():
     check = ("import sys, runpy; sys.argv = ['cnn', '--help']\n"
              "try:\n    runpy.run_module('cnncli', run_name='__main__')\n"

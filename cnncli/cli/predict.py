@@ -143,6 +143,6 @@ def _table(rows, k):
     for i in range(extra):
         table.add_column("runner-up" if extra == 1 else f"#{i + 2}")
     for r in rows:
-        table.add_row(r["path"], r["class"], f"{100 * r['score']:.2f}%",
-                      *[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:]])
+        table.add_row(escape(r["path"]), escape(r["class"]), f"{100 * r['score']:.2f}%",
+                      *[escape(f"{t['class']} {100 * t['score']:.2f}%") for t in r["top"][1:]])
     console().print(table)
