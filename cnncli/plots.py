@@ -198,6 +198,10 @@ def save_figure(fig, path, error: type[CnnError] = CnnError) -> Path:
     parent = path.parent
     if not parent.is_dir():
         raise error(f"{path}: cannot write: the directory {parent} does not exist")
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):  # class and file names are the user's: "$5" is not TeX
+        text.set_parse_math(False)
     try:
         with atomic_file(path) as f:
             fig.savefig(f, format=fmt, dpi=DPI)

@@ -491,6 +491,26 @@ def test_class_and_file_names_that_look_like_rich_markup_are_shown_as_they_are(t
     assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
 
 
+def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    """A folder named "$\\q$" is a class name, not a TeX formula: cnn eval --plot, cnn predict
+    --plot and cnn data preview draw it (matplotlib's mathtext failed on it)."""
+    from cnncli.plots import new_figure, save_figure
+
+    root = make_folder(tmp_path / "pics", classes=("$\\q$", "$5 and $6"))
+    cfg = write_config(tmp_path, root)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    for args in (["eval", str(run / "last.npz"), "--plot", str(tmp_path / "e.png")],
+                 ["predict", str(run / "last.npz"), str(root), "--plot", str(tmp_path / "p.png"), "-q"],
+                 ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+    fig = new_figure(2, 1)
+    label = fig.add_subplot().set_title("$5 and $6")
+    save_figure(fig, tmp_path / "t.png")
+    assert label.get_text() == "$5 and $6" and not label.get_parse_math()
+
+
 def test_help_imports_no_pillow():
     check = ("import sys, runpy; sys.argv = ['cnn', '--help']\n"
              "try:\n    runpy.run_module('cnncli', run_name='__main__')\n"
