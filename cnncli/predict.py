@@ -118,6 +118,8 @@ def collect(paths: list[Path], shape: tuple[int, int, int],
     out = Inputs([])
     for p in paths:
         p = Path(p)
+        if not p.exists():
+            raise DataError(f"{p}: no such file or folder")
         if p.is_dir():
             found, ignored = _images_below(p, extensions)
             if not found:
@@ -129,10 +131,8 @@ def collect(paths: list[Path], shape: tuple[int, int, int],
             x = _npz_images(p, shape)
             out.arrays[p] = x
             out.items.extend(Item(p, i) for i in range(len(x)))
-        elif p.exists():
-            out.items.append(Item(p))
         else:
-            raise DataError(f"{p}: no such file or folder")
+            out.items.append(Item(p))
     return out
 
 

@@ -247,6 +247,9 @@ def test_bad_npz_inputs_get_one_line(digits_run, tmp_path, make, phrase):
 def test_missing_path_and_empty_folder(digits_run, tmp_path):
     result = cnn("predict", digits_run / "best.npz", tmp_path / "nope.png")
     assert result.exit_code == 1 and "no such file or folder" in result.stderr
+    result = cnn("predict", digits_run / "best.npz", tmp_path / "nope.npz")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {tmp_path / 'nope.npz'}: no such file or folder"
     (tmp_path / "empty").mkdir()
     result = cnn("predict", digits_run / "best.npz", tmp_path / "empty")
     assert result.exit_code == 1 and "no image files below this folder" in result.stderr
