@@ -127,7 +127,7 @@ def stacks(draw):
                         stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, 1)), init="he")
         elif kind in ("max_pool2d", "avg_pool2d"):
             k = draw(st.integers(1, min(3, shape[1], shape[2])))
-            spec.update(kernel_size=k, stride=draw(st.integers(1, k)))
+            spec.update(kernel_size=k, stride=draw(st.integers(1, k + 1)))  # overlapping to gapped
         elif kind == "dropout":
             spec["p"] = draw(st.sampled_from([0.0, 0.3, 0.5]))
         specs.append(spec)
