@@ -227,6 +227,11 @@ def _self_link(root):
     return "dog/self.png: a symlink loop"
 
 
+def _fifo(root):
+    os.mkfifo(root / "cat" / "pipe.png")  # opening it would wait for a writer forever
+    return "cat/pipe.png: not a regular file (a named pipe)"
+
+
 def _missing(root):
     import shutil
 
@@ -238,7 +243,7 @@ BAD = {"truncated image": _truncated, "not an image": _not_an_image, "decompress
        "dangling link": _dangling_link, "empty class folder": _empty_class,
        "single class": _single_class, "no images": _no_images,
        "train/test classes differ": _split_classes_differ, "directory symlink loop": _dir_symlink_loop,
-       "file symlink loop": _self_link, "missing folder": _missing}
+       "file symlink loop": _self_link, "named pipe": _fifo, "missing folder": _missing}
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -215,6 +215,18 @@ def test_unreadable_image_names_the_file_unless_skip_bad(folder_run, tmp_path):
     assert "1 file(s) in the given folders are not images" in result.stderr
 
 
+def test_a_named_pipe_is_refused_not_waited_on(folder_run, tmp_path):
+    import os
+
+    folder, run = folder_run
+    (tmp_path / "in").mkdir()
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    for target in (tmp_path / "in", tmp_path / "in" / "pipe.png"):
+        result = cnn("predict", run / "best.npz", target)
+        assert result.exit_code == 1
+        assert "pipe.png: not a regular file (a named pipe)" in result.stderr
+
+
 def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp_path):
     folder, run = folder_run
     rgb = np.zeros((3, 16, 16), np.uint8)
