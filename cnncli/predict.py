@@ -128,6 +128,8 @@ def collect(paths: list[Path], shape: tuple[int, int, int],
             out.items.extend(Item(f) for f in found)
             out.ignored += ignored
         elif p.suffix.lower() == ".npz":
+            if not p.is_file():  # a named pipe would block np.load forever
+                raise DataError(f"{p}: not a regular file; an .npz of images must be a file")
             x = _npz_images(p, shape)
             out.arrays[p] = x
             out.items.extend(Item(p, i) for i in range(len(x)))

@@ -225,6 +225,9 @@ def test_a_named_pipe_is_refused_not_waited_on(folder_run, tmp_path):
         result = cnn("predict", run / "best.npz", target)
         assert result.exit_code == 1
         assert "pipe.png: not a regular file (a named pipe)" in result.stderr
+    os.mkfifo(tmp_path / "pipe.npz")
+    result = cnn("predict", run / "best.npz", tmp_path / "pipe.npz")
+    assert result.exit_code == 1 and "pipe.npz: not a regular file" in result.stderr
 
 
 def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp_path):
