@@ -230,6 +230,23 @@ def test_a_named_pipe_is_refused_not_waited_on(folder_run, tmp_path):
     assert result.exit_code == 1 and "pipe.npz: not a regular file" in result.stderr
 
 
+def test_csv_keeps_undecodable_file_names_as_their_bytes(folder_run, tmp_path):
+    """A file name that is not UTF-8 (an old camera's card) goes into the CSV as its own bytes,
+    so the path column still opens the file."""
+    import os
+
+    folder, run = folder_run
+    good = sorted((folder / "test" / "2").glob("*.png"))[0]
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(raw, "wb") as f:
+        f.write(good.read_bytes())
+    out = tmp_path / "p.csv"
+    result = cnn("predict", run / "best.npz", os.fsdecode(raw), "--csv", out, "-q")
+    assert result.exit_code == 0, result.output
+    row = out.read_bytes().splitlines()[1]
+    assert row.startswith(raw + b",")
+
+
 def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp_path):
     folder, run = folder_run
     rgb = np.zeros((3, 16, 16), np.uint8)

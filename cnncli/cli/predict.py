@@ -113,11 +113,13 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
     if inputs.ignored:
         note(f"Note: {inputs.ignored} file(s) in the given folders are not images and were ignored")
     if csv_out is not None:
-        from cnncli.run import write_text_atomic
+        from cnncli.atomic import atomic_file
 
         if csv_out.is_dir():
             raise OSError(21, "is a directory", str(csv_out))
-        write_text_atomic(csv_out, pr.csv_text(rows, k))
+        # a file or class name that is not UTF-8 is written as its own bytes
+        with atomic_file(csv_out, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            f.write(pr.csv_text(rows, k))
         note(f"Wrote {csv_out} ({len(rows)} rows)")
     if plot is not None:
         from cnncli.plots import plot_predictions
