@@ -516,6 +516,22 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     assert label.get_text() == "$5 and $6" and not label.get_parse_math()
 
 
+def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path):
+    """A folder named with Latin-1 bytes trains, and the pictures that show class names draw
+    it with a replacement character (matplotlib's fonts refused the undecodable name)."""
+    root = make_folder(tmp_path / "pics", classes=("cat",))
+    make_folder(tmp_path / "tmp", classes=("x",))
+    os.rename(tmp_path / "tmp" / "x", os.fsencode(root) + b"/caf\xe9")
+    cfg = write_config(tmp_path, root)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    for args in (["eval", str(run / "last.npz"), "--plot", str(tmp_path / "e.png")],
+                 ["predict", str(run / "last.npz"), str(root), "--plot", str(tmp_path / "p.png"), "-q"],
+                 ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+
+
 def test_help_imports_no_pillow():
     check = ("import sys, runpy; sys.argv = ['cnn', '--help']\n"
              "try:\n    runpy.run_module('cnncli', run_name='__main__')\n"
