@@ -247,6 +247,17 @@ def test_csv_keeps_undecodable_file_names_as_their_bytes(folder_run, tmp_path):
     assert row.startswith(raw + b",")
 
 
+def test_skip_bad_with_no_readable_image_left_is_an_error(folder_run, tmp_path):
+    folder, run = folder_run
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    result = cnn("predict", run / "best.npz", tmp_path / "a.png", tmp_path / "b.jpg", "--skip-bad",
+                 "--csv", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    assert "none of the 2 images could be decoded" in result.stderr and "a.png" in result.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp_path):
     folder, run = folder_run
     rgb = np.zeros((3, 16, 16), np.uint8)

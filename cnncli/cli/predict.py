@@ -98,6 +98,11 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
             result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
                             keep_images=PLOT_LIMIT if plot else 0)
     rows, skipped, resized, kept = result
+    if skipped and not rows:
+        from cnncli.errors import DataError
+
+        raise DataError(f"none of the {len(skipped)} images could be decoded, so there is nothing "
+                        f"to predict; the first: {skipped[0][1]}")
 
     def note(text):
         if not quiet:
