@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,11 @@ def atomic_file(path, mode: str = "wb", **kwargs):
     without error, flush and fsync it, then rename it over ``path``. On any error (or a kill)
     ``path`` keeps its previous content and the temporary file is removed."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory, expected a file name", str(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"cannot write: the directory {path.parent} "
+                                "does not exist", str(path))
     tmp = temp_name(path)
     try:
         with open(tmp, mode, **kwargs) as f:
@@ -25,6 +31,12 @@ def atomic_file(path, mode: str = "wb", **kwargs):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename != str(tmp):
+            raise
+        # name the file the caller asked for, not the temporary one (e.g. permission denied)
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

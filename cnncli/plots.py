@@ -160,6 +160,33 @@ def new_figure(width: float, height: float, layout: str | None = "constrained"):
     return fig
 
 
+def _drawable(s: str) -> str:
+    """``s`` with what a font cannot draw (an undecodable file name's surrogates) as U+FFFD."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _literal_text(fig) -> None:
+    """Class, folder and file names are the user's: every text of ``fig`` is drawn as it is
+    ("$5" is not TeX), and what no font can draw is replaced, tick labels included."""
+    from matplotlib.axes import Axes
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+        if isinstance(text.get_text(), str):
+            text.set_text(_drawable(text.get_text()))
+    for ax in fig.findobj(Axes):  # subfigures' axes too
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t.get_text() for t in axis.get_majorticklabels()]
+            drawable = [_drawable(t) for t in labels]
+            if drawable != labels:  # names as tick labels (a confusion matrix)
+                axis.set_ticks(axis.get_majorticklocs(), drawable)
+
+
 def picture_format(path: Path) -> str:
     """The format matplotlib writes for ``path``'s suffix (png when it has none)."""
     suffix = path.suffix.lower().lstrip(".")
@@ -182,6 +209,7 @@ def save_figure(fig, path, error: type[CnnError] = CnnError) -> Path:
     parent = path.parent
     if not parent.is_dir():
         raise error(f"{path}: cannot write: the directory {parent} does not exist")
+    _literal_text(fig)
     try:
         with atomic_file(path) as f:
             fig.savefig(f, format=fmt, dpi=DPI)

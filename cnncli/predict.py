@@ -118,6 +118,8 @@ def collect(paths: list[Path], shape: tuple[int, int, int],
     out = Inputs([])
     for p in paths:
         p = Path(p)
+        if not p.exists():
+            raise DataError(f"{p}: no such file or folder")
         if p.is_dir():
             found, ignored = _images_below(p, extensions)
             if not found:
@@ -126,13 +128,13 @@ def collect(paths: list[Path], shape: tuple[int, int, int],
             out.items.extend(Item(f) for f in found)
             out.ignored += ignored
         elif p.suffix.lower() == ".npz":
+            if not p.is_file():  # a named pipe would block np.load forever
+                raise DataError(f"{p}: not a regular file; an .npz of images must be a file")
             x = _npz_images(p, shape)
             out.arrays[p] = x
             out.items.extend(Item(p, i) for i in range(len(x)))
-        elif p.exists():
-            out.items.append(Item(p))
         else:
-            raise DataError(f"{p}: no such file or folder")
+            out.items.append(Item(p))
     return out
 
 
@@ -182,6 +184,11 @@ def _npz_images(path: Path, shape) -> np.ndarray:
         raise DataError(f"{path}: '{key}' must hold numbers of shape (N, {', '.join(map(str, shape))})"
                         f"{' or (N, H, W)' if shape[0] == 1 else ''} for this {want} model, got "
                         f"{x.dtype} {x.shape}")
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)  # (N,) rows with NaN or inf
+        if bad.any():
+            raise DataError(f"{path}[{int(np.argmax(bad))}]: '{key}' holds NaN or infinite values "
+                            f"({int(bad.sum())} of its {len(x)} rows do); images must be finite")
     return x
 
 

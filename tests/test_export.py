@@ -127,7 +127,7 @@ def stacks(draw):
                         stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, 1)), init="he")
         elif kind in ("max_pool2d", "avg_pool2d"):
             k = draw(st.integers(1, min(3, shape[1], shape[2])))
-            spec.update(kernel_size=k, stride=draw(st.integers(1, k)))
+            spec.update(kernel_size=k, stride=draw(st.integers(1, k + 1)))  # overlapping to gapped
         elif kind == "dropout":
             spec["p"] = draw(st.sampled_from([0.0, 0.3, 0.5]))
         specs.append(spec)
@@ -250,6 +250,19 @@ def test_missing_onnx_package_says_how_to_install(monkeypatch, tmp_path):
     assert "pip install 'cnncli[onnx]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_out_that_is_a_directory_or_in_a_missing_folder_is_named(tmp_path):
+    """The line names the file the user gave, never the temporary file written first."""
+    ckpt = _shapes_checkpoint(tmp_path)
+    (tmp_path / "models").mkdir()
+    for out, phrase in [(tmp_path / "models", "is a directory"),
+                        (tmp_path / "nope" / "m.onnx", f"the directory {tmp_path / 'nope'} does not exist")]:
+        result = cnn("export", ckpt, "-o", out)
+        assert result.exit_code == 1
+        line = " ".join(result.output.split())
+        assert line.startswith(f"Error: {out}: ") and phrase in line and ".tmp" not in line, line
+    assert list((tmp_path / "models").iterdir()) == []
 
 
 def test_export_of_a_format_1_checkpoint_says_what_is_missing(tmp_path):

@@ -227,6 +227,11 @@ def _self_link(root):
     return "dog/self.png: a symlink loop"
 
 
+def _fifo(root):
+    os.mkfifo(root / "cat" / "pipe.png")  # opening it would wait for a writer forever
+    return "cat/pipe.png: not a regular file (a named pipe)"
+
+
 def _missing(root):
     import shutil
 
@@ -238,7 +243,7 @@ BAD = {"truncated image": _truncated, "not an image": _not_an_image, "decompress
        "dangling link": _dangling_link, "empty class folder": _empty_class,
        "single class": _single_class, "no images": _no_images,
        "train/test classes differ": _split_classes_differ, "directory symlink loop": _dir_symlink_loop,
-       "file symlink loop": _self_link, "missing folder": _missing}
+       "file symlink loop": _self_link, "named pipe": _fifo, "missing folder": _missing}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -471,6 +476,60 @@ def test_preview_draws_resized_augmented_training_images(tmp_path):
     result = runner.invoke(app, ["data", "preview", str(cfg), "-o", str(tmp_path / "g.png"),
                                  "--set", "data.augment.crop_padding=-1"])
     assert result.exit_code == 1 and "data.augment: crop_padding: must be an integer >= 0" in result.output
+
+
+def test_class_and_file_names_that_look_like_rich_markup_are_shown_as_they_are(tmp_path):
+    """Folder and file names are the user's: cnn eval's and cnn predict's tables print them
+    literally (Rich would read "[draft]" as a style and drop it)."""
+    root = make_folder(tmp_path / "pics", classes=("[bold]cats", "[draft] dogs"))
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(write_config(tmp_path, root)), "--run-dir", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(app, ["eval", str(run / "last.npz")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
+    picture = root / "[draft] dogs" / "[red]00.png"
+    (root / "[draft] dogs" / "00.png").rename(picture)
+    shown = runner.invoke(app, ["predict", str(run / "last.npz"), str(picture)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "[red]00.png" in shown.stdout
+    assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    """A folder named "$\\q$" is a class name, not a TeX formula: cnn eval --plot, cnn predict
+    --plot and cnn data preview draw it (matplotlib's mathtext failed on it)."""
+    from cnncli.plots import new_figure, save_figure
+
+    root = make_folder(tmp_path / "pics", classes=("$\\q$", "$5 and $6"))
+    cfg = write_config(tmp_path, root)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    for args in (["eval", str(run / "last.npz"), "--plot", str(tmp_path / "e.png")],
+                 ["predict", str(run / "last.npz"), str(root), "--plot", str(tmp_path / "p.png"), "-q"],
+                 ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+    fig = new_figure(2, 1)
+    label = fig.add_subplot().set_title("$5 and $6")
+    save_figure(fig, tmp_path / "t.png")
+    assert label.get_text() == "$5 and $6" and not label.get_parse_math()
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path):
+    """A folder named with Latin-1 bytes trains, and the pictures that show class names draw
+    it with a replacement character (matplotlib's fonts refused the undecodable name)."""
+    root = make_folder(tmp_path / "pics", classes=("cat",))
+    make_folder(tmp_path / "tmp", classes=("x",))
+    os.rename(tmp_path / "tmp" / "x", os.fsencode(root) + b"/caf\xe9")
+    cfg = write_config(tmp_path, root)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    for args in (["eval", str(run / "last.npz"), "--plot", str(tmp_path / "e.png")],
+                 ["predict", str(run / "last.npz"), str(root), "--plot", str(tmp_path / "p.png"), "-q"],
+                 ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
 
 
 def test_help_imports_no_pillow():

@@ -259,6 +259,19 @@ def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(tmp_path):
     assert "FAIL" not in result.output
 
 
+def test_gradcheck_of_a_dropout_network_is_the_same_every_time(tmp_path):
+    """The dropout masks cnn gradcheck holds fixed come from the config's seed (stream 4, as in
+    training), so two runs print the same table."""
+    raw = {"seed": 3, "data": {"name": "digits"}, "network": [
+        {"type": "flatten"}, {"type": "dense", "out_features": 16}, {"type": "dropout", "p": 0.5},
+        {"type": "relu"}, {"type": "dense", "out_features": 10}],
+        "training": {"epochs": 1, "batch_size": 32, "loss": "cross_entropy"}}
+    path = _write(tmp_path, raw)
+    first, second = cnn("gradcheck", path), cnn("gradcheck", path)
+    assert first.exit_code == 0, first.output
+    assert "2 dropout" in first.output and first.output == second.output
+
+
 def test_summary_shows_buffers_apart_from_parameters():
     result = cnn("summary", ROOT / "configs" / "mnist-bn.yaml")
     assert result.exit_code == 0, result.output

@@ -124,6 +124,16 @@ def test_top_k_csv_and_table(folder_run, tmp_path):
     assert shown.exit_code == 0 and files[0].name in shown.stdout and "#3" in shown.stdout
 
 
+def test_csv_in_a_missing_folder_names_the_file(digits_run, tmp_path):
+    x = tmp_path / "in.npz"
+    np.savez(x, x=np.zeros((2, 8, 8)))
+    out = tmp_path / "nope" / "p.csv"
+    result = cnn("predict", digits_run / "best.npz", x, "--csv", out)
+    assert result.exit_code == 1
+    line = " ".join(result.stderr.split())
+    assert line.startswith(f"Error: {out}: ") and ".tmp" not in line, line
+
+
 def test_plot_writes_a_png(folder_run, tmp_path):
     from PIL import Image
 
@@ -205,6 +215,49 @@ def test_unreadable_image_names_the_file_unless_skip_bad(folder_run, tmp_path):
     assert "1 file(s) in the given folders are not images" in result.stderr
 
 
+def test_a_named_pipe_is_refused_not_waited_on(folder_run, tmp_path):
+    import os
+
+    folder, run = folder_run
+    (tmp_path / "in").mkdir()
+    os.mkfifo(tmp_path / "in" / "pipe.png")
+    for target in (tmp_path / "in", tmp_path / "in" / "pipe.png"):
+        result = cnn("predict", run / "best.npz", target)
+        assert result.exit_code == 1
+        assert "pipe.png: not a regular file (a named pipe)" in result.stderr
+    os.mkfifo(tmp_path / "pipe.npz")
+    result = cnn("predict", run / "best.npz", tmp_path / "pipe.npz")
+    assert result.exit_code == 1 and "pipe.npz: not a regular file" in result.stderr
+
+
+def test_csv_keeps_undecodable_file_names_as_their_bytes(folder_run, tmp_path):
+    """A file name that is not UTF-8 (an old camera's card) goes into the CSV as its own bytes,
+    so the path column still opens the file."""
+    import os
+
+    folder, run = folder_run
+    good = sorted((folder / "test" / "2").glob("*.png"))[0]
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(raw, "wb") as f:
+        f.write(good.read_bytes())
+    out = tmp_path / "p.csv"
+    result = cnn("predict", run / "best.npz", os.fsdecode(raw), "--csv", out, "-q")
+    assert result.exit_code == 0, result.output
+    row = out.read_bytes().splitlines()[1]
+    assert row.startswith(raw + b",")
+
+
+def test_skip_bad_with_no_readable_image_left_is_an_error(folder_run, tmp_path):
+    folder, run = folder_run
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    result = cnn("predict", run / "best.npz", tmp_path / "a.png", tmp_path / "b.jpg", "--skip-bad",
+                 "--csv", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    assert "none of the 2 images could be decoded" in result.stderr and "a.png" in result.stderr
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp_path):
     folder, run = folder_run
     rgb = np.zeros((3, 16, 16), np.uint8)
@@ -221,6 +274,10 @@ def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp
     (lambda p: np.savez(p, y=np.zeros(3)), "holds no image array named x or x_test"),
     (lambda p: np.savez(p, x=np.zeros((3, 9, 9))), "must hold numbers of shape (N, 1, 8, 8)"),
     (lambda p: p.write_bytes(b"PK\x03\x04 junk"), "not a readable .npz"),
+    (lambda p: np.savez(p, x=np.where(np.arange(3 * 64).reshape(3, 8, 8) == 70, np.nan, 1.0)),
+     "in.npz[1]: 'x' holds NaN or infinite values"),
+    (lambda p: np.savez(p, x_test=np.full((2, 1, 8, 8), -np.inf)),
+     "in.npz[0]: 'x_test' holds NaN or infinite values"),
 ])
 def test_bad_npz_inputs_get_one_line(digits_run, tmp_path, make, phrase):
     p = tmp_path / "in.npz"
@@ -233,6 +290,9 @@ def test_bad_npz_inputs_get_one_line(digits_run, tmp_path, make, phrase):
 def test_missing_path_and_empty_folder(digits_run, tmp_path):
     result = cnn("predict", digits_run / "best.npz", tmp_path / "nope.png")
     assert result.exit_code == 1 and "no such file or folder" in result.stderr
+    result = cnn("predict", digits_run / "best.npz", tmp_path / "nope.npz")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {tmp_path / 'nope.npz'}: no such file or folder"
     (tmp_path / "empty").mkdir()
     result = cnn("predict", digits_run / "best.npz", tmp_path / "empty")
     assert result.exit_code == 1 and "no image files below this folder" in result.stderr

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, fail, load_checkpoint_network, offline_mode, pct
+from cnncli.cli.app import (app, cli_errors, console, escape, fail, load_checkpoint_network,
+                            offline_mode, pct)
 
 @app.command("eval")
 def eval_(
@@ -89,12 +90,12 @@ def _eval(checkpoint, data, split, as_json, plot):
     per.add_column("samples", justify="right")
     per.add_column("accuracy", justify="right")
     for name, total, acc in zip(ds.class_names, totals, per_class):
-        per.add_row(name, str(int(total)), "-" if acc is None else pct(acc))
+        per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc))
     out.print(per)
     conf = Table(title="Confusion matrix (rows: true, columns: predicted)")
     conf.add_column("true \\ pred")
     for name in ds.class_names:
-        conf.add_column(name, justify="right")
+        conf.add_column(escape(name), justify="right")
     for name, row in zip(ds.class_names, cm):
-        conf.add_row(name, *[str(int(v)) for v in row])
+        conf.add_row(escape(name), *[str(int(v)) for v in row])
     out.print(conf)

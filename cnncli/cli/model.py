@@ -89,6 +89,7 @@ def gradcheck(
         ds = load_dataset(cfg["data"], cfg["seed"])
         net = build_network(cfg["network"], ds.input_shape, np.random.default_rng([cfg["seed"], 1]),
                             np.float64, impl=impl)
+        net.set_rng(np.random.default_rng([cfg["seed"], 4]))  # dropout masks: training's stream
         rng = np.random.default_rng(cfg["seed"])
         picked = np.sort(rng.choice(len(ds.y_train), min(batch, len(ds.y_train)), replace=False))
         x = ds.images(ds.x_train[picked], np.float64)

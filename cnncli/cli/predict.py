@@ -98,6 +98,11 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
             result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
                             keep_images=PLOT_LIMIT if plot else 0)
     rows, skipped, resized, kept = result
+    if skipped and not rows:
+        from cnncli.errors import DataError
+
+        raise DataError(f"none of the {len(skipped)} images could be decoded, so there is nothing "
+                        f"to predict; the first: {skipped[0][1]}")
 
     def note(text):
         if not quiet:
@@ -113,11 +118,13 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
     if inputs.ignored:
         note(f"Note: {inputs.ignored} file(s) in the given folders are not images and were ignored")
     if csv_out is not None:
-        from cnncli.run import write_text_atomic
+        from cnncli.atomic import atomic_file
 
         if csv_out.is_dir():
             raise OSError(21, "is a directory", str(csv_out))
-        write_text_atomic(csv_out, pr.csv_text(rows, k))
+        # a file or class name that is not UTF-8 is written as its own bytes
+        with atomic_file(csv_out, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
+            f.write(pr.csv_text(rows, k))
         note(f"Wrote {csv_out} ({len(rows)} rows)")
     if plot is not None:
         from cnncli.plots import plot_predictions
@@ -143,6 +150,6 @@ def _table(rows, k):
     for i in range(extra):
         table.add_column("runner-up" if extra == 1 else f"#{i + 2}")
     for r in rows:
-        table.add_row(r["path"], r["class"], f"{100 * r['score']:.2f}%",
-                      *[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:]])
+        table.add_row(escape(r["path"]), escape(r["class"]), f"{100 * r['score']:.2f}%",
+                      *[escape(f"{t['class']} {100 * t['score']:.2f}%") for t in r["top"][1:]])
     console().print(table)

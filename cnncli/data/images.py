@@ -16,6 +16,8 @@ Decoding uses Pillow (imported here, never at ``cnn --help``). The conversions, 
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +62,15 @@ def _pil():
 def _open(path: Path):
     """Open an image lazily (header only); bad files become BadImage naming the file."""
     Image = _pil()
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # reported by Image.open below
+    if mode is not None and not stat.S_ISREG(mode):  # a named pipe would block open() forever
+        kind = {stat.S_IFIFO: "a named pipe", stat.S_IFCHR: "a character device",
+                stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket",
+                stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "not a file")
+        raise BadImage(f"{path}: not a regular file ({kind}); an image must be a file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
