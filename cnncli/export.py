@@ -140,7 +140,8 @@ def to_onnx(net, meta: dict, dtype=np.float32):
     rule = score_rule(net)
     if rule == "softmax":
         x = g.node("Softmax", [x], "scores", axis=-1)
-    elif rule == "normalise":
+    elif rule == "normalise":  # (out + tiny) / sum(out + tiny), as cnncli.scoring
+        x = g.node("Add", [x, g.const("tiny", np.finfo(dtype).tiny)], "scores")
         total = g.node("ReduceSum", [x, g.const("axes", np.array([1], dtype=np.int64))], "scores",
                        keepdims=1)
         x = g.node("Div", [x, total], "scores")

@@ -4,7 +4,10 @@ and the ONNX export (whose output is exactly these).
 How a network's outputs become scores depends on its last layer:
 
 - ``softmax``: the outputs are already probabilities;
-- ``sigmoid``: the outputs divided by their sum (each is in (0, 1));
+- ``sigmoid``: the outputs divided by their sum (each is in (0, 1)); the smallest normal number
+  of the dtype is added to each output first, so that outputs that all underflow to 0 give
+  equal scores, not 0 / 0 (it changes no other score by a representable amount that matters:
+  1e-38 in float32);
 - anything else (logits of a dense layer trained with cross-entropy, or any other final layer):
   a softmax of the outputs.
 """
@@ -26,6 +29,7 @@ def outputs_to_scores(out: np.ndarray, rule: str) -> np.ndarray:
     if rule == "identity":
         return out
     if rule == "normalise":
+        out = out + np.finfo(out.dtype).tiny
         return out / out.sum(axis=1, keepdims=True)
     z = out - out.max(axis=1, keepdims=True)
     e = np.exp(z)

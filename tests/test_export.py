@@ -287,3 +287,33 @@ def test_help_does_not_import_onnx():
             "print([m for m in ('onnx', 'onnxruntime') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sigmoid_outputs_that_underflow_give_equal_scores_in_library_and_onnx():
+    """A sigmoid model whose outputs all underflow to 0 (inputs below about -88 in float32,
+    -745 in float64) gets equal scores from cnncli.scores and from ONNX Runtime, not 0 / 0."""
+    from cnncli.scoring import outputs_to_scores
+
+    for dtype in (np.float32, np.float64):
+        got = outputs_to_scores(np.zeros((2, 4), dtype=dtype), "normalise")
+        np.testing.assert_array_equal(got, np.full((2, 4), 0.25, dtype=dtype))
+    net = build_network([{"type": "flatten"}, {"type": "dense", "out_features": 3},
+                         {"type": "sigmoid"}], (1, 2, 2), np.random.default_rng(0), np.float32)
+    layer = net.layers[1]
+    layer.params["W"][...] = 0
+    layer.params["b"][...] = [-200.0, -300.0, 1.0]  # two outputs exactly 0 in float32
+    meta = {"input_shape": [1, 2, 2], "class_names": ["a", "b", "c"], "input_scale": 1.0,
+            "pixel_max": 1.0}
+    x = np.zeros((3, 1, 2, 2), dtype=np.float32)
+    want = scores(net, x, meta)
+    sess = ort.InferenceSession(to_onnx(net, meta).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input": x})[0]
+    assert np.isfinite(got).all() and np.isfinite(want).all()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    layer.params["b"][...] = -200.0  # every output 0: equal scores
+    want = scores(net, x, meta)
+    sess = ort.InferenceSession(to_onnx(net, meta).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(want, 1 / 3, rtol=1e-6)
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], 1 / 3, rtol=1e-6)
