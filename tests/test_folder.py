@@ -232,6 +232,15 @@ def _fifo(root):
     return "cat/pipe.png: not a regular file (a named pipe)"
 
 
+def _train_without_test(root):
+    import shutil
+
+    make_folder(root / "train", classes=("cat", "dog"), n=2)
+    for c in ("cat", "dog"):
+        shutil.rmtree(root / c)
+    return "pics: has train/ but no test/"
+
+
 def _missing(root):
     import shutil
 
@@ -243,7 +252,8 @@ BAD = {"truncated image": _truncated, "not an image": _not_an_image, "decompress
        "dangling link": _dangling_link, "empty class folder": _empty_class,
        "single class": _single_class, "no images": _no_images,
        "train/test classes differ": _split_classes_differ, "directory symlink loop": _dir_symlink_loop,
-       "file symlink loop": _self_link, "named pipe": _fifo, "missing folder": _missing}
+       "file symlink loop": _self_link, "named pipe": _fifo, "missing folder": _missing,
+       "train without test": _train_without_test}
 
 
 @pytest.mark.parametrize("case", list(BAD))

@@ -200,3 +200,11 @@ def test_modes_switch_every_layer():
     assert net.eval() is net and not any(layer.training for layer in net.layers)
     net.train()
     assert all(layer.training for layer in net.layers)
+
+
+@pytest.mark.parametrize("bad", [True, -0.1, 1.5, "0.1", float("nan")])
+def test_batch_norm_momentum_outside_0_1_names_the_range(bad):
+    from cnncli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"momentum must be a number in \[0, 1\]"):
+        BatchNorm(3, momentum=bad)

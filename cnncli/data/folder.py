@@ -148,6 +148,11 @@ def _scan(folder: Path, extensions) -> tuple[list[str], list[tuple[str, int, os.
         base = str(d)
         files += [(os.path.join(base, rel), label, st) for rel, st in found]  # str: Path is slow
     if len(classes) < 2:
+        if classes[0] in ("train", "test"):
+            other = "test" if classes[0] == "train" else "train"
+            raise DataError(f"{folder}: has {classes[0]}/ but no {other}/; give both (each "
+                            f"holding the class folders), or put the class folders in {folder} "
+                            "itself and let test_size split them")
         raise DataError(f"{folder}: only one class folder ({classes[0]}); a classifier needs "
                         "at least two")
     return classes, files, ignored

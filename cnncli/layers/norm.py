@@ -31,7 +31,10 @@ class BatchNorm(Layer):
     def __init__(self, num_features, momentum=0.1, eps=1e-5, dtype=np.float64):
         super().__init__()
         self.num_features = check_int("num_features", num_features, 1)
-        self.momentum = check_float("momentum", momentum, 0.0, strict=False)
+        try:
+            self.momentum = check_float("momentum", momentum, 0.0, strict=False)
+        except ConfigError:
+            self.momentum = 2.0  # reported below with the whole range
         if self.momentum > 1:
             raise ConfigError(f"momentum must be a number in [0, 1], got {momentum!r}")
         self.eps = check_float("eps", eps)
