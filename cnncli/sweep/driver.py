@@ -44,6 +44,8 @@ def prepare(sweep: dict, sweep_dir: Path, url: str | None, study_name: str | Non
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise SweepError(f"{sweep_dir}: exists and is not a directory")
     created = not sweep_dir.exists()
+    if not created and not (sweep_dir / SWEEP_FILE).is_file():
+        _refuse_foreign(sweep_dir)  # before the lock file goes in
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -63,10 +65,7 @@ def prepare(sweep: dict, sweep_dir: Path, url: str | None, study_name: str | Non
                                      f"{', '.join(diff)}); choose another --sweep-dir")
                 sweep = held
             else:
-                others = [p.name for p in sweep_dir.iterdir() if p.name not in _OWN_FILES]
-                if others:
-                    raise SweepError(f"{sweep_dir}: exists and is not a sweep directory (it holds "
-                                     f"{others[0]}); choose another --sweep-dir")
+                _refuse_foreign(sweep_dir)
                 sweep["sweep_id"] = uuid.uuid4().hex
                 if url is None:
                     _open_and_check_study(open_storage(None, sweep_dir), sweep, None, create=True)
@@ -76,6 +75,13 @@ def prepare(sweep: dict, sweep_dir: Path, url: str | None, study_name: str | Non
             shutil.rmtree(sweep_dir, ignore_errors=True)
         raise
     return sweep_dir, sweep
+
+
+def _refuse_foreign(sweep_dir: Path) -> None:
+    others = sorted(p.name for p in sweep_dir.iterdir() if p.name not in _OWN_FILES)
+    if others:
+        raise SweepError(f"{sweep_dir}: exists and is not a sweep directory (it holds "
+                         f"{others[0]}); choose another --sweep-dir")
 
 
 def _write_sweep(sweep_dir: Path, sweep: dict) -> None:
