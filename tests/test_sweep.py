@@ -376,8 +376,12 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     kills = 0
     for round_ in range(4):
         args = ("sweep", "run", path, "--sweep-dir", out) if round_ == 0 else ("sweep", "resume", out)
+        before = set((out / "trials").glob("*/last.npz")) if (out / "trials").is_dir() else set()
         proc = cnn_process(*args, "--workers", 2)
-        time.sleep(rng.uniform(2.0, 4.5))
+        # wait for training to be under way (a new epoch saved), then a random moment more
+        wait_for(lambda: proc.poll() is not None or
+                 set((out / "trials").glob("*/last.npz")) - before, 60)
+        time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is not None:
             break
         workers = children(proc.pid)
@@ -396,6 +400,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     assert sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows) == 6
     assert not any(r["state"] == "RUNNING" for r in rows)
     assert len({r["number"] for r in rows}) == len(rows)
+    killed = [r for r in rows if r["state"] == "FAIL"]
+    assert killed and all(r["note"].startswith("killed") for r in killed)
     for r in rows:
         if r["state"] == "COMPLETE":
             run = out / r["run_dir"]
@@ -404,6 +410,36 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
             assert cnn("eval", run / "last.npz").exit_code == 0
     check_run_dirs_whole(out)
     assert not processes_mentioning(str(out))
+
+
+def test_the_journal_lock_dies_with_its_holder_and_a_half_record_is_cut(tmp_path):
+    """optuna#5921: Optuna's own journal locks outlive a killed holder; flock does not. And a
+    record cut short by a kill must not make the journal unreadable."""
+    from cnncli.sweep.storage import FlockLock, open_storage, open_study
+
+    journal = tmp_path / "study.journal"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cnncli.sweep.storage import FlockLock; "
+        f"FlockLock(Path({str(journal)!r})).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    start = time.monotonic()
+    lock = FlockLock(journal)
+    lock.acquire()
+    lock.release()
+    assert time.monotonic() - start < 2
+
+    study = open_study(open_storage(None, tmp_path), "s", "maximize", create=True)
+    study.tell(study.ask(), 0.5)
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code": 4, "worker_id": "x", "study_id": 0, "dat')  # a killed writer's half
+    study = open_study(open_storage(None, tmp_path), "s", "maximize", create=False)
+    study.tell(study.ask(), 0.7)
+    again = open_study(open_storage(None, tmp_path), "s", "maximize", create=False)
+    assert [t.value for t in again.get_trials()] == [0.5, 0.7]
+    assert journal.read_bytes().endswith(b"\n")
 
 
 def test_two_processes_share_one_sweep_directory(tmp_path):
