@@ -101,6 +101,30 @@ def check_run_dirs_whole(sweep_dir: Path) -> None:
             assert isinstance(yaml.safe_load((run / "config.yaml").read_text()), dict)
 
 
+# ---------------------------------------------------------------- help, and Optuna optional
+def test_help_and_cnn_runs_import_no_optuna(tmp_path):
+    code = ("import sys; from typer.testing import CliRunner; from cnncli.cli import app; "
+            "r = CliRunner(); codes = [r.invoke(app, a).exit_code for a in (['--help'], "
+            "['sweep', '--help'], ['sweep', 'run', '--help'], ['runs', '--help'], "
+            f"['runs', {str(tmp_path)!r}])]; "
+            "print(codes, sorted(m for m in ('optuna', 'sqlalchemy', 'psycopg', "
+            "'optuna_dashboard', 'scipy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV,
+                         check=True).stdout
+    assert out.strip() == "[0, 0, 0, 0, 0] []"
+
+
+def test_without_optuna_a_sweep_says_what_to_install(tmp_path):
+    path = write_sweep(tmp_path)
+    code = ("import sys; sys.modules['optuna'] = None; from cnncli.cli import main; "
+            f"sys.argv = ['cnn', 'sweep', 'run', {str(path)!r}, '--sweep-dir', "
+            f"{str(tmp_path / 'out')!r}]; main()")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert result.returncode == 1
+    assert "cnn sweep needs Optuna" in result.stderr and "pip install 'cnncli[sweep]'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- the sweep file
 def test_the_shipped_sweep_file_is_valid():
     sweep = load_sweep(ROOT / "configs" / "sweeps" / "shapes-lr.yaml")

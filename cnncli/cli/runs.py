@@ -51,10 +51,11 @@ def _table(rows, folder):
     from rich.table import Table
 
     table = Table(title=escape(f"Runs in {folder}"), title_justify="left")
-    for name, justify in (("name", "left"), ("dataset", "left"), ("epochs", "right"),
-                          ("best test acc", "right"), ("final test acc", "right"),
-                          ("time", "right"), ("state", "left"), ("note", "left")):
-        table.add_column(name, justify=justify)
+    table.add_column("name", overflow="fold")
+    for name in ("dataset", "epochs", "best test acc", "final test acc", "time", "state"):
+        table.add_column(name, justify="left" if name in ("dataset", "state") else "right",
+                         no_wrap=True)
+    table.add_column("note", max_width=48, no_wrap=True, overflow="ellipsis")
     for r in rows:
         epochs = (f"{r['epochs_done']}/{r['epochs_planned']}"
                   if r["epochs_planned"] is not None and r["kind"] != "sweep" else "")

@@ -48,8 +48,12 @@ def scrub(text: str, url: str | None) -> str:
 
 def quiet_optuna() -> None:
     """Optuna logs every trial at INFO and warns about experimental arguments: the sweep
-    reports trials itself."""
-    import optuna
+    reports trials itself. Without Optuna: a SweepError saying what to install."""
+    try:
+        import optuna
+    except ImportError:
+        raise SweepError("cnn sweep needs Optuna, an optional dependency: pip install "
+                         "'cnncli[sweep]' (and 'cnncli[postgres]' for PostgreSQL)") from None
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
