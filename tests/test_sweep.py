@@ -378,7 +378,9 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes(tmp_path):
     assert f"Resume with: cnn sweep resume {out}" in stderr and "Traceback" not in stderr
     assert not any(Path(f"/proc/{pid}").exists() and pid in children(proc.pid) for pid in workers)
     assert not processes_mentioning(str(out))
-    result = cnn("sweep", "resume", out, "--workers", 2)
+    # a database URL in the environment does not apply to an embedded sweep
+    result = runner.invoke(app, ["sweep", "resume", str(out), "--workers", "2"],
+                           env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "trials.csv")
     assert sum(r["state"] == "COMPLETE" for r in rows) == 4

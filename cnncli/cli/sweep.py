@@ -82,7 +82,7 @@ def resume(
         from cnncli.sweep.worker import read_sweep
 
         spec = _read_sweep_dir(sweep_dir, read_sweep)
-        url = resume_url(spec, storage or os.environ.get(STORAGE_ENV) or None)
+        url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
         _run(sweep_dir, spec, url, workers, quiet, joined=True)
 
 
@@ -111,7 +111,7 @@ def show(
         url = storage or os.environ.get(STORAGE_ENV) or None
         if sweep_dir is not None:
             spec = _read_sweep_dir(sweep_dir, read_sweep)
-            url = resume_url(spec, url)
+            url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
             trials = open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False)
         else:
             if url is None or study is None:

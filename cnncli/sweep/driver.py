@@ -23,7 +23,9 @@ from cnncli.sweep.worker import LOCK_FILE, SWEEP_FILE, read_sweep, sweep_lock
 
 STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
 STOP_WAIT_SECONDS = 60  # after Ctrl-C, how long workers get to record their trial before a kill
-_OWN_FILES = {LOCK_FILE}
+# What a start of this sweep (perhaps one that is racing us, or was killed) puts in the directory
+# before sweep.yaml: the lock, the journal and its lock, the temporary file of sweep.yaml.
+_OWN_FILES = {LOCK_FILE, "study.journal", "study.journal.flock"}
 
 
 def _study_record(sweep: dict) -> dict:
@@ -43,11 +45,14 @@ def prepare(sweep: dict, sweep_dir: Path, url: str | None, study_name: str | Non
     sweep_dir = Path(sweep_dir)
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise SweepError(f"{sweep_dir}: exists and is not a directory")
-    created = not sweep_dir.exists()
-    if not created and not (sweep_dir / SWEEP_FILE).is_file():
+    if sweep_dir.is_dir() and not (sweep_dir / SWEEP_FILE).is_file():
         _refuse_foreign(sweep_dir)  # before the lock file goes in
     try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir()
+        created = True  # only this process removes it if the start fails
+    except FileExistsError:
+        created = False
     except OSError as exc:
         raise SweepError(f"{sweep_dir}: cannot create the sweep directory "
                          f"({exc.strerror or exc})") from None
@@ -78,7 +83,8 @@ def prepare(sweep: dict, sweep_dir: Path, url: str | None, study_name: str | Non
 
 
 def _refuse_foreign(sweep_dir: Path) -> None:
-    others = sorted(p.name for p in sweep_dir.iterdir() if p.name not in _OWN_FILES)
+    others = sorted(p.name for p in sweep_dir.iterdir()
+                    if p.name not in _OWN_FILES and not p.name.startswith(f".{SWEEP_FILE}."))
     if others:
         raise SweepError(f"{sweep_dir}: exists and is not a sweep directory (it holds "
                          f"{others[0]}); choose another --sweep-dir")
@@ -113,15 +119,17 @@ def _open_and_check_study(storage, sweep: dict, url: str | None, create: bool):
     return study
 
 
-def resume_url(sweep: dict, url: str | None) -> str | None:
+def resume_url(sweep: dict, given: str | None, env: str | None = None) -> str | None:
     """The storage URL to resume with: the one in sweep.yaml, or (when its password is masked
-    there) the one given by --storage or CNNCLI_SWEEP_STORAGE, which must match it."""
+    there) the one given by --storage (``given``) or CNNCLI_SWEEP_STORAGE (``env``), which must
+    match it. An embedded sweep ignores the environment variable and refuses --storage."""
     stored = sweep.get("storage")
     if stored is None:
-        if url:
+        if given:
             raise SweepError("this sweep's study is embedded in its directory; --storage does not "
                              "apply")
         return None
+    url = given or env
     if url is None:
         if "***" in stored:
             raise SweepError(f"this sweep's study is in {stored}: give its URL with the password "

@@ -95,7 +95,7 @@ def worker_seed(sweep: dict, index: int, started: int) -> int:
     return int(np.random.SeedSequence([sweep["seed"], index, started]).generate_state(1)[0])
 
 
-def study_counts(trials, sweep_id: str | None = None) -> dict:
+def study_counts(trials) -> dict:
     from optuna.trial import TrialState
 
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
@@ -285,6 +285,9 @@ class Worker:
         except (TrainingError, CnnError) as exc:
             state, error = optuna.trial.TrialState.FAIL, str(exc)
             run.log(f"Error: {exc}")
+        except Exception as exc:  # a bug, or MemoryError: this trial fails, the sweep goes on
+            state, error = optuna.trial.TrialState.FAIL, f"unexpected {type(exc).__name__}: {exc}"
+            run.log(f"Error: {error}")
         finally:
             beat_stop.set()
         history = self.trainer.history if self.trainer is not None else []
