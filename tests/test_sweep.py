@@ -277,6 +277,35 @@ def test_optuna_dashboard_reads_the_study(six_trials, tmp_path):
         proc.wait(timeout=10)
 
 
+def test_on_a_terminal_a_live_table_shows_the_trials(tmp_path):
+    import pty
+    import select
+
+    path = write_sweep(tmp_path, epochs=2, trials=2)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "cnncli", "sweep", "run", str(path),
+                             "--sweep-dir", str(tmp_path / "out")], stdin=slave, stdout=slave,
+                            stderr=slave, env={**ENV, "TERM": "xterm"}, close_fds=True)
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([master], [], [], 1.0)[0]:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(timeout=10) == 0
+    text = b"".join(chunks).decode(errors="replace")
+    assert "s: 2 of 2 trials done" in text and "learning_rate" in text and "┃" in text
+    assert "Sweep s: 2 trials (2 complete); best: trial" in text
+
+
 # ---------------------------------------------------------------- determinism
 @pytest.mark.parametrize("sampler", ["random", "grid"])
 def test_same_sweep_same_seed_same_trials(tmp_path, sampler):
@@ -479,3 +508,5 @@ def test_two_processes_share_one_sweep_directory(tmp_path):
     assert sum(r["state"] == "COMPLETE" for r in rows) == 6  # exactly: one machine, one lock
     assert sorted(int(r["number"]) for r in rows) == list(range(len(rows)))
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(r["number"] for r in rows)
+    # each worker samples with its own seed: no two trials drew the same learning rate
+    assert len({r["training.learning_rate"] for r in rows}) == len(rows)

@@ -107,6 +107,8 @@ def test_two_machines_share_one_study_in_postgres(tmp_path, database, postgres):
     numbers = [t["number"] for t in trials]
     assert numbers == list(range(len(numbers)))  # distinct, none lost
     done = sum(t["state"] == "COMPLETE" for t in trials)
+    # the machines' workers sample with different seeds: no learning rate drawn twice
+    assert len({t["training.learning_rate"] for t in trials}) == len(trials)
     assert 6 <= done <= 6 + 2 * 2  # at most one extra per worker across machines
     mine = [[r for r in read_csv(d / "trials.csv") if r["run_dir"]] for d in dirs]
     assert len(mine[0]) + len(mine[1]) == len(trials) and mine[0] and mine[1]

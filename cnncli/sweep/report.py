@@ -28,6 +28,8 @@ def trial_rows(trials, sweep: dict) -> list[dict]:
             or (f"killed: {attrs['killed']} (tried again)" if attrs.get("killed") else "")
         if t.state.name == "RUNNING":
             note = "running"
+        elif t.state.name == "FAIL" and not note:
+            note = "no result: its process died (no heartbeat); tried again"
         rows.append({"number": t.number, "state": t.state.name,
                      **{k: t.params.get(k) for k in sweep["space"]},
                      "value": value, "best_epoch": attrs.get("best_epoch"),

@@ -143,7 +143,7 @@ def _open_database(url: str):
     for attempt in range(8):
         try:
             return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                              grace_period=GRACE_SECONDS)
+                              grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry_trial)
         except sa_exc.NoSuchModuleError:
             raise SweepError(f"--storage {shown}: unknown database scheme "
                              f"{parsed.drivername!r} (expected e.g. postgresql+psycopg://...)") from None
@@ -165,6 +165,13 @@ def _open_database(url: str):
             raise SweepError(f"--storage {shown}: {scrub(_first_line(exc), url)}") from None
     raise SweepError(f"--storage {shown}: cannot set up the tables "
                      f"({scrub(_first_line(last), url)})")
+
+
+def retry_trial(study, trial) -> None:
+    """Queue a trial's parameters to be tried again (the next ``ask`` takes them): for a trial
+    whose process died (no heartbeat, an unlocked run directory) or was interrupted."""
+    if trial.params:
+        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
 def _first_line(exc) -> str:

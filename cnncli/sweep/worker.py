@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnncli.errors import CnnError
+from cnncli.sweep.storage import retry_trial
 
 SWEEP_FILE = "sweep.yaml"
 LOCK_FILE = ".sweep.lock"
@@ -87,12 +88,32 @@ def make_pruner(sweep: dict):
     return optuna.pruners.NopPruner()
 
 
-def worker_seed(sweep: dict, index: int, started: int) -> int:
-    """Each worker's sampler seed: from the sweep's seed, the worker's index and the number of
-    trials the study held when it started (so a resumed sweep does not replay its samples)."""
+def worker_seed(sweep: dict, serial: int, database: bool) -> int:
+    """A worker's sampler seed, from the sweep's seed and the worker's serial number in its sweep
+    directory (0 for the first worker ever started there, then 1, 2, ... across runs, joins and
+    resumes: no two workers replay the same samples, and a fresh sweep with one worker is
+    reproducible). With a database, other machines number their workers from 0 too, so the
+    sweep directory's random id goes in as well."""
     import numpy as np
 
-    return int(np.random.SeedSequence([sweep["seed"], index, started]).generate_state(1)[0])
+    entropy = [sweep["seed"], serial]
+    if database:
+        entropy.append(int(sweep["sweep_id"][:8], 16))
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def next_worker_serial(sweep_dir: Path) -> int:
+    """Under the sweep lock: the next worker serial number, counted in ``.workers``."""
+    from cnncli.run import write_text_atomic
+
+    path = Path(sweep_dir) / ".workers"
+    with sweep_lock(sweep_dir):
+        try:
+            serial = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            serial = 0
+        write_text_atomic(path, f"{serial + 1}\n")
+    return serial
 
 
 def study_counts(trials) -> dict:
@@ -141,15 +162,9 @@ def reap_dead_trials(study, sweep_dir: Path, sweep_id: str, embedded: bool) -> l
             storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
         except Exception:  # another process finished it first
             continue
-        retry(study, t)
+        retry_trial(study, t)
         reaped.append(t.number)
     return reaped
-
-
-def retry(study, trial) -> None:
-    """Queue a trial's parameters to be tried again (the next ``ask`` takes them)."""
-    if trial.params:
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
 
 def _heartbeat(storage, trial_id: int, stop: threading.Event) -> None:
@@ -166,7 +181,7 @@ def _heartbeat(storage, trial_id: int, stop: threading.Event) -> None:
 
 
 class Worker:
-    def __init__(self, sweep_dir: Path, url: str | None, index: int):
+    def __init__(self, sweep_dir: Path, url: str | None):
         from cnncli.sweep.storage import open_storage, open_study
 
         self.sweep_dir = Path(sweep_dir)
@@ -174,12 +189,9 @@ class Worker:
         self.url = url
         self.embedded = url is None
         self.storage = open_storage(url, self.sweep_dir)
-        study = open_study(self.storage, self.sweep["study"], self.sweep["direction"], create=False,
-                           url=url)
-        started = len(study.get_trials(deepcopy=False))
+        seed = worker_seed(self.sweep, next_worker_serial(self.sweep_dir), url is not None)
         self.study = open_study(self.storage, self.sweep["study"], self.sweep["direction"],
-                                create=False, sampler=make_sampler(self.sweep, worker_seed(
-                                    self.sweep, index, started)),
+                                create=False, sampler=make_sampler(self.sweep, seed),
                                 pruner=make_pruner(self.sweep), url=url)
         self.stop = False
         self.trainer = None
@@ -304,7 +316,7 @@ class Worker:
             if state is None:  # Ctrl-C: this trial is tried again when the sweep resumes
                 trial.set_user_attr("interrupted", True)
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                retry(self.study, _frozen(self.study, trial))
+                retry_trial(self.study, _frozen(self.study, trial))
             elif state == optuna.trial.TrialState.FAIL:
                 trial.set_user_attr("error", error)
                 self.study.tell(trial, state=state)
@@ -362,8 +374,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        worker = Worker(Path(args.sweep_dir), os.environ.get("CNNCLI_SWEEP_STORAGE") or None,
-                        args.index)
+        worker = Worker(Path(args.sweep_dir), os.environ.get("CNNCLI_SWEEP_STORAGE") or None)
         worker.loop()
     except CnnError as exc:
         print(f"worker {args.index}: {exc}", file=sys.stderr)
