@@ -324,6 +324,15 @@ def test_same_sweep_same_seed_same_trials(tmp_path, sampler):
     assert len({(r["training.learning_rate"], r["training.batch_size"]) for r in tables[0]}) > 1
 
 
+def test_a_grid_with_two_workers_visits_each_point_once(tmp_path):
+    path = write_sweep(tmp_path, epochs=2, trials=6, sampler="grid",
+                       space={"training.learning_rate": {"low": 0.001, "high": 0.501, "step": 0.1}})
+    result = cnn("sweep", "run", path, "--sweep-dir", tmp_path / "out", "--workers", 2, "-q")
+    assert result.exit_code == 0, result.output
+    lrs = sorted(float(r["training.learning_rate"]) for r in read_csv(tmp_path / "out" / "trials.csv"))
+    assert lrs == pytest.approx([0.001, 0.101, 0.201, 0.301, 0.401, 0.501])
+
+
 # ---------------------------------------------------------------- failed and pruned trials
 def test_invalid_samples_fail_and_the_sweep_goes_on(tmp_path):
     path = write_sweep(tmp_path, epochs=2, trials=3, seed=1,

@@ -73,7 +73,9 @@ def make_sampler(sweep: dict, seed: int):
     if sweep["sampler"] == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if sweep["sampler"] == "grid":
-        return optuna.samplers.GridSampler(grid_space(sweep["space"]), seed=seed)
+        # every process must shuffle the grid alike (Optuna maps trial k to grid point k): the
+        # sweep's own seed, not the worker's
+        return optuna.samplers.GridSampler(grid_space(sweep["space"]), seed=sweep["seed"])
     return optuna.samplers.TPESampler(seed=seed)
 
 
