@@ -127,6 +127,32 @@ def test_two_machines_share_one_study_in_postgres(tmp_path, database, postgres):
     assert "***" in outputs[0][0]
 
 
+RACE = """
+import sys, time
+from cnncli.sweep.storage import open_storage, open_study
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+study = open_study(open_storage(url), "race", "maximize", create=True, url=url)
+study.tell(study.ask(), 1.0)
+print("ok")
+"""
+
+
+def test_processes_creating_tables_and_study_at_one_moment_all_succeed(database):
+    import time
+
+    start = time.time() + 6  # every process imported Optuna and waits for this moment
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, database, str(start)], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [o[0].strip() for o in outs] == ["ok"] * 4, [o[1][-500:] for o in outs]
+    from cnncli.sweep.storage import open_storage, open_study
+
+    study = open_study(open_storage(database), "race", "maximize", create=False, url=database)
+    assert sorted(t.number for t in study.get_trials()) == [0, 1, 2, 3]
+
+
 def test_resuming_a_postgres_sweep_needs_its_url(tmp_path, database, postgres):
     path = write_sweep(tmp_path, epochs=2, trials=1)
     out = tmp_path / "out"
