@@ -333,6 +333,19 @@ def test_a_grid_with_two_workers_visits_each_point_once(tmp_path):
     assert lrs == pytest.approx([0.001, 0.101, 0.201, 0.301, 0.401, 0.501])
 
 
+def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path):
+    path = write_sweep(tmp_path, epochs=2, trials=2)
+    out = tmp_path / "out"
+    assert cnn("sweep", "run", path, "--sweep-dir", out, "-q").exit_code == 0
+    first = read_csv(out / "trials.csv")
+    result = cnn("sweep", "resume", out, "--trials", 3, "-q")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / "trials.csv")
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    assert [r["value"] for r in rows[:2]] == [r["value"] for r in first]  # kept, not re-run
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["trials"] == 3
+
+
 # ---------------------------------------------------------------- failed and pruned trials
 def test_invalid_samples_fail_and_the_sweep_goes_on(tmp_path):
     path = write_sweep(tmp_path, epochs=2, trials=3, seed=1,

@@ -66,23 +66,28 @@ def resume(
     sweep_dir: Annotated[Path, typer.Argument(help="The sweep directory.", show_default=False)],
     workers: WorkersOpt = 1,
     storage: StorageOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="A new trial count (e.g. to extend a finished sweep).", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
     """Continue an interrupted sweep until it has its trial count.
 
     Finished trials are kept; a trial that was killed mid-way is marked failed and its
-    parameters are tried again.
+    parameters are tried again. --trials changes the count (a finished sweep grows).
 
-    Example:
+    Examples:
 
       cnn sweep resume runs/shapes-lr-20260101-120000 --workers 2
+
+      cnn sweep resume runs/shapes-lr-20260101-120000 --trials 30
     """
     with cli_errors():
-        from cnncli.sweep.driver import resume_url
+        from cnncli.sweep.driver import resume_url, set_trial_count
         from cnncli.sweep.worker import read_sweep
 
         spec = _read_sweep_dir(sweep_dir, read_sweep)
         url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
+        if trials is not None:
+            spec = set_trial_count(sweep_dir, trials)
         _run(sweep_dir, spec, url, workers, quiet, joined=True)
 
 

@@ -82,6 +82,20 @@ def prepare(sweep: dict, sweep_dir: Path, url: str | None, study_name: str | Non
     return sweep_dir, sweep
 
 
+def set_trial_count(sweep_dir: Path, trials: int) -> dict:
+    """Change a sweep's trial count in its sweep.yaml (under the sweep lock); the sweep."""
+    from cnncli.sweep.spec import grid_size
+
+    with sweep_lock(sweep_dir):
+        sweep = read_sweep(sweep_dir)
+        if sweep["sampler"] == "grid" and trials > grid_size(sweep["space"]):
+            raise SweepError(f"--trials {trials} is more than the {grid_size(sweep['space'])} "
+                             "points of the grid")
+        sweep["trials"] = trials
+        _write_sweep(sweep_dir, sweep)
+    return sweep
+
+
 def _refuse_foreign(sweep_dir: Path) -> None:
     others = sorted(p.name for p in sweep_dir.iterdir()
                     if p.name not in _OWN_FILES and not p.name.startswith(f".{SWEEP_FILE}."))
