@@ -3,6 +3,8 @@
 The Python API (imported lazily, so that ``cnn --help`` stays fast)::
 
     from cnncli import build_network, Network, SGD, MSELoss
+    net, meta = cnncli.load_checkpoint("runs/x/best.npz")   # the model, in eval mode
+    probs = cnncli.scores(net, stored_images, meta)          # (N, n_classes) probabilities
 """
 
 __version__ = "0.1.0"
@@ -17,6 +19,8 @@ _API = {
     "LAYERS": "cnncli.layers",
     "register": "cnncli.layers",
     "CnnError": "cnncli.errors",
+    "load_checkpoint": ("cnncli.checkpoint", "load_model"),
+    "scores": "cnncli.scoring",
 }
 
 __all__ = ["__version__", *_API]
@@ -26,5 +30,6 @@ def __getattr__(name):
     if name in _API:
         import importlib
 
-        return getattr(importlib.import_module(_API[name]), name)
+        module, attr = _API[name] if isinstance(_API[name], tuple) else (_API[name], name)
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'cnncli' has no attribute {name!r}")

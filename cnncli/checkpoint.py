@@ -1,6 +1,11 @@
-"""Checkpoints: one .npz holding the parameters (``layers.<i>.<name>``), the optimizer state
-(``optimizer.<...>``) and ``meta``, a 0-d string array of JSON. Written atomically, read with
-``allow_pickle=False`` only."""
+"""Checkpoints: one .npz holding the parameters and buffers (``layers.<i>.<name>``), the
+optimizer state (``optimizer.<...>``) and ``meta``, a 0-d string array of JSON. Written
+atomically, read with ``allow_pickle=False`` only.
+
+Format 2 added buffers (batch norm's running statistics) and the input description in ``meta``
+(``dtype``, ``input_scale``, ``pixel_max`` beside ``input_shape`` and ``class_names``) and the
+dropout generator's state (``noise_rng_state``). Format 1 files still load: they have no
+buffers, and the commands that need the input description say what is missing."""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from cnncli.atomic import atomic_file
 from cnncli.errors import CheckpointError, CnnError
 from cnncli.schema import short_repr
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INPUT_KEYS = ("input_shape", "class_names", "dtype", "input_scale", "pixel_max")
 
 
 def save_checkpoint(path, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -163,27 +169,48 @@ def _meta_problem(meta: dict) -> str | None:
     if early is not None and not (isinstance(early, dict) and _is_num(early.get("best_loss"))
                                   and _is_int(early.get("bad_epochs"))):
         return f"early_stopping must be {{best_loss, bad_epochs}}, got {short_repr(early)}"
-    state = meta.get("rng_state")
-    if state is not None:
-        try:  # the shuffling generator is a PCG64 (numpy's default)
-            np.random.PCG64().state = state
-        except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError or KeyError here
-            return f"rng_state is not a PCG64 state, got {short_repr(state)}"
+    for key in ("rng_state", "noise_rng_state", "augment_rng_state"):
+        state = meta.get(key)
+        if state is not None:
+            try:  # the shuffling, dropout and augmentation generators are PCG64s (numpy's default)
+                np.random.PCG64().state = state
+            except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError or KeyError here
+                return f"{key} is not a PCG64 state, got {short_repr(state)}"
+    if "dtype" in meta and meta["dtype"] not in ("float32", "float64"):
+        return f"dtype must be float32 or float64, got {short_repr(meta['dtype'])}"
+    for key in ("input_scale", "pixel_max"):
+        if key in meta and not (_is_num(meta[key]) and 0 < meta[key] < float("inf")):
+            return f"{key} must be a positive number, got {short_repr(meta[key])}"
     return None
 
 
-def check_resumable(path, arrays: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> None:
-    """Refuse a checkpoint whose parameters or optimizer state do not fit a network with
-    ``params`` (``layers.<i>.<name>`` -> array): every key, shape and dtype must match, and
-    every optimizer array must belong to a parameter (or be an integer counter such as Adam's
-    ``t``)."""
+def input_description(path, meta: dict, needed: tuple = INPUT_KEYS) -> dict:
+    """The checkpoint's record of how to feed its model (``INPUT_KEYS``); a CheckpointError
+    naming what is missing when an older checkpoint lacks some of ``needed``."""
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        raise CheckpointError(
+            f"{path}: lacks the input description {', '.join(missing)} (written in checkpoint "
+            f"format {meta.get('format_version')} by cnncli {meta.get('cnncli_version', '?')}; "
+            f"format {FORMAT_VERSION} records it): train the model again, or resume its run "
+            "for one more epoch (--epochs), to write a checkpoint that has it")
+    return {k: meta[k] for k in needed}
+
+
+def check_resumable(path, arrays: dict[str, np.ndarray], params: dict[str, np.ndarray],
+                    buffers: dict[str, np.ndarray] | None = None) -> None:
+    """Refuse a checkpoint whose parameters, buffers or optimizer state do not fit a network
+    with ``params`` and ``buffers`` (``layers.<i>.<name>`` -> array): every key, shape and
+    dtype must match, and every optimizer array must belong to a parameter (or be an integer
+    counter such as Adam's ``t``)."""
     layer_keys = {k for k in arrays if k.startswith("layers.")}
-    missing, extra = sorted(set(params) - layer_keys), sorted(layer_keys - set(params))
+    own = {**params, **(buffers or {})}
+    missing, extra = sorted(set(own) - layer_keys), sorted(layer_keys - set(own))
     if missing or extra:
         raise CheckpointError(f"{path}: its parameters do not match the network: missing "
                               f"{short_repr(missing or 'none', 120)}, unexpected "
                               f"{short_repr(extra or 'none', 120)}")
-    for key, p in params.items():
+    for key, p in own.items():
         a = arrays[key]
         if a.shape != p.shape or a.dtype != p.dtype:
             raise CheckpointError(f"{path}: {_name(key)} is {a.dtype} {a.shape}, the network "
@@ -219,8 +246,18 @@ def validate_stored(cfg: dict, meta: dict) -> dict:
     return validate(cfg, known_data=(tuple(meta["input_shape"]), len(meta["class_names"])))
 
 
+def load_model(path):
+    """A checkpoint's network, in eval mode, and its ``meta``: ``cnncli.load_checkpoint``.
+
+    ``meta["input_scale"]`` (format 2) is the factor that turns stored values (0-255 pixels,
+    say) into the network's inputs; ``cnncli.scores`` applies it."""
+    net, _, meta, _ = load_network(path)
+    return net, meta
+
+
 def load_network(path):
-    """Rebuild the network from a checkpoint alone: (network, config, meta, arrays)."""
+    """Rebuild the network from a checkpoint alone, in eval mode: (network, config, meta,
+    arrays)."""
     from cnncli.network import build_network
 
     arrays, meta = load_checkpoint(path)
@@ -230,6 +267,7 @@ def load_network(path):
         net = build_network(cfg["network"], shape, np.random.default_rng(0),
                             np.dtype(cfg["training"]["dtype"]), impl=cfg["training"]["impl"])
         net.load_state_dict({k: v for k, v in arrays.items() if k.startswith("layers.")})
+        net.eval()
     except CnnError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except (TypeError, ValueError) as exc:

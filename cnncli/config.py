@@ -213,6 +213,7 @@ TRAINING_FIELDS = {
     "loss": Field("mse", choice("mse", "cross_entropy")),
     "dtype": Field("float64", choice("float64", "float32")),
     "shuffle": Field(True, boolean),
+    "drop_last": Field(False, boolean),  # skip a last batch smaller than batch_size
     "optimizer": Field(None, lambda v: v),
     "schedule": Field(None, lambda v: v),
     "early_stopping": Field(None, lambda v: v),
@@ -334,6 +335,9 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
     return {k: cfg[k] for k in SECTIONS}
 
 
+LOGIT_LAYERS = ("dense", "global_avg_pool2d", "softmax")  # what cross_entropy may follow
+
+
 def _check_network(cfg: dict, network: list, problems: list, known_data=None) -> list:
     """Build the network once against the dataset's input shape; return the resolved specs."""
     from cnncli.data import DATASETS
@@ -358,9 +362,10 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None) ->
         problems.append(f"network: outputs {'x'.join(map(str, out))} values per sample, but the "
                         f"{cfg['data']['name']} data has {n_classes} classes (end with a dense "
                         f"layer of out_features: {n_classes})")
-    if cfg["training"]["loss"] == "cross_entropy" and net.layers[-1].type_name not in ("dense", "softmax"):
+    if cfg["training"]["loss"] == "cross_entropy" and net.layers[-1].type_name not in LOGIT_LAYERS:
         problems.append(f"training.loss: cross_entropy needs the network to end in a dense layer "
-                        f"(logits) or a softmax layer, not {net.layers[-1].type_name}")
+                        f"(logits), a global_avg_pool2d (one logit per channel) or a softmax "
+                        f"layer, not {net.layers[-1].type_name}")
     return net.specs
 
 
@@ -395,9 +400,20 @@ class _BudgetRng:
         return getattr(self._rng, name)
 
 
+def resolve_folder_path(raw: dict, config_path) -> None:
+    """A folder dataset's relative ``data.path`` in a config file is relative to that file's
+    folder, and made absolute, so the run's saved config finds it from anywhere (a ``--set
+    data.path=`` override stays relative to the working directory)."""
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("name") == "folder" and isinstance(data.get("path"), str) \
+            and data["path"] and not Path(data["path"]).expanduser().is_absolute():
+        data["path"] = str(Path(config_path).absolute().parent / data["path"])
+
+
 def load_config(path, overrides: list[str] = ()) -> dict:
     """Read, override, validate: the resolved config of a file."""
     raw = read_config_file(path)
+    resolve_folder_path(raw, path)
     if overrides:
         raw = apply_overrides(raw, list(overrides))
     return validate(raw, str(path))

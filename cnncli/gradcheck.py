@@ -27,10 +27,11 @@ class CheckResult:
         return self.max_rel_error <= TOLERANCE
 
 
-def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
-    """max |a - n| over the entries, relative to the largest magnitude of either."""
+def relative_error(analytic: np.ndarray, numeric: np.ndarray, floor: float = 1e-8) -> float:
+    """max |a - n| over the entries, relative to the largest magnitude of either (or
+    ``floor``, when both are smaller)."""
     scale = max(float(np.max(np.abs(analytic), initial=0.0)),
-                float(np.max(np.abs(numeric), initial=0.0)), 1e-8)
+                float(np.max(np.abs(numeric), initial=0.0)), floor)
     return float(np.max(np.abs(analytic - numeric), initial=0.0)) / scale
 
 
@@ -56,7 +57,9 @@ def _entries(size: int, max_entries: int | None, rng) -> np.ndarray:
 
 def check_layer(layer, x: np.ndarray, rng, eps: float = 1e-6, max_entries: int | None = 200,
                 index: int = 0) -> list[CheckResult]:
-    """Check the input gradient and every parameter gradient of one layer (float64 arrays)."""
+    """Check the input gradient and every parameter gradient of one layer (float64 arrays),
+    in the layer's mode (batch norm in train mode: through the batch statistics)."""
+    fix_masks([layer])
     x = np.ascontiguousarray(x, dtype=np.float64).copy()
     out = layer.forward(x)
     dout = rng.standard_normal(out.shape)
@@ -89,6 +92,7 @@ def check_network(net, loss, x, target, rng, eps: float = 1e-6,
     """Every layer on its own (on the activations it sees in the network), then every
     parameter gradient of the whole network's loss, as backpropagated by ``net.backward``."""
     x = np.asarray(x, dtype=np.float64)
+    fix_masks(net.layers)
     results, h = [], x
     for i, layer in enumerate(net.layers):
         # ReLU outputs hold exact zeros, which tie in max-pool windows: nudge each layer's own
@@ -104,12 +108,25 @@ def check_network(net, loss, x, target, rng, eps: float = 1e-6,
     def f():
         return loss(net.forward(x), target)
 
+    # Some gradients are exactly 0 (a bias just before a batch norm: the normalisation removes
+    # it). Finite differences of the loss resolve nothing below ~10 eps_machine |loss| / eps,
+    # so a gradient is judged relative to that resolution when it is smaller.
+    floor = max(1e-8, 10 * np.finfo(np.float64).eps * max(abs(f()), 1.0) / eps / TOLERANCE)
     for key, p, _ in net.parameters():
         idx = _entries(p.size, max_entries, rng)
         numeric = _numeric(f, p, idx, eps)
         results.append(CheckResult(-1, "network", key,
-                                   relative_error(grads[key].reshape(-1)[idx], numeric), len(idx)))
+                                   relative_error(grads[key].reshape(-1)[idx], numeric, floor),
+                                   len(idx)))
     return results
+
+
+def fix_masks(layers) -> None:
+    """Dropout draws a new mask on every forward pass; a finite difference needs the same
+    mask on both sides, so each dropout layer keeps the mask it draws next (``fix_mask``)."""
+    for layer in layers:
+        if hasattr(layer, "fix_mask"):
+            layer.fix_mask = True
 
 
 def move_off_kinks(net, x: np.ndarray, rng, scale: float = 1e-2) -> np.ndarray:

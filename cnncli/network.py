@@ -15,6 +15,8 @@ class Network:
     ``forward(x)`` returns the last layer's output; ``backward(dout)`` fills every layer's
     ``grads`` (the first layer skips the input gradient nobody uses); ``backward_sgd(dout, lr)``
     also applies the plain SGD step, leaving the fused dense layers' ``grads["W"]`` unwritten.
+    A network starts in train mode; ``eval()`` switches batch norm to its running statistics
+    and dropout off, ``train()`` back.
     """
 
     def __init__(self, layers: list[Layer], input_shape: tuple | None = None,
@@ -46,9 +48,32 @@ class Network:
                 break
 
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """Forward in chunks of ``batch_size``; returns (N, n_outputs)."""
+        """Forward in chunks of ``batch_size``, in the network's current mode (``eval()``
+        first for predictions); returns (N, n_outputs)."""
         outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs)
+
+    def train(self) -> "Network":
+        """Train mode (the default): batch norm uses batch statistics, dropout drops."""
+        for layer in self.layers:
+            layer.training = True
+        return self
+
+    def eval(self) -> "Network":
+        """Eval mode: batch norm uses its running statistics, dropout is the identity."""
+        for layer in self.layers:
+            layer.training = False
+        return self
+
+    @property
+    def training(self) -> bool:
+        return all(layer.training for layer in self.layers)
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Hand ``rng`` to every layer that draws while training (dropout): one generator,
+        drawn from in layer order, whose state the trainer saves with each checkpoint."""
+        for layer in self.layers:
+            layer.set_rng(rng)
 
     def parameters(self):
         """Yields ``(key, param, grad)`` for every parameter, key ``layers.<i>.<name>``."""
@@ -64,16 +89,27 @@ class Network:
     def grads(self) -> dict[str, np.ndarray]:
         return {key: g for key, _, g in self.parameters()}
 
+    @property
+    def buffers(self) -> dict[str, np.ndarray]:
+        """State that is saved but never trained (batch norm's running statistics), keyed
+        ``layers.<i>.<buffer>``; optimizers never see it."""
+        return {f"layers.{i}.{name}": b for i, layer in enumerate(self.layers)
+                for name, b in layer.buffers.items()}
+
     def num_params(self) -> int:
         return sum(layer.num_params() for layer in self.layers)
 
+    def num_buffers(self) -> int:
+        return sum(b.size for b in self.buffers.values())
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameters as plain arrays (copies), keyed ``layers.<index>.<param>``."""
-        return {key: p.copy() for key, p, _ in self.parameters()}
+        """Parameters and buffers as plain arrays (copies), keyed ``layers.<index>.<name>``."""
+        return {key: p.copy() for key, p in {**self.params, **self.buffers}.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        """Copy parameters in place, checking that keys, shapes and dtypes match exactly."""
-        own = self.params
+        """Copy parameters and buffers in place, checking that keys, shapes and dtypes match
+        exactly."""
+        own = {**self.params, **self.buffers}
         missing = sorted(set(own) - set(state))
         extra = sorted(set(state) - set(own))
         if missing or extra:
@@ -89,12 +125,14 @@ class Network:
             p[...] = state[key]
 
     def summary(self) -> list[dict]:
-        """One row per layer: index, type, output shape (per sample), parameter count."""
+        """One row per layer: index, type, output shape (per sample), parameter count, buffer
+        values (saved, not trained)."""
         rows, shape = [], self.input_shape
         for i, layer in enumerate(self.layers):
             shape = layer.output_shape(shape) if shape is not None else None
             rows.append({"index": i, "type": layer.type_name, "output_shape": shape,
-                         "params": layer.num_params()})
+                         "params": layer.num_params(),
+                         "buffers": int(sum(b.size for b in layer.buffers.values()))})
         return rows
 
     @property

@@ -324,10 +324,12 @@ def _as_picture(img, lo: float, hi: float):
     return img[0]
 
 
-def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
+def plot_dataset_preview(path, ds, per_class: int = 8, transform=None) -> Path:
     """A grid of training samples: one row per class (labelled with its name), up to
     ``per_class`` samples each, the first ones of that class (from the test split when the
-    training split has too few). All images share one grey scale, so noise levels compare."""
+    training split has too few). All images share one grey scale, so noise levels compare.
+    ``transform``: applied to each row's stored images (N, C, H, W) before scaling (the
+    training augmentation, for ``cnn data preview``)."""
     import numpy as np
 
     picks = []
@@ -336,7 +338,8 @@ def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
         have = len(got[0])
         if have < per_class:
             got.append(ds.x_test[np.flatnonzero(ds.y_test == c)[:per_class - have]])
-        picks.append(ds.images(np.concatenate(got), np.float64))
+        got = np.concatenate(got)
+        picks.append(ds.images(transform(got) if transform is not None else got, np.float64))
     shown = [p for p in picks if len(p)]
     lo = float(min(p.min() for p in shown)) if shown else 0.0
     hi = float(max(p.max() for p in shown)) if shown else 1.0
@@ -361,7 +364,7 @@ def plot_dataset_preview(path, ds, per_class: int = 8) -> Path:
         axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
     c, h, w = ds.input_shape
     fig.suptitle(f"{ds.name}: {len(ds.y_train):,} training samples of {c}x{h}x{w}, "
-                 f"first {per_class} per class", fontsize=11)
+                 f"first {per_class} per class" + (", augmented" if transform else ""), fontsize=11)
     return save_figure(fig, path)
 
 
@@ -524,3 +527,35 @@ def kernels_figure(net, title: str, source: str = "the network"):
 def plot_kernels(path, net, title: str, source: str = "the network") -> Path:
     """``cnn show-kernels``: write kernels_figure to ``path``."""
     return save_figure(kernels_figure(net, title, source), path)
+
+
+# ---------------------------------------------------------------- predictions
+def plot_predictions(path, images, rows: list[dict], pixel_max: float, title: str,
+                     cols: int = 8) -> Path:
+    """A grid of the predicted images, each titled with its predicted class and score (and
+    its file name), for a first look at what the model gets wrong.
+
+    images: (N, C, H, W) in the stored form (full intensity ``pixel_max``); rows: the
+    prediction records of the same images, in order."""
+    import numpy as np
+
+    n = len(images)
+    cols = max(1, min(cols, n))
+    nrows = max(1, -(-n // cols))
+    cell = 1.5
+    fig = new_figure(0.4 + cols * cell, 0.7 + nrows * (cell + 0.35))
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        img = np.asarray(images[i], dtype=np.float64)
+        ax.imshow(_as_picture(img, 0.0, pixel_max), cmap="gray", vmin=0.0, vmax=pixel_max,
+                  interpolation="nearest")
+        r = rows[i]
+        name = Path(r["path"].split("[")[0]).name + (r["path"][len(r["path"].split("[")[0]):])
+        ax.set_title(f"{r['class']} {100 * r['score']:.1f}%\n{name[:22]}", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

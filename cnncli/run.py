@@ -202,11 +202,10 @@ def _leftover(name: str) -> bool:
     return name == LOCK_NAME or bool(_STALE_TMP.match(name))
 
 
-def run_meta(cfg: dict, trainer, config_name: str) -> dict:
-    """What every checkpoint of a run carries besides the trainer's own state: the resolved
-    config, the input shape, the class names and the config's name."""
-    return {"config": cfg, "input_shape": list(trainer.data.input_shape),
-            "class_names": trainer.data.class_names, "config_name": config_name}
+def run_meta(cfg: dict, config_name: str) -> dict:
+    """What every checkpoint of a run carries besides the trainer's own state (which adds the
+    input description): the resolved config and the config's name."""
+    return {"config": cfg, "config_name": config_name}
 
 
 def train_epochs(trainer, run: RunDir, config_name: str, run_epoch=None, on_epoch=None) -> None:
@@ -221,7 +220,7 @@ def train_epochs(trainer, run: RunDir, config_name: str, run_epoch=None, on_epoc
 
     from cnncli.plots import plot_run_curves
 
-    meta = run_meta(trainer.cfg, trainer, config_name)
+    meta = run_meta(trainer.cfg, config_name)
     # A diverging run overflows on its way to the non-finite loss that stops it: no warnings.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while trainer.epoch < trainer.epochs and not trainer.should_stop_early():

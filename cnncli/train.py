@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 
 from cnncli.data import Dataset, load_dataset, one_hot
-from cnncli.errors import TrainingError
+from cnncli.data.augment import augment, is_active
+from cnncli.errors import ConfigError, TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
 from cnncli.network import Network, build_network
 from cnncli.optim import OPTIMIZERS
@@ -84,23 +85,42 @@ def learning_rate_at(training: dict, epoch: int) -> float:
 
 
 def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
-    """Mean loss, accuracy and predictions of ``net`` on one split, in chunks of EVAL_BATCH."""
+    """Mean loss, accuracy and predictions of ``net`` on one split, in chunks of EVAL_BATCH,
+    in eval mode (the network's mode is restored afterwards)."""
     x, y = data.split(split)
     total, preds = 0.0, np.empty(len(y), dtype=np.int64)
-    for i in range(0, len(y), EVAL_BATCH):
-        xb = data.images(x[i:i + EVAL_BATCH], dtype)
-        yb = y[i:i + EVAL_BATCH]
-        out = net.forward(xb)
-        total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
-        preds[i:i + len(yb)] = out.argmax(axis=1)
+    was_training = net.training
+    net.eval()
+    try:
+        for i in range(0, len(y), EVAL_BATCH):
+            xb = data.images(x[i:i + EVAL_BATCH], dtype)
+            yb = y[i:i + EVAL_BATCH]
+            out = net.forward(xb)
+            total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
+            preds[i:i + len(yb)] = out.argmax(axis=1)
+    finally:
+        if was_training:
+            net.train()
     return {"loss": total / len(y), "accuracy": float((preds == y).mean()), "predictions": preds}
+
+
+def single_value_batch_norm(net: Network, batch: int) -> str | None:
+    """The first batch_norm layer that a train-mode batch of ``batch`` samples would give a
+    single value per channel (no variance), as ``network[i] (batch_norm)``; None if none."""
+    shape = net.input_shape
+    for i, layer in enumerate(net.layers):
+        if layer.type_name == "batch_norm" and batch * int(np.prod(shape[1:])) < 2:
+            return f"network[{i}] (batch_norm)"
+        shape = layer.output_shape(shape)
+    return None
 
 
 class Trainer:
     """Owns the network, the optimizer and all training state of one run.
 
     ``epoch`` counts finished epochs; ``history`` holds one metrics row per finished epoch.
-    All randomness comes from the config's seed: stream 0 data, 1 initialisation, 2 shuffling.
+    All randomness comes from the config's seed: stream 0 data, 1 initialisation, 2 shuffling,
+    3 augmentation, 4 the network's own draws while training (dropout masks).
     """
 
     def __init__(self, cfg: dict, data: Dataset | None = None):
@@ -122,11 +142,45 @@ class Trainer:
             self.net.layers[0].needs_input_grad = True
         self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
         self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
+        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
+        self.noise_rng = np.random.default_rng([cfg["seed"], 4])
+        self.net.set_rng(self.noise_rng)
+        self._check_batches()
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": 0, "test_accuracy": -1.0}
         self.early = {"best_loss": math.inf, "bad_epochs": 0}
         self.stop_requested = False
+
+    def batch_sizes(self) -> list[int]:
+        """The sizes of one epoch's batches: the last one is smaller when batch_size does not
+        divide the training set, and dropped with ``training.drop_last`` (unless it is the
+        only one)."""
+        n, bs = len(self.data.y_train), self.cfg["training"]["batch_size"]
+        sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
+        if self.cfg["training"].get("drop_last") and len(sizes) > 1 and sizes[-1] < bs:
+            sizes.pop()
+        return sizes
+
+    def _check_batches(self) -> None:
+        """Refuse, before training, a batch that would give a batch_norm layer a single value
+        per channel in train mode (no variance), naming the layer and the fix."""
+        sizes = self.batch_sizes()
+        smallest = min(sizes)
+        where = single_value_batch_norm(self.net, smallest)
+        if where is None:
+            return
+        bs, n = self.cfg["training"]["batch_size"], len(self.data.y_train)
+        if n < 2:
+            fix = "train on at least 2 samples"
+        elif smallest < bs and len(sizes) > 1:
+            fix = "set training.drop_last: true to skip that last batch, or choose another batch_size"
+        else:
+            fix = "use a batch_size of at least 2"
+        raise ConfigError(f"{where}: a training batch of {smallest} sample(s) (the "
+                          f"{n} training samples in batches of {bs}) gives it a single value "
+                          f"per channel, which has no variance; {fix}")
 
     @property
     def epochs(self) -> int:
@@ -152,15 +206,20 @@ class Trainer:
         x, y = self.data.x_train, self.data.y_train
         n, bs = len(y), t["batch_size"]
         order = self.shuffle_rng.permutation(n) if t["shuffle"] else None
-        n_batches = -(-n // bs)
+        n_batches = len(self.batch_sizes())
+        n = min(n, n_batches * bs)  # the samples trained on (drop_last may skip the last few)
         loss_sum, correct = 0.0, 0
+        self.net.train()
         targets = np.eye(self.data.n_classes, dtype=self.dtype)  # row k: the one-hot target of class k
         for b in range(n_batches):
             if self.stop_requested:
                 raise Interrupted()
             sl = slice(b * bs, min((b + 1) * bs, n))
             idx = order[sl] if order is not None else sl
-            xb = self.data.images(x[idx], self.dtype)
+            xb = x[idx]
+            if self.augment is not None:  # the training batch only, on the stored images
+                xb = augment(xb, self.augment_rng, self.augment)
+            xb = self.data.images(xb, self.dtype)
             yb = y[idx]
             target = targets[yb]  # (B, n_classes), as one_hot(yb) but one gather
             out = self.net.forward(xb)
@@ -204,14 +263,27 @@ class Trainer:
         arrays = self.net.state_dict()
         arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
         meta = {
+            **self.input_description(),
             "epoch": self.epoch,
             "metrics": self.history[-1] if self.history else None,
             "history": self.history,
             "best": self.best,
             "early_stopping": self.early,
             "rng_state": self.shuffle_rng.bit_generator.state,
+            "augment_rng_state": self.augment_rng.bit_generator.state,
+            "noise_rng_state": self.noise_rng.bit_generator.state,
         }
         return arrays, meta
+
+    def input_description(self) -> dict:
+        """How to feed the model, for the checkpoint's meta: one sample's ``input_shape``
+        (C, H, W), the ``class_names``, the ``dtype`` it computes in, and how stored values
+        (the dataset's, e.g. 0-255 pixels) become its inputs: multiplied by ``input_scale``;
+        ``pixel_max`` is the stored value of a full-intensity pixel."""
+        d = self.data
+        return {"input_shape": [int(v) for v in d.input_shape], "class_names": list(d.class_names),
+                "dtype": self.dtype.name, "input_scale": float(d.scale),
+                "pixel_max": float(d.pixel_max)}
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
         params = {k: v for k, v in arrays.items() if k.startswith("layers.")}
@@ -225,3 +297,8 @@ class Trainer:
         state = meta.get("rng_state")
         if state is not None:
             self.shuffle_rng.bit_generator.state = state
+        if meta.get("augment_rng_state") is not None:
+            self.augment_rng.bit_generator.state = meta["augment_rng_state"]
+        state = meta.get("noise_rng_state")
+        if state is not None:
+            self.noise_rng.bit_generator.state = state

@@ -23,3 +23,15 @@ os.environ.setdefault("COLUMNS", "200")
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    """configs/digits.yaml's data (seed 0) as `cnn data export digits` writes it: an image folder
+    with digits' own train/ and test/ split."""
+    from cnncli.data import load_dataset
+    from cnncli.data.folder import export_folder
+
+    out = tmp_path_factory.mktemp("export") / "digits-folder"
+    export_folder(load_dataset({"name": "digits", "test_size": 0.25, "limit": None}, 0), out)
+    return out

@@ -174,11 +174,14 @@ def test_summary_table():
         assert text in result.output
 
 
-def test_gradcheck_command_passes_for_shipped_configs():
+def test_gradcheck_command_passes_for_shipped_configs(digits_folder, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path))  # the folder dataset's decoding cache
     for config in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in config.name:
             continue  # needs the MNIST files; tests/test_mnist.py covers them
-        result = cnn("gradcheck", config, "--max-entries", 20)
+        # folder-example.yaml trains on the folder `cnn data export digits` writes
+        sets = ["--set", f"data.path={digits_folder}"] if config.name == "folder-example.yaml" else []
+        result = cnn("gradcheck", config, "--max-entries", 20, *sets)
         assert result.exit_code == 0, (config, result.output)
         assert "FAIL" not in result.output and "pass" in result.output
 

@@ -85,7 +85,7 @@ BROKEN = {
     "output size != classes": (GOOD.replace("out_features: 4", "out_features: 3"), "but the shapes data has 4 classes"),
     "empty network": (GOOD.split("network:")[0] + "network: []\ntraining: {epochs: 1}\n", "network: must be a non-empty list"),
     "missing network": ("data: {name: shapes}\n", "network: is required"),
-    "unknown dataset": (GOOD.replace("name: shapes", "name: mnsit"), "data.name: must be one of shapes, digits, mnist, npz, got 'mnsit' (did you mean 'mnist'?)"),
+    "unknown dataset": (GOOD.replace("name: shapes", "name: mnsit"), "data.name: must be one of shapes, digits, mnist, npz, folder, got 'mnsit' (did you mean 'mnist'?)"),
     "bad dtype": (GOOD.replace("dtype: float64", "dtype: float16"), "training.dtype: must be one of float64, float32"),
     "not a mapping": ("- 1\n- 2\n", "must be a mapping with the sections"),
     "empty file": ("", "is empty"),
@@ -131,9 +131,12 @@ def test_non_utf8_and_huge_configs(tmp_path):
     assert result.exit_code == 1 and "a config may be at most" in result.output
 
 
-def test_shipped_configs_are_valid():
+def test_shipped_configs_are_valid(digits_folder, monkeypatch, tmp_path):
+    monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path))  # the folder dataset's decoding cache
     for path in sorted((ROOT / "configs").glob("*.yaml")):
-        cfg = load_config(path)
+        # folder-example.yaml trains on the folder `cnn data export digits` writes
+        sets = [f"data.path={digits_folder}"] if path.name == "folder-example.yaml" else []
+        cfg = load_config(path, sets)
         assert cfg["network"], path
 
 

@@ -140,6 +140,9 @@ MINIMAL_SPECS = {
     "softmax": ({}, (5,), (5,)),
     "max_pool2d": ({"kernel_size": 2}, (2, 6, 5), (2, 3, 2)),
     "avg_pool2d": ({"kernel_size": 3, "stride": 1}, (2, 6, 5), (2, 4, 3)),
+    "global_avg_pool2d": ({}, (3, 4, 5), (3,)),
+    "batch_norm": ({}, (3, 4, 5), (3, 4, 5)),
+    "dropout": ({"p": 0.3}, (5,), (5,)),
 }
 
 

@@ -35,7 +35,7 @@ def folder(tmp_path_factory):
     trainer, run = Trainer(cfg), RunDir.create(root / "interrupted", cfg)
     for _ in range(2):
         row = trainer.train_epoch()
-        run.save_epoch(trainer, run_meta(cfg, trainer, "base"), trainer.best["epoch"] == row["epoch"])
+        run.save_epoch(trainer, run_meta(cfg, "base"), trainer.best["epoch"] == row["epoch"])
     run.close()
     shutil.copytree(root / "interrupted", root / "running")
     failed = cnn("train", config, "--run-dir", root / "failed", "--lr", "1e300", "-q")

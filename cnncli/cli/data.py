@@ -1,14 +1,15 @@
-"""Dataset commands: ``cnn data download`` and ``cnn generate-shapes``."""
+"""Dataset commands: ``cnn data download``, ``cnn data export``, ``cnn data preview`` and
+``cnn generate-shapes``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail
+from cnncli.cli.app import app, cli_errors, console, escape, fail, offline_mode
 
 data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mnist",
                        no_args_is_help=True)
@@ -112,3 +113,103 @@ def generate_shapes(
         for i, name in enumerate(ds.class_names):
             table.add_row(name, str(i), str(int((ds.y_train == i).sum())), str(int((ds.y_test == i).sum())))
         console().print(table)
+
+
+EXPORTABLE = ("shapes", "digits", "mnist")
+
+
+@data_app.command("export")
+def export(
+    dataset: Annotated[str, typer.Argument(help="The dataset to write: shapes, digits or mnist.",
+                                           show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to create (must not exist, "
+                                      "or be empty).", show_default=False)],
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many images "
+                                                 "of each split (the first ones).")] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="The seed of the dataset's own split "
+                                      "(shapes, digits), as a config's seed.")] = 0,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+):
+    """Write a dataset as an image folder: OUT/train/<class>/<i>.png and OUT/test/<class>/<i>.png.
+
+    8-bit PNGs (stored values x 255 / pixel_max, rounded, clipped); <i> is the image's index in
+    its split, so the folder holds the same split as the dataset with the same seed. Train on it
+    with data: {name: folder, path: OUT}.
+
+    Example: cnn data export digits --out digits-folder
+    """
+    if dataset not in EXPORTABLE:
+        fail(f"unknown dataset {dataset!r}; datasets to export: {', '.join(EXPORTABLE)}", code=2)
+    offline_mode(offline)
+    with cli_errors():
+        from cnncli.data import DATASETS, load_dataset
+
+        cfg = {"name": dataset, **{k: f.default for k, f in DATASETS[dataset].fields.items()},
+               "limit": None}
+        ds = load_dataset(cfg, seed)
+        counts = _export_with_progress(ds, out, limit)
+        from rich.table import Table
+
+        table = Table(title=f"{out}: {counts['train'].sum():,} train, {counts['test'].sum():,} "
+                            f"test PNGs of {'x'.join(map(str, ds.input_shape))}")
+        for col in ("class folder", "train", "test"):
+            table.add_column(col, justify="left" if col == "class folder" else "right")
+        for i, name in enumerate(ds.class_names):
+            table.add_row(escape(name), str(counts["train"][i]), str(counts["test"][i]))
+        console().print(table)
+        console().print(f"Train on it with data: {{name: folder, path: {escape(str(out))}}}",
+                        soft_wrap=True)
+
+
+def _export_with_progress(ds, out, limit):
+    """export_folder with a progress bar on stderr when it is a terminal."""
+    from cnncli.data.folder import export_folder
+
+    err = console(stderr=True)
+    if not err.is_terminal:
+        return export_folder(ds, out, limit)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("writing PNGs"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("export", total=None)
+        return export_folder(ds, out, limit,
+                             lambda done, total: progress.update(task, completed=done, total=total))
+
+
+@data_app.command("preview")
+def preview(
+    config: Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The picture to write.")] = Path("preview.png"),
+    per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Images per class.")] = 8,
+    sets: Annotated[Optional[List[str]], typer.Option("--set", help="Override any config key, e.g. "
+                                                      "--set data.augment.flip=horizontal (repeatable).")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+):
+    """Draw training images as the network sees them (resized, augmented), a row per class.
+
+    The augmentation draws come from the config's seed, as in training.
+
+    Example: cnn data preview configs/folder-example.yaml -o grid.png
+    """
+    offline_mode(offline)
+    with cli_errors():
+        from functools import partial
+
+        import numpy as np
+
+        from cnncli.config import load_config
+        from cnncli.data import load_dataset
+        from cnncli.data.augment import augment, is_active
+        from cnncli.plots import plot_dataset_preview
+
+        cfg = load_config(config, list(sets or []))
+        ds = load_dataset(cfg["data"], cfg["seed"])
+        err = console(stderr=True)
+        for note in ds.notes:
+            err.print(escape(note), soft_wrap=True)
+        spec = cfg["data"]["augment"]
+        rng = np.random.default_rng([cfg["seed"], 3])  # the training's augmentation stream
+        transform = partial(augment, rng=rng, spec=spec) if is_active(spec) else None
+        path = plot_dataset_preview(out, ds, per_class, transform)
+        console().print(f"Wrote {escape(str(path))}", soft_wrap=True)

@@ -14,7 +14,9 @@ from cnncli.cli.app import app, cli_errors, console, fail, offline_mode
 def summary(
     config: Annotated[Path, typer.Argument(help="YAML config file.")],
 ):
-    """Validate a config and show its layers as built: output shapes and parameter counts.
+    """Validate a config and show its layers as built: output shapes, trainable parameter
+    counts and buffers (values saved with the model but not trained, such as batch norm's
+    running statistics).
 
     Example: cnn summary configs/mnist.yaml
     """
@@ -35,12 +37,15 @@ def summary(
         table.add_column("type")
         table.add_column("output shape")
         table.add_column("params", justify="right")
+        table.add_column("buffers", justify="right")
         for row in net.summary():
             table.add_row(str(row["index"]), row["type"], "x".join(map(str, row["output_shape"])),
-                          f"{row['params']:,}")
+                          f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
-        table.add_row("", "total", "", f"{net.num_params():,}")
+        table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
         console().print(table)
+        console().print(f"{net.num_params():,} trainable parameters; {net.num_buffers():,} buffer "
+                        "values (saved, not trained)", markup=False)
 
 
 @app.command()

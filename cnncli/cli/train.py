@@ -77,8 +77,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
         try:
             stored = validate(read_config_file(resume / "config.yaml"), str(resume / "config.yaml"))
             raw = dict(stored)
-            wanted = validate(apply_overrides(read_config_file(config), overrides), str(config)) \
-                if config is not None else validate(apply_overrides(raw, overrides), "overrides")
+            wanted = load_config(config, overrides) if config is not None else validate(apply_overrides(raw, overrides), "overrides")
             diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
             if diff:
                 raise ConfigError(f"cannot resume {resume}: the config differs from the run's in "
@@ -102,7 +101,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 
 
 def _fit(cfg, run, config_name, resume, quiet, trainer=None):
-    from cnncli.checkpoint import check_resumable, load_checkpoint
+    from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
     from cnncli.config import dump_config
     from cnncli.config import config_diff
     from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
@@ -122,7 +121,11 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         last = run.path / "last.npz"
         if last.exists():
             arrays, meta = load_checkpoint(last)
-            diff = [d for d in config_diff(meta["config"], cfg) if not d.startswith("training.epochs:")]
+            try:  # re-validated, so that keys added to cnncli since get their defaults
+                stored = checkpoint_config(last, meta)
+            except CheckpointError:
+                stored = meta["config"]  # as it is: the checks below name what does not fit
+            diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
             if diff:
                 raise CheckpointError(f"{last}: was written by another run (its config differs in "
                                       + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
@@ -133,7 +136,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                     f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
                     f"{len(meta['class_names'])} classes, but this run's data has "
                     f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
-            check_resumable(last, arrays, trainer.net.params)
+            check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
             try:
                 trainer.load_state(arrays, meta)
             except CheckpointError as exc:
@@ -150,6 +153,8 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "
             f"-> {run.path}")
+        for note in trainer.data.notes:  # files a folder dataset ignored or skipped
+            say(note)
 
     stop = {"count": 0}
 

@@ -3,14 +3,17 @@ came from. A config's ``data:`` section names one of ``DATASETS`` and sets its k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from cnncli.data.augment import check_spec as check_augment
+from cnncli.data.images import IMAGE_EXTENSIONS
 from cnncli.errors import DataError
-from cnncli.schema import REQUIRED, Field, SchemaError, boolean, integer, number, optional, string
+from cnncli.schema import (REQUIRED, Field, SchemaError, boolean, choice, integer, number, optional,
+                           string)
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Dataset:
     class_names: list[str]
     scale: float = 1.0
     pixel_max: float = 1.0
+    notes: list[str] = field(default_factory=list)  # lines for the user: files ignored or skipped
 
     @property
     def input_shape(self) -> tuple:
@@ -127,6 +131,53 @@ def _load_npz(cfg: dict, seed: int) -> Dataset:
     return load_npz(Path(cfg["path"]))
 
 
+# ---------------------------------------------------------------- folder
+def _size(v):
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise SchemaError(f"must be [H, W], two integers >= 1, got {v!r}"[:120])
+    return [integer(1, 65535)(d) for d in v]
+
+
+def _extensions(v):
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(e, str) and e.strip(".")
+                                                            for e in v):
+        raise SchemaError(f"must be a list of file extensions like [png, jpg], got {v!r}"[:120])
+    return [e.lower().lstrip(".") for e in v]
+
+
+def _decoded_folder(cfg: dict):
+    from cnncli.data.folder import decode_folder
+
+    return decode_folder(Path(cfg["path"]).expanduser(), tuple(cfg["size"]) if cfg["size"] else None,
+                         cfg["channels"], tuple(cfg["extensions"]), cfg["skip_bad"])
+
+
+def _describe_folder(cfg: dict):
+    d = _decoded_folder(cfg)
+    return tuple(d.x.shape[1:]), len(d.class_names)
+
+
+def _load_folder(cfg: dict, seed: int) -> Dataset:
+    """The decoded folder split: ``path/train`` and ``path/test`` when both exist, else a
+    stratified split with ``test_size``; ``limit`` then draws a stratified subset of the
+    training images (both from the seed's data stream)."""
+    from cnncli.data.folder import notes, stratified_subset
+    from cnncli.data.split import train_test_indices
+
+    d = _decoded_folder(cfg)
+    rng = _rng(seed)
+    if d.has_test:
+        tr, te = np.flatnonzero(~d.is_test), np.flatnonzero(d.is_test)
+    else:
+        tr, te = train_test_indices(len(d.y), cfg["test_size"], rng, d.y)
+    if cfg.get("limit") is not None:
+        tr = tr[stratified_subset(d.y[tr], cfg["limit"], rng)]
+    return Dataset(d.name, d.x[tr], d.y[tr], d.x[te], d.y[te], list(d.class_names), 1 / 255,
+                   255.0, notes(d))
+
+
 DATASETS: dict[str, DatasetKind] = {
     "shapes": DatasetKind(
         {"n": Field(500, integer(2, 10_000_000)), "noise": Field(0.25, number(0.0, strict=False)),
@@ -145,9 +196,16 @@ DATASETS: dict[str, DatasetKind] = {
         {"path": Field(REQUIRED, _path)},
         _describe_npz, _load_npz,
         "your own arrays: x_train, y_train, x_test, y_test in a .npz"),
+    "folder": DatasetKind(
+        {"path": Field(REQUIRED, _path), "size": Field(None, optional(_size)),
+         "channels": Field(None, optional(choice(1, 3))), "test_size": Field(0.2, _fraction),
+         "extensions": Field(list(IMAGE_EXTENSIONS), _extensions), "skip_bad": Field(False, boolean)},
+        _describe_folder, _load_folder,
+        "your own images: path/<class name>/<image files> (or path/train/... and path/test/...)"),
 }
 
-COMMON_FIELDS = {"limit": Field(None, optional(integer(1)))}
+COMMON_FIELDS = {"limit": Field(None, optional(integer(1))),
+                 "augment": Field(None, check_augment)}
 
 
 def dataset_fields(name: str) -> dict[str, Field]:
@@ -155,7 +213,8 @@ def dataset_fields(name: str) -> dict[str, Field]:
 
 
 def load_dataset(cfg: dict, seed: int) -> Dataset:
-    """cfg: the resolved ``data:`` section. ``limit`` keeps the first N training samples."""
+    """cfg: the resolved ``data:`` section. ``limit`` keeps the first N training samples (a
+    folder dataset draws a stratified subset itself)."""
     ds = DATASETS[cfg["name"]].load(cfg, seed)
     limit = cfg.get("limit")
     if limit is not None:

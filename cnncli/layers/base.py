@@ -44,18 +44,27 @@ class Layer:
 
     ``params`` and ``grads`` have the same keys and shapes; ``backward`` writes ``grads``
     and the optimizer updates ``params`` in place, or ``backward_sgd`` does both in one pass
-    (what training with plain SGD runs). Shapes given without the batch axis (``in_shape``)
-    describe one sample.
+    (what training with plain SGD runs). ``buffers`` hold state that is saved and restored but
+    never trained (batch norm's running statistics): optimizers and weight decay never see
+    them. ``training`` is the mode (``Network.train()`` / ``Network.eval()``): layers such as
+    batch norm and dropout behave differently in the two. Shapes given without the batch axis
+    (``in_shape``) describe one sample.
     """
 
     type_name = "layer"
     # Set to False by the network on its first layer: nobody uses that input gradient
     # (the trainer's reference path sets it back to True, as the seed computes it).
     needs_input_grad: bool = True
+    training: bool = True
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Hand the layer the generator it draws from while training (dropout's masks);
+        layers that draw nothing ignore it."""
 
     @classmethod
     def from_spec(cls, spec: dict, in_shape: tuple, rng: np.random.Generator, dtype) -> "Layer":

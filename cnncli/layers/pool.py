@@ -128,3 +128,30 @@ class AvgPool2D(_Pool2D):
             for j in range(k):
                 dx[:, :, i:i + s * (p - 1) + 1:s, j:j + s * (q - 1) + 1:s] += share
         return dx
+
+
+@register("global_avg_pool2d")
+class GlobalAvgPool2D(Layer):
+    """Mean of each channel over all its positions.
+
+    Shape:
+        x:   (N, C, H, W)
+        out: (N, C)
+    """
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ConfigError(f"needs an input of shape (C, H, W), got {'x'.join(map(str, in_shape))}")
+        return (in_shape[0],)
+
+    def forward(self, x):
+        self._shape = x.shape
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dout):
+        """dout: (N, C) -> dx: (N, C, H, W), each position getting dout / (H * W)"""
+        if not self.needs_input_grad:
+            return None
+        n, c, h, w = self._shape
+        share = dout / (h * w)
+        return np.broadcast_to(share[:, :, None, None], self._shape).copy()

@@ -1,0 +1,148 @@
+"""``cnn predict``: what a trained model says about new images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+from typing_extensions import Annotated
+
+from cnncli.cli.app import app, cli_errors, console, escape, fail
+
+PLOT_LIMIT = 64  # images drawn by --plot
+
+
+@app.command("predict")
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(
+        metavar="CHECKPOINT", help="A checkpoint .npz (a run's best.npz or last.npz).",
+        show_default=False)],
+    paths: Annotated[List[Path], typer.Argument(
+        metavar="PATH...", help="Image files, folders (searched recursively) or .npz files of "
+                                "stored images (array x or x_test).", show_default=False)],
+    top: Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="K",
+                                     help="Classes shown per image, best first.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
+    csv_out: Annotated[Optional[Path], typer.Option(
+        "--csv", metavar="FILE", help="Also write the predictions as CSV.", show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", metavar="FILE", help=f"Also draw the first {PLOT_LIMIT} images with their "
+                                       "predictions (.png).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N",
+                                            help="Images scored at once.")] = 256,
+    skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Skip image files that cannot be decoded (their count and first "
+                           "names are printed) instead of stopping.")] = False,
+    size: Annotated[Optional[Tuple[int, int]], typer.Option(
+        "--size", metavar="H W", help="The model's image size, for a checkpoint that does not "
+                                      "record it.", show_default=False)] = None,
+    channels: Annotated[Optional[int], typer.Option(
+        "--channels", metavar="C", help="The model's channel count (1 or 3), for a checkpoint "
+                                        "that does not record it.", show_default=False)] = None,
+    pixel_max: Annotated[Optional[float], typer.Option(
+        "--pixel-max", metavar="V", help="The stored value of a full-intensity pixel (255 for "
+                                         "8-bit images); replaces the checkpoint's.",
+        show_default=False)] = None,
+    input_scale: Annotated[Optional[float], typer.Option(
+        "--input-scale", metavar="S", help="The factor from stored values to network inputs; "
+                                           "replaces the checkpoint's.", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
+):
+    """Predict the class of images with a trained model.
+
+    Images are decoded and converted as an image-folder dataset does, resized to the model's
+    size, and scaled as in training: all from the checkpoint. The scores are the model's
+    probabilities, the same numbers its ONNX export (cnn export) outputs.
+
+    Examples:
+
+      cnn predict runs/digits/best.npz photo.png
+
+      cnn predict runs/digits/best.npz my-images/ --top-k 3 --csv predictions.csv
+
+      cnn predict runs/digits/best.npz test.npz --json
+    """
+    if channels is not None and channels not in (1, 3):
+        fail(f"--channels must be 1 or 3, got {channels}", code=2)
+    if size is not None and min(size) < 1:
+        fail(f"--size must be two integers >= 1 (H W), got {size[0]} {size[1]}", code=2)
+    with cli_errors():
+        _predict(checkpoint, paths, top, as_json, csv_out, plot, batch_size, skip_bad, size,
+                 channels, pixel_max, input_scale, quiet)
+
+
+def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad, size, channels,
+             pixel_max, input_scale, quiet):
+    from cnncli import predict as pr
+    from cnncli.checkpoint import load_network
+    from cnncli.train import blas_threads
+
+    net, cfg, meta, _ = load_network(checkpoint)
+    spec = pr.model_input(checkpoint, meta, net, size, channels, pixel_max, input_scale)
+    inputs = pr.collect(paths, spec.shape)
+    err = console(stderr=True)
+    interactive = err.is_terminal and not quiet and not as_json
+    with blas_threads(cfg["training"].get("threads")):
+        if interactive and len(inputs.items) > batch_size:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            with Progress("predict", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=err, transient=True) as progress:
+                task = progress.add_task("predict", total=len(inputs.items))
+                result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
+                                lambda n: progress.advance(task, n),
+                                PLOT_LIMIT if plot else 0)
+        else:
+            result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
+                            keep_images=PLOT_LIMIT if plot else 0)
+    rows, skipped, resized, kept = result
+
+    def note(text):
+        if not quiet:
+            err.print(escape(text), soft_wrap=True)
+
+    if skipped:
+        names = ", ".join(item.name for item, _ in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        note(f"Skipped {len(skipped)} image file(s) that could not be decoded: {names}{more}")
+    if resized:
+        h, w = spec.shape[1:]
+        note(f"Note: {resized} image(s) were resized to the model's {h}x{w}")
+    if inputs.ignored:
+        note(f"Note: {inputs.ignored} file(s) in the given folders are not images and were ignored")
+    if csv_out is not None:
+        from cnncli.run import write_text_atomic
+
+        if csv_out.is_dir():
+            raise OSError(21, "is a directory", str(csv_out))
+        write_text_atomic(csv_out, pr.csv_text(rows, k))
+        note(f"Wrote {csv_out} ({len(rows)} rows)")
+    if plot is not None:
+        from cnncli.plots import plot_predictions
+
+        shown = min(len(kept), len(rows))
+        written = plot_predictions(plot, kept[:shown], rows[:shown], spec.pixel_max,
+                                   f"{checkpoint}: predictions for {shown} of {len(rows)} images")
+        note(f"Wrote {written}")
+    if as_json:
+        print(json.dumps(rows))
+        return
+    _table(rows, k)
+
+
+def _table(rows, k):
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} prediction(s)")
+    table.add_column("path", overflow="fold")
+    table.add_column("prediction")
+    table.add_column("score", justify="right")
+    extra = min(k, max((len(r["top"]) for r in rows), default=1)) - 1
+    for i in range(extra):
+        table.add_column("runner-up" if extra == 1 else f"#{i + 2}")
+    for r in rows:
+        table.add_row(r["path"], r["class"], f"{100 * r['score']:.2f}%",
+                      *[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:]])
+    console().print(table)
