@@ -306,6 +306,41 @@ def test_on_a_terminal_a_live_table_shows_the_trials(tmp_path):
     assert "Sweep s: 2 trials (2 complete); best: trial" in text
 
 
+def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(tmp_path):
+    """Trials use the same Trainer as cnn train, so every config works in a sweep: here an
+    image folder (with augmentation), batch normalisation and a swept dropout rate."""
+    folder = tmp_path / "digits-folder"
+    result = cnn("data", "export", "digits", "--out", folder, "--limit", 120)
+    assert result.exit_code == 0, result.output
+    base = {"seed": 0,
+            "data": {"name": "folder", "path": str(folder), "augment": {"crop_padding": 1}},
+            "network": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3},
+                        {"type": "batch_norm"}, {"type": "relu"}, {"type": "flatten"},
+                        {"type": "dropout", "p": 0.2},
+                        {"type": "dense", "out_features": 10}],
+            "training": {"epochs": 2, "batch_size": 16, "loss": "cross_entropy",
+                         "drop_last": True}}
+    (tmp_path / "folder.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+    sweep = {"base": "folder.yaml", "trials": 2, "sampler": "random",
+             "space": {"network.4.p": {"low": 0.1, "high": 0.5},
+                       "training.learning_rate": {"low": 0.01, "high": 0.2, "log": True}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    out = tmp_path / "out"
+    result = cnn("sweep", "run", tmp_path / "sweep.yaml", "--sweep-dir", out, "-q")
+    assert result.exit_code == 0, result.output
+    rows = read_csv(out / "trials.csv")
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    for r in rows:
+        cfg = yaml.safe_load((out / r["run_dir"] / "config.yaml").read_text())
+        assert cfg["network"][4]["p"] == float(r["network.4.p"])
+        assert cnn("eval", out / r["run_dir"] / "best.npz").exit_code == 0
+    again = tmp_path / "again"
+    assert cnn("train", out / "best.yaml", "--run-dir", again, "-q").exit_code == 0
+    best = max(rows, key=lambda r: (float(r["value"]), -int(r["number"])))
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(metrics(again)) == drop(metrics(out / best["run_dir"]))
+
+
 # ---------------------------------------------------------------- determinism
 @pytest.mark.parametrize("sampler", ["random", "grid"])
 def test_same_sweep_same_seed_same_trials(tmp_path, sampler):
