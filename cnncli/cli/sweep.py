@@ -58,7 +58,7 @@ def run(
         spec = load_sweep(sweep_file, trials)
         path = sweep_dir if sweep_dir is not None else default_run_dir(sweep_file)
         path, spec = prepare(spec, path, url, study)
-        _run(path, spec, url, workers, quiet, joined=False)
+        _run(path, spec, url, workers, quiet)
 
 
 @sweep_app.command("resume")
@@ -88,7 +88,7 @@ def resume(
         url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
         if trials is not None:
             spec = set_trial_count(sweep_dir, trials)
-        _run(sweep_dir, spec, url, workers, quiet, joined=True)
+        _run(sweep_dir, spec, url, workers, quiet)
 
 
 @sweep_app.command("show")
@@ -156,8 +156,9 @@ def _read_sweep_dir(sweep_dir: Path, read_sweep) -> dict:
     return spec
 
 
-def _run(path: Path, spec: dict, url, workers: int, quiet: bool, joined: bool):
+def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
     from cnncli.sweep.driver import run_workers
+    from cnncli.sweep.report import best_row, trial_rows
 
     out, err = console(), console(stderr=True)
     interactive = out.is_terminal and not quiet
@@ -173,8 +174,6 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool, joined: bool):
     printed: set[int] = set()
 
     def print_finished(trials):
-        from cnncli.sweep.report import trial_rows
-
         for r in trial_rows(trials, spec):
             if r["state"] != "RUNNING" and r["number"] not in printed:
                 printed.add(r["number"])
@@ -185,8 +184,6 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool, joined: bool):
         if interactive:
             from rich.live import Live
 
-            from cnncli.sweep.report import trial_rows
-
             with Live(console=out, refresh_per_second=4, transient=False) as live:
                 result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
                                      on_update=lambda t: live.update(
@@ -196,8 +193,6 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool, joined: bool):
                                  on_update=None if quiet else print_finished)
     finally:
         signal.signal(signal.SIGINT, previous)
-    from cnncli.sweep.report import best_row, trial_rows
-
     rows = trial_rows(result["trials"], spec)
     command = f"cnn sweep resume {path}"
     if result["outcome"] == "interrupted":
