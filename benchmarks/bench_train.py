@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""Time training steps of a cnncli config: cnncli's fast path, its reference path and PyTorch.
+"""Time training steps of a cnncli config: cnncli (its trainer and its Python API loop) against
+PyTorch at every thread count, each measurement in its own fresh interpreter.
 
 Each implementation trains the network of ``--config`` on synthetic random images of the
 config's input shape (MNIST files are not needed), starting from the same weights, with the
 config's loss and optimizer. cnncli runs through ``Trainer.train_epoch`` (the loop ``cnn train``
-runs); PyTorch runs the same steps with ``torch.nn`` layers holding copies of the weights.
-The implementations are interleaved across repetitions and the table shows medians.
+runs) and through the README's API loop (forward, loss gradient, backward, optimizer step);
+PyTorch runs the same steps with ``torch.nn`` layers holding copies of the weights, with
+``torch.set_num_threads(t)`` for every t from 1 to the number of cores. Every measurement is a
+fresh process (nothing shared: imports, thread pools, caches), the processes are interleaved
+over ``--repeat`` rounds, each process reports the median of its timed chunks, and the table
+shows the median of those per-process medians and the ratio to PyTorch's fastest setting.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
-        python benchmarks/bench_train.py --config configs/mnist.yaml --steps 1000
+        python benchmarks/bench_train.py --dtype float64,float32 [--busy]
 
 See benchmarks/README.md.
 """
@@ -16,10 +21,12 @@ See benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,26 +42,45 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(ROOT / "configs" / "mnist.yaml"),
                     help="cnncli YAML config whose network, loss and optimizer are timed")
-    ap.add_argument("--steps", type=int, default=1000, help="training steps per repetition")
-    ap.add_argument("--reference-steps", type=int, default=None,
-                    help="steps per repetition for the slow reference path (default: steps/5)")
+    ap.add_argument("--steps", type=int, default=200, help="training steps per timed chunk")
+    ap.add_argument("--chunks", type=int, default=5,
+                    help="timed chunks per process (the process reports their median)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="processes per measurement, interleaved (the table shows their median)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     ap.add_argument("--dtype", default=None,
                     help="float64, float32 or both as 'float64,float32' (default: the config's)")
-    ap.add_argument("--threads", type=int, default=1, help="BLAS / PyTorch threads (default 1)")
-    ap.add_argument("--repeat", type=int, default=5, help="repetitions (the median is shown)")
-    ap.add_argument("--impls", default="fast,reference,torch",
-                    help="comma-separated subset of fast, reference, torch")
+    ap.add_argument("--impls", default="fast,api,torch",
+                    help="comma-separated subset of fast (the trainer), api (the README's loop), "
+                         "reference (the seed's algorithm), torch")
+    ap.add_argument("--cnncli-threads", default="default,1",
+                    help="cnncli thread policies to time: 'default' (training.threads unset) "
+                         "and/or counts, e.g. 'default,1,2'")
+    ap.add_argument("--torch-threads", default=None,
+                    help="PyTorch thread counts, e.g. '1,2' (default: 1 to the number of cores)")
+    ap.add_argument("--busy", type=int, nargs="?", const=1, default=0,
+                    help="keep this many other processes spinning while measuring (default 1)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = ap.parse_args(argv)
-    for name in ("steps", "threads", "repeat"):
+    if args.child:
+        return args
+    for name in ("steps", "chunks", "repeat"):
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
-    if args.reference_steps is None:
-        args.reference_steps = max(20, args.steps // 5)
     args.impls = [s.strip() for s in args.impls.split(",") if s.strip()]
-    unknown = set(args.impls) - {"fast", "reference", "torch"}
+    unknown = set(args.impls) - {"fast", "api", "reference", "torch"}
     if unknown:
         ap.error(f"--impls: unknown {', '.join(sorted(unknown))}")
+    try:
+        args.cnncli_threads = [None if t.strip() == "default" else int(t)
+                               for t in args.cnncli_threads.split(",")]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        args.torch_threads = ([int(t) for t in args.torch_threads.split(",")] if args.torch_threads
+                              else list(range(1, (cores or 1) + 1)))
+    except ValueError as exc:
+        ap.error(f"thread counts: {exc}")
+    if any(t is not None and t < 1 for t in args.cnncli_threads + args.torch_threads):
+        ap.error("thread counts must be >= 1")
     return args
 
 
@@ -90,16 +116,15 @@ def synthetic(in_shape, n_classes, n, seed):
 
 
 class CnncliRunner:
-    """``steps`` training steps of ``Trainer.train_epoch`` (plus one 1-sample evaluation)."""
+    """``steps`` training steps of ``Trainer.train_epoch`` (plus one 1-sample evaluation),
+    with the thread policy ``training.threads = threads`` (None: unset, cnncli's default)."""
 
-    def __init__(self, cfg, impl, data, warm):
+    def __init__(self, cfg, impl, data, warm, threads):
         from cnncli.train import Trainer
 
-        cfg = {**cfg, "training": {**cfg["training"], "impl": impl}}  # threads: set by main
-        self.name = f"cnncli {impl}"
+        cfg = {**cfg, "training": {**cfg["training"], "impl": impl, "threads": threads}}
         self.trainer = Trainer(cfg, data=data)
         self.data, self.warm = data, warm
-        self.steps = -(-len(data.y_train) // cfg["training"]["batch_size"])
 
     def warm_up(self):
         self.trainer.data = self.warm
@@ -112,6 +137,53 @@ class CnncliRunner:
         return time.perf_counter() - start
 
 
+class ApiRunner:
+    """The README's Python API loop: ``out = net.forward(x); net.backward(loss.gradient(out,
+    y)); opt.step(net)``, plus the loss value, on the same batches. No thread setting at all
+    for the default policy, as a user writes it; ``with cnncli.threads(n)`` otherwise."""
+
+    def __init__(self, cfg, data, warm, threads):
+        import cnncli
+        from cnncli.train import make_loss, make_optimizer
+
+        t = cfg["training"]
+        self.dtype = np.dtype(t["dtype"])
+        self.net = _fresh_net(cfg, data.input_shape, self.dtype)
+        self.loss, self.opt = make_loss(t, self.net), make_optimizer(t)
+        self.bs = t["batch_size"]
+        self.targets = np.eye(data.n_classes, dtype=self.dtype)
+        self.data, self.warm = data, warm
+        self.threads = threads
+        self.context = cnncli.threads(threads) if threads is not None else None
+
+    def warm_up(self):
+        self._epoch(self.warm)
+
+    def run(self) -> float:
+        start = time.perf_counter()
+        self._epoch(self.data)
+        return time.perf_counter() - start
+
+    def _epoch(self, data):
+        if self.context is not None:
+            with self.context:
+                return self._steps(data)
+        return self._steps(data)
+
+    def _steps(self, data):
+        net, loss, opt = self.net, self.loss, self.opt
+        x, y = data.x_train, data.y_train
+        total = 0.0
+        for i in range(0, len(y), self.bs):
+            xb = data.images(x[i:i + self.bs], self.dtype)
+            target = self.targets[y[i:i + self.bs]]
+            out = net.forward(xb)
+            total += loss(out, target)
+            net.backward(loss.gradient(out, target))
+            opt.step(net)
+        return total
+
+
 class TorchRunner:
     """The same network in torch.nn, the same weights, loss, optimizer and batches."""
 
@@ -119,7 +191,6 @@ class TorchRunner:
         import torch
 
         self.torch = torch
-        self.name = "PyTorch"
         self.model = torch_model(net, dtype)
         self.dtype = torch_dtype(dtype)
         self.loss = torch_loss(cfg["training"], net)
@@ -268,8 +339,7 @@ def blas_lines():
     """One line per BLAS/OpenMP library in the process: kernel and thread count in use."""
     from threadpoolctl import threadpool_info
 
-    owners = {"numpy.libs": "NumPy's: matrix products", "scipy.libs": "SciPy's: the in-place SGD updates, "
-              "1 thread while cnncli trains", "torch": "PyTorch's OpenMP"}
+    owners = {"numpy.libs": "NumPy's: matrix products", "scipy.libs": "SciPy's: the in-place SGD updates", "torch": "PyTorch's OpenMP"}
     lines = []
     for lib in sorted(threadpool_info(), key=lambda lib: lib.get("filepath", "")):
         path = Path(lib.get("filepath", "?"))
@@ -280,97 +350,182 @@ def blas_lines():
     return lines
 
 
+# ----------------------------------------------------------------------------- one process
+def child(spec: dict) -> dict:
+    """One measurement in this (fresh) process: warm up, then ``chunks`` timed chunks of
+    ``steps`` steps; returns seconds per step of each chunk and the BLAS setup in use."""
+    import cnncli
+
+    cfg, in_shape, n_classes, _ = load_setup(spec["config"], spec["batch_size"])
+    dtype = np.dtype(spec["dtype"])
+    cfg["training"]["dtype"] = dtype.name
+    bs = cfg["training"]["batch_size"]
+    if spec["impl"] == "check":
+        return {"check": agreement(cfg, in_shape, n_classes, dtype)}
+    steps = spec["steps"]
+    data = synthetic(in_shape, n_classes, steps * bs, seed=1)
+    warm = synthetic(in_shape, n_classes, min(steps, 20) * bs, seed=2)
+    threads = spec["threads"]
+    out = {}
+    if spec["impl"] == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        runner = TorchRunner(cfg, _fresh_net(cfg, in_shape, dtype), data, warm, dtype)
+        runner.warm_up()
+        out["blas"] = blas_lines() + [
+            f"  torch {torch.__version__}: BLAS {'MKL' if torch.backends.mkl.is_available() else 'other'}"
+            f", CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+            f"num_threads {torch.get_num_threads()}"]
+    else:
+        if spec["impl"] == "api":
+            runner = ApiRunner(cfg, data, warm, threads)
+        else:
+            runner = CnncliRunner(cfg, spec["impl"], data, warm, threads)
+        runner.warm_up()
+        from cnncli import parallel
+
+        with cnncli.threads(threads):  # what cnncli's own calls run with
+            out["blas"] = blas_lines() + [
+                f"  cnncli's pool: {parallel.pool_workers(threads)} thread(s) beside the caller"]
+    times = []
+    for _ in range(spec["chunks"]):
+        times.append(runner.run() / steps)
+    out["times"] = times
+    return out
+
+
+def run_child(spec: dict) -> dict:
+    """``child(spec)`` in a fresh interpreter with this one's environment."""
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"measurement {spec} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the table
+def label(case) -> str:
+    impl, threads = case[1], case[2]
+    if impl == "torch":
+        return f"PyTorch, {threads} thread{'s' if threads > 1 else ''}"
+    name = {"fast": "cnncli trainer", "api": "cnncli API loop", "reference": "cnncli reference"}[impl]
+    return f"{name}, " + ("default" if threads is None else f"threads {threads}")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    from threadpoolctl import threadpool_limits
-
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return 0
     import cnncli
 
     cfg, in_shape, n_classes, n_train = load_setup(args.config, args.batch_size)
-    cfg["training"]["threads"] = args.threads  # Trainer.train_epoch applies it
     bs = cfg["training"]["batch_size"]
-    dtypes = [np.dtype(d.strip()) for d in (args.dtype or cfg["training"]["dtype"]).split(",")]
+    dtypes = [np.dtype(d.strip()).name for d in (args.dtype or cfg["training"]["dtype"]).split(",")]
     steps_per_epoch = -(-n_train // bs)
-
     impls = list(args.impls)
-    torch = None
+    torch_version = None
     if "torch" in impls:
         try:
-            import torch
-        except ImportError:
+            import importlib.metadata
+
+            torch_version = importlib.metadata.version("torch")
+        except importlib.metadata.PackageNotFoundError:
             print("PyTorch is not installed (pip install '.[bench]'): timing cnncli only")
             impls.remove("torch")
-    if torch is not None:
-        torch.set_num_threads(args.threads)
+
+    cases = []
+    for dtype in dtypes:
+        for impl in ("fast", "api", "reference"):
+            if impl in impls:
+                cases += [(dtype, impl, t) for t in args.cnncli_threads]
+        if "torch" in impls:
+            cases += [(dtype, "torch", t) for t in args.torch_threads]
 
     print(f"config {args.config}: batch {bs}, input {'x'.join(map(str, in_shape))}, "
           f"{n_classes} classes, {steps_per_epoch} steps per epoch, loss {cfg['training']['loss']}, "
           f"optimizer {cfg['training']['optimizer']['name']}")
     print(f"cnncli {cnncli.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
-          + (f", torch {torch.__version__}" if torch is not None else "")
+          + (f", torch {torch_version}" if torch_version else "")
           + f", {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS"):
         if var in os.environ:
             print(f"  note: {var}={os.environ[var]} is set"
                   + (" (it changes the OpenBLAS kernel; see benchmarks/README.md)"
                      if var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") else ""))
+    print(f"{len(cases)} measurements x {args.repeat} rounds, each a fresh process: warm-up, then "
+          f"{args.chunks} chunks of {args.steps} steps (the process reports their median)")
 
-    rows, shown = [], False
-    for dtype in dtypes:
-        cfg_d = {**cfg, "training": {**cfg["training"], "dtype": dtype.name}}
-        data = synthetic(in_shape, n_classes, args.steps * bs, seed=1)
-        ref_data = synthetic(in_shape, n_classes, args.reference_steps * bs, seed=1)
-        warm = synthetic(in_shape, n_classes, min(args.steps, 20) * bs, seed=2)
-        runners = []
-        for impl in impls:
-            if impl in ("fast", "reference"):
-                runners.append(CnncliRunner(cfg_d, impl, data if impl == "fast" else ref_data, warm))
-        if "torch" in impls:
-            net = runners[0].trainer.net if runners else _fresh_net(cfg_d, in_shape, dtype)
-            runners.append(TorchRunner(cfg_d, net, data, warm, dtype))
-        # Limit threads only now: every BLAS library the runners use is loaded (a library
-        # loaded inside threadpool_limits would keep its default thread count).
-        with threadpool_limits(limits=args.threads):
-            if not shown:
-                shown = True
-                print(f"threads {args.threads}; BLAS libraries loaded:")
-                print("\n".join(blas_lines()))
-                if torch is not None:
-                    print(f"  torch: BLAS {'MKL' if torch.backends.mkl.is_available() else 'other'}, "
-                          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-                          f"num_threads {torch.get_num_threads()}")
-            for r in runners:
-                r.warm_up()
-            times = {r.name: [] for r in runners}
-            for rep in range(args.repeat):
-                k = rep % len(runners)
-                for r in runners[k:] + runners[:k]:  # a different order every repetition
-                    times[r.name].append(r.run() / r.steps)
-            check = agreement(cfg_d, in_shape, n_classes, dtype) if torch is not None else None
-        med = {name: statistics.median(v) for name, v in times.items()}
-        for r in runners:
-            rows.append((dtype.name, r.name, r.steps, med[r.name], min(times[r.name]),
-                         max(times[r.name]), med.get("PyTorch"), med.get("cnncli reference")))
-        if check is not None:
-            rows.append((dtype.name, "check", check))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.busy)]
+    if spinners:
+        print(f"busy: {len(spinners)} other process(es) spinning on the CPU meanwhile")
+    medians = {case: [] for case in cases}
+    setups = {}
+    checks = {}
+    try:
+        for rnd in range(args.repeat):
+            k = rnd % len(cases)
+            for case in cases[k:] + cases[:k]:  # another order every round
+                spec = {"config": args.config, "batch_size": args.batch_size, "dtype": case[0],
+                        "impl": case[1], "threads": case[2], "steps": args.steps,
+                        "chunks": args.chunks}
+                res = run_child(spec)
+                medians[case].append(statistics.median(res["times"]))
+                print(f"  round {rnd + 1}/{args.repeat}: {case[0]} {label(case)}: "
+                      f"{1e3 * medians[case][-1]:.3f} ms/step", file=sys.stderr, flush=True)
+                setups.setdefault(tuple(res["blas"]), []).append(label(case))
+        if "torch" in impls and "fast" in impls:
+            for dtype in dtypes:
+                checks[dtype] = run_child({"config": args.config, "batch_size": args.batch_size,
+                                           "dtype": dtype, "impl": "check"})["check"]
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
 
-    print(f"\nmedian of {args.repeat} interleaved repetitions; s/epoch = ms/step x "
+    print("\nBLAS in each process (inside cnncli's calls for cnncli), threadpoolctl:")
+    for lines, users in setups.items():
+        print(f"- {', '.join(sorted(set(users)))}:")
+        print("\n".join(lines))
+
+    print(f"\nmedian over {args.repeat} processes of each process's median; s/epoch = ms/step x "
           f"{steps_per_epoch} steps")
-    head = (f"{'dtype':8} {'implementation':17} {'steps':>6} {'ms/step':>9} {'(min-max)':>15} "
-            f"{'s/epoch':>8} {'vs PyTorch':>11} {'vs reference':>13}")
+    head = (f"{'dtype':8} {'implementation':28} {'ms/step':>8} {'(process medians)':>24} "
+            f"{'s/epoch':>8} {'vs PyTorch fastest':>19}")
     print(head)
     print("-" * len(head))
-    for row in rows:
-        if row[1] == "check":
-            print(f"{row[0]:8} PyTorch agreement: parameters after 3 identical steps differ by "
-                  f"{row[2]:.1e} (max relative)")
-            continue
-        dt, name, steps, m, lo, hi, tref, rref = row
-        vs_t = f"{m / tref:.2f}x time" if tref and name != "PyTorch" else ""
-        vs_r = f"{rref / m:.1f}x faster" if rref and name != "cnncli reference" else ""
-        print(f"{dt:8} {name:17} {steps:>6} {1e3 * m:>9.3f} {f'({1e3 * lo:.2f}-{1e3 * hi:.2f})':>15} "
-              f"{m * steps_per_epoch:>8.3g} {vs_t:>11} {vs_r:>13}")
+    summary = []
+    for dtype in dtypes:
+        torch_cases = [c for c in cases if c[0] == dtype and c[1] == "torch"]
+        best = min(torch_cases, key=lambda c: statistics.median(medians[c])) if torch_cases else None
+        tbest = statistics.median(medians[best]) if best else None
+        for case in (c for c in cases if c[0] == dtype):
+            m = statistics.median(medians[case])
+            spread = " ".join(f"{1e3 * v:.2f}" for v in sorted(medians[case]))
+            if case == best:
+                vs = "fastest"
+            else:
+                vs = f"{m / tbest:.2f}x its time" if tbest else ""
+            print(f"{dtype:8} {label(case):28} {1e3 * m:>8.3f} {spread:>24} "
+                  f"{m * steps_per_epoch:>8.3g} {vs:>19}")
+        default = (dtype, "fast", None)
+        if best and default in medians:
+            summary.append(f"{dtype}: cnncli's default trainer takes "
+                           f"{statistics.median(medians[default]) / tbest:.2f}x the time of "
+                           f"{label(best)}")
+        api = (dtype, "api", None)
+        if default in medians and api in medians:
+            summary.append(f"{dtype}: API loop / trainer (default threads) = "
+                           f"{statistics.median(medians[api]) / statistics.median(medians[default]):.2f}")
+        if dtype in checks:
+            summary.append(f"{dtype}: PyTorch agreement: parameters after 3 identical steps differ "
+                           f"by {checks[dtype]:.1e} (max relative)")
+    print("\n".join(summary))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
 
 
 def _fresh_net(cfg, in_shape, dtype):

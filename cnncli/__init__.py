@@ -5,6 +5,9 @@ The Python API (imported lazily, so that ``cnn --help`` stays fast)::
     from cnncli import build_network, Network, SGD, MSELoss
     net, meta = cnncli.load_checkpoint("runs/x/best.npz")   # the model, in eval mode
     probs = cnncli.scores(net, stored_images, meta)          # (N, n_classes) probabilities
+
+Every call into cnncli's arithmetic runs under one thread policy; ``with cnncli.threads(n):``
+chooses another (``cnncli.parallel``).
 """
 
 __version__ = "0.1.0"
@@ -21,6 +24,7 @@ _API = {
     "CnnError": "cnncli.errors",
     "load_checkpoint": ("cnncli.checkpoint", "load_model"),
     "scores": "cnncli.scoring",
+    "threads": "cnncli.parallel",
 }
 
 __all__ = ["__version__", *_API]

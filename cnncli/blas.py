@@ -4,13 +4,15 @@
 ``add_product``: ``c += alpha * a.T @ b`` written straight into c (GEMM with beta = 1), so the
 dense layer's SGD update never stores its weight gradient: one pass over the weights, not three.
 
-SciPy's wheels ship their own copy of OpenBLAS beside NumPy's; these run there (see
-``cnncli.train.blas_threads`` for how its threads are set).
+SciPy's wheels ship their own copy of OpenBLAS beside NumPy's; these run there, always with
+1 thread (``cnncli.parallel``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from cnncli.parallel import applied
 
 _FUNCS: dict[tuple[str, str], object] = {}  # (BLAS name, dtype character) -> SciPy wrapper
 
@@ -25,6 +27,7 @@ def load() -> None:
                 _FUNCS[name, char] = blas.get_blas_funcs(name, dtype=np.dtype(char))
 
 
+@applied
 def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
     """``y += a * x`` in place. BLAS runs it when x and y are contiguous arrays of one shape
     and dtype that do not overlap; anything else goes through NumPy (broadcasting included)."""
@@ -40,6 +43,7 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
     y += a * x
 
 
+@applied
 def add_product(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
     """``c += alpha * a.T @ b`` in place.
 

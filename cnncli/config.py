@@ -7,6 +7,7 @@ at once, each naming its place (``training.learning_rate: must be a number > 0, 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 
@@ -315,6 +316,12 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
             training["optimizer"] = opt
         sched = _named_section("training.schedule", training.get("schedule"), SCHEDULE_FIELDS,
                                problems, "constant")
+        lr = training.get("learning_rate")
+        if sched and sched["name"] == "cosine" and "min_lr" in sched and lr is not None \
+                and sched["min_lr"] >= lr:
+            problems.append(f"training.schedule.min_lr: must be below training.learning_rate "
+                            f"({lr:g}), the rate the cosine schedule falls from, got "
+                            f"{sched['min_lr']:g}")
         training["schedule"] = sched
         es = training.get("early_stopping")
         if es is not None:
@@ -327,9 +334,13 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
         problems.append("network: is required (a list of layers like - {type: conv2d, ...})")
     elif not isinstance(network, list) or not network:
         problems.append(f"network: must be a non-empty list of layers, got {short_repr(network)}")
-    if problems:
-        raise ConfigError(_report(problems), source)
-    cfg["network"] = _check_network(cfg, network, problems, known_data)
+    else:  # checked even when other sections have problems: every problem is reported at once
+        data_ok = "data" in cfg and not any(p.startswith("data") for p in problems)
+        training_ok = not any(p.startswith("training") for p in problems)
+        if data_ok or known_data:
+            cfg["network"] = _check_network(cfg, network, problems, known_data, training_ok)
+        else:  # no input shape to build against: check the layer types and keys
+            problems.extend(_layer_spec_problems(network))
     if problems:
         raise ConfigError(_report(problems), source)
     return {k: cfg[k] for k in SECTIONS}
@@ -338,7 +349,28 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
 LOGIT_LAYERS = ("dense", "global_avg_pool2d", "softmax")  # what cross_entropy may follow
 
 
-def _check_network(cfg: dict, network: list, problems: list, known_data=None) -> list:
+def _layer_spec_problems(network: list) -> list[str]:
+    """Unknown layer types and keys, found without building the network."""
+    from cnncli.layers import layer_class
+    from cnncli.layers.base import check_keys
+
+    problems = []
+    for i, spec in enumerate(network):
+        if not isinstance(spec, dict):
+            problems.append(f"network[{i}]: must be a mapping like {{type: relu}}, got "
+                            f"{short_repr(spec)}")
+            continue
+        kind = spec.get("type")
+        where = f"network[{i}] ({kind})" if isinstance(kind, str) else f"network[{i}]"
+        try:
+            check_keys(layer_class(kind), {k: v for k, v in spec.items() if k != "type"})
+        except ConfigError as exc:
+            problems.append(f"{where}: {exc}")
+    return problems
+
+
+def _check_network(cfg: dict, network: list, problems: list, known_data=None,
+                   training_ok: bool = True) -> list:
     """Build the network once against the dataset's input shape; return the resolved specs."""
     from cnncli.data import DATASETS
     from cnncli.errors import CnnError
@@ -348,6 +380,7 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None) ->
         in_shape, n_classes = known_data or DATASETS[cfg["data"]["name"]].describe(cfg["data"])
     except CnnError as exc:
         problems.append(f"data: {exc}")
+        problems.extend(_layer_spec_problems(network))
         return []
     try:
         net = build_network(network, in_shape, _BudgetRng(MAX_PARAMS))
@@ -362,7 +395,8 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None) ->
         problems.append(f"network: outputs {'x'.join(map(str, out))} values per sample, but the "
                         f"{cfg['data']['name']} data has {n_classes} classes (end with a dense "
                         f"layer of out_features: {n_classes})")
-    if cfg["training"]["loss"] == "cross_entropy" and net.layers[-1].type_name not in LOGIT_LAYERS:
+    if training_ok and cfg["training"].get("loss") == "cross_entropy" \
+            and net.layers[-1].type_name not in LOGIT_LAYERS:
         problems.append(f"training.loss: cross_entropy needs the network to end in a dense layer "
                         f"(logits), a global_avg_pool2d (one logit per channel) or a softmax "
                         f"layer, not {net.layers[-1].type_name}")
@@ -400,23 +434,33 @@ class _BudgetRng:
         return getattr(self._rng, name)
 
 
-def resolve_folder_path(raw: dict, config_path) -> None:
-    """A folder dataset's relative ``data.path`` in a config file is relative to that file's
-    folder, and made absolute, so the run's saved config finds it from anywhere (a ``--set
-    data.path=`` override stays relative to the working directory)."""
-    data = raw.get("data")
-    if isinstance(data, dict) and data.get("name") == "folder" and isinstance(data.get("path"), str) \
-            and data["path"] and not Path(data["path"]).expanduser().is_absolute():
-        data["path"] = str(Path(config_path).absolute().parent / data["path"])
+def absolute_data_path(raw: dict, base) -> dict:
+    """``raw`` with a relative ``data.path`` made absolute against the folder ``base`` (``~``
+    expanded first); anything else, such as a path that is not a string, is left to validation.
+    The path is not resolved further (symlinks stay as written)."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    path = data.get("path") if isinstance(data, dict) else None
+    if isinstance(path, str) and path and "\0" not in path:
+        path = os.path.expanduser(path)
+        data["path"] = os.path.normpath(os.path.join(os.path.abspath(base), path))
+    return raw
+
+
+def read_config(path, overrides: list[str] = ()) -> dict:
+    """The raw mapping of a config file with its overrides applied, and ``data.path`` absolute:
+    a path written in the file is relative to the file's folder (as most tools read paths in
+    their config files), a path given with ``--set data.path=...`` to the current directory (as
+    a shell reads it)."""
+    raw = absolute_data_path(read_config_file(path), Path(path).parent)
+    if overrides:
+        raw = absolute_data_path(apply_overrides(raw, list(overrides)), Path.cwd())
+    return raw
 
 
 def load_config(path, overrides: list[str] = ()) -> dict:
-    """Read, override, validate: the resolved config of a file."""
-    raw = read_config_file(path)
-    resolve_folder_path(raw, path)
-    if overrides:
-        raw = apply_overrides(raw, list(overrides))
-    return validate(raw, str(path))
+    """Read, override, validate: the resolved config of a file (``data.path`` absolute, see
+    read_config)."""
+    return validate(read_config(path, overrides), str(path))
 
 
 def dump_config(cfg: dict) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 from cnncli.errors import CheckpointError, ConfigError
 from cnncli.layers import LAYERS, Layer, layer_class
 from cnncli.layers.base import check_keys
+from cnncli.parallel import applied
 
 
 class Network:
@@ -27,17 +28,20 @@ class Network:
         for i, layer in enumerate(self.layers):
             layer.needs_input_grad = i > 0
 
+    @applied
     def forward(self, x: np.ndarray) -> np.ndarray:
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
+    @applied
     def backward(self, dout: np.ndarray) -> None:
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
             if dout is None:
                 break
 
+    @applied
     def backward_sgd(self, dout: np.ndarray, lr: float) -> None:
         """Backward fused with the plain SGD step ``p -= lr * grad``: each layer updates its
         parameters as soon as it has passed its input gradient on (``Layer.backward_sgd``).
@@ -47,6 +51,7 @@ class Network:
             if dout is None:
                 break
 
+    @applied
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Forward in chunks of ``batch_size``, in the network's current mode (``eval()``
         first for predictions); returns (N, n_outputs)."""

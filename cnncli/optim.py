@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.blas import axpy, load as load_blas
+from cnncli.parallel import applied
 
 
 class SGD:
@@ -36,6 +37,7 @@ class SGD:
         backward pass (``Network.backward_sgd``)."""
         return not self.momentum and not self.weight_decay
 
+    @applied
     def step(self, network) -> None:
         lr, mu, wd = self.learning_rate, self.momentum, self.weight_decay
         for key, p, g in network.parameters():
@@ -93,6 +95,7 @@ class Adam:
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
+    @applied
     def step(self, network) -> None:
         self.t += 1
         b1, b2 = self.beta1, self.beta2

@@ -14,7 +14,6 @@ import gc
 import io
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +29,12 @@ CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_acc
 RATIO = 20.0
 """Redraw a run's curves only when at least RATIO times the last draw's cost has passed since it
 ended, so drawing takes at most 1 / (RATIO + 1), under 5%, of the wall time between draws."""
-COLD_COST_GUESS = 1.0
-"""Seconds assumed for the first draw when matplotlib is not imported yet (import + draw)."""
-WARM_COST_GUESS = 0.2
-"""Seconds assumed for the first draw of a run when matplotlib is already imported."""
-
-
 @dataclass
 class DrawState:
     """What plot_run_curves remembers about one run directory, in this process.
 
-    last_end: clock time when the last draw ended (before the first: when training began)
-    last_cost: seconds the last draw took (before the first: a guess)
+    last_end: clock time when the last draw ended
+    last_cost: seconds the last draw took
     stamp: (mtime_ns, size) of metrics.csv when it was last drawn, or None
     calls, draws, seconds: how often plot_run_curves was called, how often it drew, and the total
     seconds spent drawing (reading metrics.csv, drawing and writing curves.png)
@@ -69,24 +62,15 @@ def should_draw(state: DrawState, now: float, ratio: float = RATIO) -> bool:
     return now - state.last_end >= ratio * state.last_cost
 
 
-def _new_state(run_path: str, now: float) -> DrawState:
-    # Training began about when the run wrote config.yaml (a new run, or a resumed one), so the
-    # epochs before this first call count towards the time that pays for the first draw.
-    try:
-        age = max(0.0, time.time() - os.stat(os.path.join(run_path, "config.yaml")).st_mtime)
-    except OSError:
-        age = 0.0
-    guess = WARM_COST_GUESS if "matplotlib.figure" in sys.modules else COLD_COST_GUESS
-    return DrawState(last_end=now - age, last_cost=guess)
-
-
 def plot_run_curves(run_path, name: str, force: bool = False) -> Path | None:
     """Draw ``curves.png`` in a run directory from its ``metrics.csv``, if it is time to.
 
-    Called after every epoch; cheap (a clock read) when it does not draw. It draws when the time
-    since its last draw for this directory is at least RATIO times what that draw cost (see
-    DrawState), or when ``force`` is true (call it so once after the last epoch). It never
-    redraws when metrics.csv has not changed since the last draw and curves.png is still there.
+    Called after every epoch; cheap (a clock read) when it does not draw. It draws on its first
+    call for a directory (after the first epoch, so a picture is there at once), then when the
+    time since its last draw for this directory is at least RATIO times what that draw cost (see
+    DrawState), or when ``force`` is true (call it so after the last epoch and on Ctrl-C). It
+    never redraws when metrics.csv has not changed since the last draw and curves.png is still
+    there.
 
     Returns the path written, or None when it did not draw.
     """
@@ -94,9 +78,9 @@ def plot_run_curves(run_path, name: str, force: bool = False) -> Path | None:
     now = _clock()
     state = _STATES.get(key)
     if state is None:
-        state = _STATES[key] = _new_state(key, now)
+        state = _STATES[key] = DrawState(last_end=now, last_cost=0.0)
     state.calls += 1
-    if not force and not should_draw(state, now):
+    if not force and state.draws and not should_draw(state, now):
         return None
     run_path = Path(run_path)
     metrics = run_path / "metrics.csv"
@@ -270,7 +254,7 @@ def curves_figure(runs: list[tuple[list[dict], str]], title: str):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax_acc.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=percent_decimals(ax_acc.get_yticks())))
     if single:
         ax_loss.legend(loc="best", fontsize=9)
         ax_acc.legend(loc="best", fontsize=9)
@@ -284,6 +268,18 @@ def curves_figure(runs: list[tuple[list[dict], str]], title: str):
                       ncols=1 if len(runs) <= 8 else 2)
     fig.suptitle(title, fontsize=13)
     return fig
+
+
+def percent_decimals(ticks) -> int:
+    """Decimals that tell ticks (fractions, 0.99 = 99%) apart: 0 for a step of 10%, 1 for 0.2%,
+    2 for 0.05%."""
+    import numpy as np
+
+    steps = np.diff(np.asarray(ticks, dtype=np.float64)) * 100
+    steps = steps[steps > 0]
+    if not len(steps):
+        return 0
+    return int(min(max(0, -math.floor(math.log10(float(steps.min())) + 1e-9)), 6))
 
 
 def run_labels(paths: list[Path]) -> list[str]:
@@ -370,9 +366,13 @@ def plot_dataset_preview(path, ds, per_class: int = 8, transform=None) -> Path:
 
 # ---------------------------------------------------------------- evaluation
 def worst_mistakes(net, ds, split: str, predictions, dtype, limit: int = 16, chunk: int = 1000):
-    """Indices into the split of its misclassified samples with the highest score for the
-    (wrong) predicted class, worst first, with those scores: (indices (k,), scores (k,))."""
+    """Indices into the split of its misclassified samples with the highest probability for the
+    (wrong) predicted class (the scores of cnncli.scoring: a softmax of logits, sigmoid outputs
+    divided by their sum), worst first, with those probabilities: (indices (k,),
+    probabilities (k,))."""
     import numpy as np
+
+    from cnncli.scoring import outputs_to_scores, score_rule
 
     x, y = ds.split(split)
     predictions = np.asarray(predictions)
@@ -380,8 +380,8 @@ def worst_mistakes(net, ds, split: str, predictions, dtype, limit: int = 16, chu
     scores = np.empty(len(wrong))
     for i in range(0, len(wrong), chunk):
         idx = wrong[i:i + chunk]
-        out = net.predict(ds.images(x[idx], dtype))
-        scores[i:i + len(idx)] = out[np.arange(len(idx)), predictions[idx]]
+        prob = outputs_to_scores(net.predict(ds.images(x[idx], dtype)), score_rule(net))
+        scores[i:i + len(idx)] = prob[np.arange(len(idx)), predictions[idx]]
     order = np.argsort(-scores, kind="stable")[:limit]
     return wrong[order], scores[order]
 
@@ -435,9 +435,9 @@ def evaluation_figure(cm, ds, split: str, predictions, net, dtype, limit: int = 
         a.set_axis_off()
     for a, i, img, s in zip(axes.flat, idx, imgs, scores):
         a.imshow(_as_picture(img, lo, hi), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-        a.set_title(f"true {names[y[i]]}\npred {names[predictions[i]]} ({s:.3g})", fontsize=9)
-    right.suptitle(f"worst {len(idx)} of {n_wrong:,} mistakes (highest score for the wrong class)",
-                   fontsize=11)
+        a.set_title(f"true {names[y[i]]}\npred {names[predictions[i]]} (p {s:.1%})", fontsize=9)
+    right.suptitle(f"worst {len(idx)} of {n_wrong:,} mistakes (p: the probability given to the "
+                   f"wrong class)", fontsize=11)
     return fig
 
 
@@ -465,6 +465,23 @@ def kernel_mosaic(w):
     return out
 
 
+def kernel_grid(w):
+    """w: (C_out, 1, Kh, Kw), a layer with one input channel such as the first layer on grey
+    images -> one image of its C_out kernels in a near-square grid, row by row (kernel o at tile
+    row o // cols, column o % cols; cols = ceil(sqrt(C_out))), tiles separated by one NaN pixel,
+    empty tiles NaN. A column of C_out tiles would be a thin strip."""
+    import numpy as np
+
+    c_out, _, kh, kw = w.shape
+    cols = math.ceil(math.sqrt(c_out))
+    rows = math.ceil(c_out / cols)
+    out = np.full((rows * (kh + 1) - 1, cols * (kw + 1) - 1), np.nan)
+    for o in range(c_out):
+        r, c = divmod(o, cols)
+        out[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = w[o, 0]
+    return out
+
+
 def _tile_ticks(ax, axis: str, count: int, size: int):
     step = max(1, math.ceil(count / 16))
     ticks = range(0, count, step)
@@ -482,13 +499,18 @@ def kernels_figure(net, title: str, source: str = "the network"):
         kinds = ", ".join(layer.type_name for layer in net.layers)
         raise CnnError(f"{source}: the network has no conv2d layer, so there are no kernels to "
                        f"show (its layers: {kinds})")
-    mosaics = [kernel_mosaic(np.asarray(layer.params["W"], dtype=np.float64)) for _, layer in convs]
+    def mosaic_of(w):
+        w = np.asarray(w, dtype=np.float64)
+        return kernel_grid(w) if w.shape[1] == 1 and w.shape[0] > 1 else kernel_mosaic(w)
+
+    mosaics = [mosaic_of(layer.params["W"]) for _, layer in convs]
     # Fixed geometry in inches (a layout engine squeezes tall, narrow mosaics): each layer is a
     # block of title, image and axis labels; one kernel pixel is `px` inches in every layer.
     left, right, head, foot, top = 1.0, 1.4, 0.65, 0.7, 0.55
     px = 0.15
     widest = max(m.shape[1] for m in mosaics)
     total = sum(m.shape[0] for m in mosaics)
+    px = max(px, 3.0 / max(widest, max(m.shape[0] for m in mosaics)))  # small mosaics: 3 in
     px = min(px, 14.0 / widest, 36.0 / total)
     px = max(px, 1.0 / DPI)
     blocks = [head + max(m.shape[0] * px, 0.4) + foot for m in mosaics]
@@ -509,13 +531,19 @@ def kernels_figure(net, title: str, source: str = "the network"):
         cax = fig.add_axes(((x0 + w_img + 0.15) / width, (y0 + h_img / 2 - bar_h / 2) / height,
                             0.12 / width, bar_h / height))
         fig.colorbar(im, cax=cax, label="weight")
-        _tile_ticks(ax, "x", c_in, kw)
-        _tile_ticks(ax, "y", c_out, kh)
+        grid = c_in == 1 and c_out > 1
+        if grid:  # kernel_grid: output channels row by row
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"output channels 0-{c_out - 1}, row by row", fontsize=9)
+        else:
+            _tile_ticks(ax, "x", c_in, kw)
+            _tile_ticks(ax, "y", c_out, kh)
+            ax.set_xlabel("input channel", fontsize=9)
+            ax.set_ylabel("output channel", fontsize=9)
         ax.tick_params(length=0, labelsize=8)
         for sp in ax.spines.values():
             sp.set_visible(False)
-        ax.set_xlabel("input channel", fontsize=9)
-        ax.set_ylabel("output channel", fontsize=9)
         fig.text(0.5, (y - 0.1) / height, f"layer {i} (conv2d): {c_out} output x {c_in} input "
                  f"channels, {kh}x{kw} kernels, max |w| = {m:.3g}", ha="center", va="top",
                  fontsize=10)

@@ -18,6 +18,11 @@ class SchemaError(ValueError):
 
 REQUIRED = object()
 
+# Limits on values that enter both through a config and through command options (one number
+# for each, so that a value refused in one place is refused in the other):
+SHAPES_MAX_N = 10_000_000  # shapes samples: 720 MB of float64 images
+SHAPES_MAX_NOISE = 1000.0  # shapes noise: far past any visible shape (larger overflows NumPy)
+
 
 @dataclass(frozen=True)
 class Field:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,36 +21,15 @@ EVAL_BATCH = 250  # samples per forward pass when evaluating (bounds memory)
 
 
 def blas_threads(threads: int | None):
-    """A context running BLAS (and OpenMP) with ``threads`` threads, 1 when None.
+    """A context running cnncli's arithmetic with thread policy ``threads`` (``training.threads``).
 
-    One thread by default: OpenBLAS threads busy-wait, so a training step of the seed's MNIST
-    network with 2 threads ran 30x slower than with 1 while another process kept the second
-    core busy, and the products of networks this size gain little from a second thread even
-    on an idle machine. A fixed count also makes results bit-identical from one machine to
-    the next. Set ``training.threads`` for more.
-
-    SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; the in-place updates of
-    ``cnncli.blas`` run there, the fused dense weight update included) always gets 1 thread: two thread pools busy-waiting for each other's cores
-    made a step 4x slower with 2 threads even on an idle machine.
+    None (unset) is cnncli's default: single-threaded BLAS, the largest products split into
+    fixed blocks that cnncli's own pool runs on up to two cores; 1 keeps everything on one
+    core; n gives NumPy's BLAS n threads. See ``cnncli.parallel``, which also explains why.
     """
-    from contextlib import ExitStack
+    from cnncli.parallel import threads as policy
 
-    from threadpoolctl import ThreadpoolController
-
-    controller = ThreadpoolController()  # new each time (~1 ms): it sees every library loaded
-    stack = ExitStack()
-    stack.enter_context(controller.limit(limits=threads or 1))
-    scipy_own = [lib.filepath for lib in controller.lib_controllers
-                 if lib.user_api == "blas" and _is_scipy_vendored(lib.filepath)]
-    if scipy_own:
-        stack.enter_context(controller.select(filepath=scipy_own).limit(limits=1))
-    return stack
-
-
-def _is_scipy_vendored(filepath: str) -> bool:
-    """A library inside SciPy's wheel (``scipy.libs/``, ``scipy/.dylibs/``), not shared with NumPy."""
-    parts = Path(filepath).parts
-    return "scipy.libs" in parts or ("scipy" in parts and ".dylibs" in parts)
+    return policy(threads)
 
 
 class Interrupted(Exception):
@@ -193,7 +171,7 @@ class Trainer:
     def train_epoch(self, on_batch: Callable | None = None) -> dict:
         """Run one epoch of minibatch SGD, evaluate, and return its metrics row.
 
-        BLAS runs with ``training.threads`` threads, 1 when unset (see ``blas_threads``)."""
+        Runs with the thread policy ``training.threads`` (see ``blas_threads``)."""
         with blas_threads(self.cfg["training"].get("threads")):
             return self._train_epoch(on_batch)
 

@@ -6,6 +6,37 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
+
+def mnist_candidates() -> list[Path]:
+    """Where tests look for the four MNIST files, in order: the shared data folder beside the
+    repository, $CNNCLI_DATA_DIR/mnist, then the cache (``$XDG_CACHE_HOME/cnncli/mnist``, else
+    ``~/.cache/cnncli/mnist``), as ``cnn data download mnist`` fills them."""
+    folders = [SHARED_MNIST]
+    if os.environ.get("CNNCLI_DATA_DIR"):
+        folders.append(Path(os.environ["CNNCLI_DATA_DIR"]).expanduser() / "mnist")
+    if os.environ.get("XDG_CACHE_HOME"):
+        folders.append(Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cnncli" / "mnist")
+    folders.append(Path.home() / ".cache" / "cnncli" / "mnist")
+    return list(dict.fromkeys(folders))
+
+
+def find_mnist(folders=None) -> Path | None:
+    """The first folder of ``folders`` (default: mnist_candidates) holding all four MNIST files
+    (each gzip-compressed or not), or None."""
+    from cnncli.data.mnist import missing_files
+
+    for folder in mnist_candidates() if folders is None else folders:
+        if folder.is_dir() and not missing_files(folder):
+            return folder
+    return None
+
+
+MNIST_DIR = find_mnist()
+needs_mnist = pytest.mark.skipif(
+    MNIST_DIR is None,
+    reason="no folder holds the four MNIST files; looked in "
+           + ", ".join(map(str, mnist_candidates())) + " (run: cnn data download mnist)")
+
 SEED_MNIST_NET = [  # the seed post's MNIST network: 1x28x28 -> 10
     {"type": "conv2d", "out_channels": 4, "kernel_size": 5},  # -> 4x24x24
     {"type": "flatten"},

@@ -1251,7 +1251,7 @@ def test_missing_files_and_directories_where_files_belong(tmp_path, finished_run
         (["train", npz_dir, "--run-dir", tmp_path / "r"], [d, "is a directory, expected a .npz file"]),
         (["train", npz_missing, "--run-dir", tmp_path / "r"], [missing, "no such file"]),
         (["train", "--resume", missing], [missing, "no such run directory"]),
-        (["train", "--resume", finished_run / "config.yaml"], ["no such run directory"]),
+        (["train", "--resume", finished_run / "config.yaml"], ["is a file; --resume takes a run directory", f"cnn train --resume {finished_run}"]),
         (["train", "--resume", d], [d, "not a cnncli run directory (no config.yaml)"]),
         (["train", SHAPES, "--run-dir", finished_run / "config.yaml"], ["exists and is not a directory"]),
         (["generate-shapes", "--out", d], [d, "is a directory"]),

@@ -121,31 +121,31 @@ def _fresh_run(src: Path, dst: Path, age: float) -> Path:
     return dst
 
 
-def test_throttle_skips_fast_epochs_and_draws_when_time_has_passed(runs, tmp_path, monkeypatch):
+def test_throttle_draws_at_once_then_skips_fast_epochs_until_time_has_passed(runs, tmp_path, monkeypatch):
     clock = {"now": 1000.0}
     monkeypatch.setattr(plots, "_clock", lambda: clock["now"])
-    # training began just now: the first draw (import + draw, a guessed cost) must wait
+    # the first call (after the first epoch) draws at once: a picture is there from the start
     run = _fresh_run(runs[0], tmp_path / "new", age=0.0)
-    for _ in range(50):
-        assert plots.plot_run_curves(run, "shapes") is None
+    assert plots.plot_run_curves(run, "shapes") == run / "curves.png"
     state = plots.draw_stats(run)
-    assert (state.calls, state.draws) == (50, 0)
-    assert not (run / "curves.png").exists()
+    state.last_cost = 0.5  # the fake clock measured 0
+    for _ in range(50):  # fast epochs: throttled
+        with open(run / "metrics.csv", "a") as f:
+            f.write("4,0.1,0.5,0.1,0.5,0.01,0.1\n")
+        clock["now"] += 0.1
+        assert plots.plot_run_curves(run, "shapes") is None
+    assert (state.calls, state.draws) == (51, 1)
     # after 20x the last draw's cost has passed it draws, then waits again
-    state.last_cost = 0.5
     clock["now"] = state.last_end + 10.5
     assert plots.plot_run_curves(run, "shapes") == run / "curves.png"
-    state.last_cost = 0.5  # the fake clock measured 0
+    state.last_cost = 0.5
     clock["now"] += 9.5
     with open(run / "metrics.csv", "a") as f:  # a new epoch
-        f.write("4,0.1,0.5,0.1,0.5,0.01,0.1\n")
+        f.write("5,0.1,0.5,0.1,0.5,0.01,0.1\n")
     assert plots.plot_run_curves(run, "shapes") is None
     clock["now"] += 1.0
     assert plots.plot_run_curves(run, "shapes") == run / "curves.png"
-    assert plots.draw_stats(run).draws == 2
-    # a run that began long ago draws on its first call
-    old = _fresh_run(runs[0], tmp_path / "old", age=3600.0)
-    assert plots.plot_run_curves(old, "shapes") == old / "curves.png"
+    assert plots.draw_stats(run).draws == 3
 
 
 # ---------------------------------------------------------------- cnn plot
@@ -236,7 +236,33 @@ def test_worst_mistakes_are_wrong_and_sorted(runs):
     assert (np.diff(scores) <= 0).all()
     out = net.predict(ds.images(ds.x_test, dtype))
     wrong = preds != ds.y_test
-    assert scores[0] == pytest.approx(out[wrong, preds[wrong]].max())
+    # scores are probabilities: the shapes network's sigmoid outputs, normalised to sum 1
+    prob = out / out.sum(axis=1, keepdims=True)
+    assert scores[0] == pytest.approx(prob[wrong, preds[wrong]].max())
+    assert ((0 <= scores) & (scores <= 1)).all()
+
+
+def test_eval_plot_labels_mistakes_with_probabilities_not_logits(runs):
+    """A network ending in a dense layer outputs logits: the picture shows softmax probabilities."""
+    from cnncli.network import build_network
+
+    net, ds, dtype, preds, confusion_matrix = _eval_inputs(runs[0] / "best.npz")
+    logits_net = build_network(net.specs[:-1], net.input_shape, np.random.default_rng(0))
+    logits_net.layers[0].params["W"] *= 50  # large logits, far outside [0, 1]
+    out = logits_net.predict(ds.images(ds.x_test, dtype))
+    preds = out.argmax(axis=1)
+    assert np.abs(out).max() > 1
+    cm = confusion_matrix(ds.y_test, preds, ds.n_classes)
+    fig = plots.evaluation_figure(cm, ds, "test", preds, logits_net, dtype)
+    titles = [ax.get_title() for ax in fig.findobj(lambda a: hasattr(a, "get_title"))]
+    shown = [float(t.split("(p ")[1].rstrip("%)")) for t in titles if "(p " in t]
+    assert shown and all(0 <= v <= 100 for v in shown)
+    e = np.exp(out - out.max(axis=1, keepdims=True))
+    wrong = preds != ds.y_test
+    top = (e / e.sum(axis=1, keepdims=True))[wrong, preds[wrong]].max()
+    assert max(shown) == pytest.approx(100 * top, abs=0.06)
+    texts = " ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")))
+    assert "probability" in texts
 
 
 def test_evaluation_without_mistakes_says_so(runs):
@@ -270,10 +296,39 @@ def test_kernel_images_are_channel_grids_on_a_zero_centred_scale(runs):
     fig = plots.kernels_figure(net, "t")
     (im,) = [im for ax in fig.axes for im in ax.get_images()]
     mosaic = im.get_array()
-    assert mosaic.shape == (4 * 3 - 1, 1 * 3 - 1)  # one row per output, one column per input
-    np.testing.assert_array_equal(mosaic[3:5, 0:2], w[1, 0])
+    # one input channel: the 4 kernels in a 2x2 grid, row by row, not a 4x1 strip
+    assert mosaic.shape == (2 * 3 - 1, 2 * 3 - 1)
+    np.testing.assert_array_equal(mosaic[0:2, 3:5], w[1, 0])
+    np.testing.assert_array_equal(mosaic[3:5, 0:2], w[2, 0])
     assert im.norm.vmin == -im.norm.vmax == -np.abs(w).max()
     assert im.get_cmap().name == "RdBu_r"
+
+
+def test_kernel_layouts_first_layer_grid_and_later_layers_channel_grid():
+    """A first layer of 10 kernels on one input channel: a 4-wide grid (3 rows, 2 empty tiles);
+    a layer of 3 outputs x 2 inputs: one row per output channel, one column per input."""
+    w = np.arange(10 * 1 * 2 * 2, dtype=float).reshape(10, 1, 2, 2)
+    grid = plots.kernel_grid(w)
+    assert grid.shape == (3 * 3 - 1, 4 * 3 - 1)
+    np.testing.assert_array_equal(grid[3:5, 3:5], w[5, 0])  # kernel 5: row 1, column 1
+    assert np.isnan(grid[6:8, 6:8]).all()  # tiles 10 and 11 are empty
+    w2 = np.arange(3 * 2 * 2 * 2, dtype=float).reshape(3, 2, 2, 2)
+    assert plots.kernel_mosaic(w2).shape == (3 * 3 - 1, 2 * 3 - 1)
+
+
+@pytest.mark.parametrize("lo,hi", [(0.982, 0.992), (0.9901, 0.9905), (0.2, 1.0)])
+def test_accuracy_tick_labels_never_repeat_on_narrow_ranges(lo, hi):
+    rows = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1 / e,
+             "train_accuracy": lo + (hi - lo) * e / 10, "test_accuracy": lo + (hi - lo) * e / 10}
+            for e in range(1, 11)]
+    fig = plots.curves_figure([(rows, "run")], "t")
+    fig.canvas.draw()
+    ax_acc = fig.axes[1]
+    low, high = ax_acc.get_ylim()
+    labels = [t.get_text() for t, v in zip(ax_acc.get_yticklabels(), ax_acc.get_yticks())
+              if low <= v <= high]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    assert all(label.endswith("%") for label in labels)
 
 
 def test_show_kernels_without_conv_layers_is_one_error(dense_checkpoint, tmp_path):

@@ -234,6 +234,14 @@ def test_best_yaml_trains_to_its_trials_metrics(six_trials, tmp_path):
     assert result.exit_code == 0, result.output
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert drop(metrics(again)) == drop(metrics(out / best["run_dir"]))
+    # a trial is an ordinary run: cnn train --resume continues it
+    import shutil
+
+    copy = tmp_path / "trial-copy"
+    shutil.copytree(out / best["run_dir"], copy)
+    result = cnn("train", "--resume", copy, "--epochs", 8, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(metrics(copy)) == 8
 
 
 def test_sweep_show_lists_the_trials(six_trials):
@@ -313,7 +321,8 @@ def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(tmp_path):
     result = cnn("data", "export", "digits", "--out", folder, "--limit", 120)
     assert result.exit_code == 0, result.output
     base = {"seed": 0,
-            "data": {"name": "folder", "path": str(folder), "augment": {"crop_padding": 1}},
+            # relative to the base config's folder, as in any config (the sweep runs elsewhere)
+            "data": {"name": "folder", "path": "digits-folder", "augment": {"crop_padding": 1}},
             "network": [{"type": "conv2d", "out_channels": 4, "kernel_size": 3},
                         {"type": "batch_norm"}, {"type": "relu"}, {"type": "flatten"},
                         {"type": "dropout", "p": 0.2},

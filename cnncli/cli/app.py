@@ -10,15 +10,71 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import typer
+from typer.core import TyperArgument, TyperGroup, TyperOption
 from typing_extensions import Annotated
 
 from cnncli import __version__
 
+HELP_OPTIONS = {"help_option_names": ["--help", "-h"]}  # -h is --help, in every command
+
+
+class PlainArgument(TyperArgument):
+    """An argument shown in help as Click shows it, ``CHECKPOINT`` (its metavar, else its name in
+    capitals), in the usage line and in the Arguments list; not ``{checkpoint}`` and
+    ``checkpoint <path>``."""
+
+    def _usage_display_name(self) -> str:
+        name = self.metavar or self.name.upper()
+        name = name if self.required else f"[{name}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def _rich_display_name(self) -> str:
+        return (self.metavar or self.name.upper()) + ("..." if self.nargs != 1 else "")
+
+    def display_type_rich(self, ctx):
+        return None
+
+
+_CLICK_NAMES = {"int": "INTEGER", "float": "FLOAT", "str": "TEXT", "bool": "BOOLEAN"}
+
+
+class PlainOption(TyperOption):
+    """An option whose value is shown as Click shows it, ``--epochs INTEGER`` (its metavar, else
+    its type in capitals: INTEGER, FLOAT, TEXT, PATH); not ``<int range>`` or ``<list[str]>``."""
+
+    def display_type_rich(self, ctx):
+        if self.metavar is not None:
+            return self.metavar
+        label = self.display_type(ctx).strip("<>").removesuffix(" range")
+        label = label.removeprefix("list[").removesuffix("]")
+        return _CLICK_NAMES.get(label, "PATH" if label in ("path", "file", "directory") else label.upper())
+
+
+class CnnGroup(TyperGroup):
+    """The root group: gives every command's arguments and options the plain placeholders of
+    PlainArgument and PlainOption, commands added later included."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        todo = list(self.commands.values())
+        while todo:
+            command = todo.pop()
+            todo.extend(getattr(command, "commands", {}).values())
+            for param in command.params:
+                if type(param) is TyperArgument:
+                    param.__class__ = PlainArgument
+                elif type(param) is TyperOption:
+                    param.__class__ = PlainOption
+
+
 app = typer.Typer(
     help="Train convolutional neural networks written from scratch in NumPy.\n\n"
          "Example: cnn train configs/shapes.yaml",
+    cls=CnnGroup,
+    context_settings=HELP_OPTIONS,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -109,6 +165,36 @@ def main_callback(
     STATE["debug"] = debug
     _tolerant_streams()
 
+
+
+def load_checkpoint_network(path: Path):
+    """``cnncli.checkpoint.load_network``, whose error says so when the file is a YAML config
+    rather than a checkpoint (``cnn eval configs/shapes.yaml``) and names the command to run."""
+    from cnncli.checkpoint import load_network
+    from cnncli.errors import CheckpointError
+
+    try:
+        return load_network(path)
+    except CheckpointError:
+        if _is_yaml_config(path):
+            raise CheckpointError(f"{path}: is a YAML config, not a checkpoint; train it first "
+                                  f"(cnn train {path}), then give the run's best.npz or "
+                                  "last.npz") from None
+        raise
+
+
+def _is_yaml_config(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return True
+    from cnncli.config import read_config_file
+    from cnncli.errors import CnnError
+
+    try:
+        return "network" in read_config_file(path)
+    except CnnError:
+        return False
 
 
 def pct(x: float) -> str:

@@ -9,10 +9,11 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail, offline_mode
+from cnncli.cli.app import HELP_OPTIONS, app, cli_errors, console, escape, fail, offline_mode
+from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
 
 data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mnist",
-                       no_args_is_help=True)
+                       no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(data_app, name="data")
 
 DOWNLOADABLE = ("mnist",)
@@ -21,9 +22,9 @@ NO_DOWNLOAD_NEEDED = ("shapes", "digits", "npz")
 
 @data_app.command("download")
 def download(
-    dataset: Annotated[str, typer.Argument(help="The dataset to download: mnist.", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="The dataset to download: mnist.", metavar="DATASET", show_default=False)],
     dir: Annotated[Optional[Path], typer.Option(
-        "--dir", help="Download into this folder (then train with --set data.path=DIR). "
+        "--dir", metavar="DIR", help="Download into this folder (then train with --set data.path=DIR). "
                       "Default: the cache, $CNNCLI_DATA_DIR/mnist, else "
                       "$XDG_CACHE_HOME/cnncli/mnist, else ~/.cache/cnncli/mnist.",
         show_default=False)] = None,
@@ -62,19 +63,19 @@ def download(
 
 @app.command("generate-shapes")
 def generate_shapes(
-    out: Annotated[Path, typer.Option("--out", help="The .npz file to write.")] = Path("shapes.npz"),
-    n: Annotated[int, typer.Option("--n", min=2, help="Number of samples.")] = 500,
-    noise: Annotated[float, typer.Option("--noise", min=0.0, help="Uniform noise in [-noise, noise].")] = 0.25,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
-    test_size: Annotated[float, typer.Option("--test-size", help="Fraction held out for testing, in (0, 1).")] = 0.33,
-    preview: Annotated[Optional[Path], typer.Option("--preview", help="Also draw a grid of samples to this PNG.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The .npz file to write.")] = Path("shapes.npz"),
+    n: Annotated[int, typer.Option("--n", min=2, max=SHAPES_MAX_N, metavar="INTEGER", help="Number of samples (as data.n in a config).")] = 500,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, max=SHAPES_MAX_NOISE, metavar="FLOAT", help="Uniform noise in [-noise, noise] (as data.noise).")] = 0.25,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, metavar="INTEGER", help="Random seed.")] = 0,
+    test_size: Annotated[float, typer.Option("--test-size", metavar="FLOAT", help="Fraction held out for testing, in (0, 1).")] = 0.33,
+    preview: Annotated[Optional[Path], typer.Option("--preview", metavar="FILE", help="Also draw a grid of samples to this PNG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ):
     """Write the synthetic shapes dataset (3x3 v_line, h_line, cross, diamond plus noise).
 
     Train on it with data: {name: npz, path: shapes.npz}.
 
-    Example: cnn generate-shapes --out shapes.npz --n 1000 --noise 0.3
+    Example: cnn generate-shapes -o shapes.npz --n 1000 --noise 0.3
     """
     if not 0.0 < test_size < 1.0:
         fail(f"--test-size must be between 0 and 1 (exclusive), got {test_size}", code=2)
@@ -102,7 +103,7 @@ def generate_shapes(
         if preview is not None:
             from cnncli.plots import plot_dataset_preview
 
-            plot_dataset_preview(preview, ds)
+            written = plot_dataset_preview(preview, ds)
         from rich.table import Table
 
         table = Table(title=f"{out}: {len(ds.y_train)} train, {len(ds.y_test)} test samples")
@@ -113,6 +114,8 @@ def generate_shapes(
         for i, name in enumerate(ds.class_names):
             table.add_row(name, str(i), str(int((ds.y_train == i).sum())), str(int((ds.y_test == i).sum())))
         console().print(table)
+        if preview is not None:
+            console().print(f"Wrote {written}", markup=False, soft_wrap=True)
 
 
 EXPORTABLE = ("shapes", "digits", "mnist")

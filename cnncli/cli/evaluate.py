@@ -9,15 +9,15 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, fail, offline_mode, pct
+from cnncli.cli.app import app, cli_errors, console, fail, load_checkpoint_network, offline_mode, pct
 
 @app.command("eval")
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Evaluate on the data of this config instead.")] = None,
-    split: Annotated[str, typer.Option("--split", help="train or test.")] = "test",
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).", metavar="CHECKPOINT", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="CONFIG", help="Evaluate on the data: section of this YAML config instead.")] = None,
+    split: Annotated[str, typer.Option("--split", metavar="train|test", help="The split to score.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy and the confusion matrix.
@@ -36,17 +36,23 @@ def eval_(
 def _eval(checkpoint, data, split, as_json, plot):
     import numpy as np
 
-    from cnncli.checkpoint import load_network
     from cnncli.config import load_config
     from cnncli.data import load_dataset
-    from cnncli.errors import DataError
+    from cnncli.errors import ConfigError, DataError
     from cnncli.metrics import confusion_matrix
     from cnncli.train import blas_threads, evaluate, make_loss
 
-    net, cfg, meta, _ = load_network(checkpoint)
+    net, cfg, meta, _ = load_checkpoint_network(checkpoint)
     data_cfg, seed = cfg["data"], cfg["seed"]
     if data is not None:
-        other = load_config(data)
+        try:
+            other = load_config(data)
+        except ConfigError as exc:
+            if data.suffix.lower() in (".yaml", ".yml"):
+                raise
+            raise ConfigError(f"--data takes a YAML config, whose data: section is evaluated on "
+                              f"(for arrays in an .npz, write one with data: {{name: npz, path: "
+                              f"FILE}}); {exc}") from None
         data_cfg, seed = other["data"], other["seed"]
     ds = load_dataset(data_cfg, seed)
     if tuple(ds.input_shape) != tuple(net.input_shape) or ds.n_classes != net.output_shape[0]:
@@ -64,7 +70,8 @@ def _eval(checkpoint, data, split, as_json, plot):
     if plot is not None:
         from cnncli.plots import plot_evaluation
 
-        plot_evaluation(plot, cm, ds, split, res["predictions"], net, dtype)
+        written = plot_evaluation(plot, cm, ds, split, res["predictions"], net, dtype)
+        console(stderr=as_json).print(f"Wrote {written}", markup=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"checkpoint": str(checkpoint), "split": split, "n": int(len(y)),
                           "accuracy": res["accuracy"], "loss": res["loss"],

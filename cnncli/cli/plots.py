@@ -10,15 +10,15 @@ from typing import List
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console
+from cnncli.cli.app import app, cli_errors, console, load_checkpoint_network
 
 
 @app.command("plot")
 def plot_cmd(
     run_dirs: Annotated[List[Path], typer.Argument(
-        help="Run directories (each holds metrics.csv).", show_default=False)],
+        help="Run directories (each holds metrics.csv).", metavar="RUN_DIR", show_default=False)],
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="The picture to write (.png; .svg and .pdf work too).")] = Path("plot.png"),
+        "--out", "-o", metavar="FILE", help="The picture to write (.png; .svg and .pdf work too).")] = Path("plot.png"),
 ):
     """Draw the loss and accuracy curves of one or more runs in one figure.
 
@@ -44,22 +44,22 @@ def plot_cmd(
 @app.command("show-kernels")
 def show_kernels(
     checkpoint: Annotated[Path, typer.Argument(
-        help="A checkpoint .npz (a run's last.npz or best.npz).", show_default=False)],
+        help="A checkpoint .npz (a run's last.npz or best.npz).", metavar="CHECKPOINT", show_default=False)],
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="The picture to write (.png; .svg and .pdf work too).")] = Path("kernels.png"),
+        "--out", "-o", metavar="FILE", help="The picture to write (.png; .svg and .pdf work too).")] = Path("kernels.png"),
 ):
     """Draw the learned kernels of every conv2d layer of a checkpoint as small images.
 
-    One row per output channel, one column per input channel; red is positive, blue negative,
-    white 0 (one symmetric colour scale per layer).
+    One row per output channel, one column per input channel (a layer with one input channel,
+    such as the first on grey images: its kernels in a square grid); red is positive, blue
+    negative, white 0 (one symmetric colour scale per layer).
 
     Example: cnn show-kernels runs/shapes-20260101-120000/best.npz --out kernels.png
     """
     with cli_errors():
-        from cnncli.checkpoint import load_network
         from cnncli.plots import plot_kernels
 
-        net, cfg, meta, _ = load_network(checkpoint)
+        net, cfg, meta, _ = load_checkpoint_network(checkpoint)
         name = meta.get("config_name") or checkpoint.parent.name
         written = plot_kernels(out, net, f"{checkpoint}: {name}, epoch {meta['epoch']}",
                                source=str(checkpoint))

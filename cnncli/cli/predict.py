@@ -20,7 +20,7 @@ def predict(
         metavar="CHECKPOINT", help="A checkpoint .npz (a run's best.npz or last.npz).",
         show_default=False)],
     paths: Annotated[List[Path], typer.Argument(
-        metavar="PATH...", help="Image files, folders (searched recursively) or .npz files of "
+        metavar="PATH", help="Image files, folders (searched recursively) or .npz files of "
                                 "stored images (array x or x_test).", show_default=False)],
     top: Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="K",
                                      help="Classes shown per image, best first.")] = 2,

@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, fail, offline_mode, pct
+from cnncli.cli.app import app, cli_errors, console, escape, fail, offline_mode, pct
 
 def _overrides(epochs, lr, batch_size, seed, sets) -> list[str]:
     out = []
@@ -33,14 +33,14 @@ def epoch_line(row: dict, epochs: int) -> str:
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config file.", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory from its last.npz.")] = None,
-    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Where to write the run (default: runs/<config>-<time>).")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override training.epochs.")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Override training.learning_rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Override training.batch_size.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Override seed.")] = None,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", help="Override any key, e.g. --set training.epochs=3 (repeatable).")] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue the run in this directory from its last.npz.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", metavar="DIR", help="Where to write the run (default: runs/<config>-<time>).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", metavar="INTEGER", help="Override training.epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", metavar="FLOAT", help="Override training.learning_rate.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="INTEGER", help="Override training.batch_size.")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", metavar="INTEGER", help="Override seed.")] = None,
+    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any key, e.g. --set training.epochs=3 (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
 ):
@@ -63,7 +63,8 @@ def train(
 
 
 def _train(config, resume, run_dir, overrides, epochs, quiet):
-    from cnncli.config import config_diff, load_config, read_config_file, validate, apply_overrides
+    from cnncli.config import (absolute_data_path, apply_overrides, config_diff, load_config,
+                               read_config, read_config_file, validate)
     from cnncli.errors import ConfigError
     from cnncli.run import RunDir, default_run_dir
 
@@ -73,11 +74,21 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
         fail("--run-dir and --resume exclude each other (--resume names the run directory)", code=2)
 
     if resume is not None:
+        if resume.is_file():
+            hint = (f"; resume its run directory: cnn train --resume {resume.parent}"
+                    if (resume.parent / "config.yaml").is_file() else "")
+            fail(escape(f"--resume {resume}: is a file; --resume takes a run directory (the "
+                        f"folder holding config.yaml and last.npz){hint}"))
         run = RunDir.open_existing(resume)
         try:
-            stored = validate(read_config_file(resume / "config.yaml"), str(resume / "config.yaml"))
+            # A run's config.yaml holds an absolute data.path; one written by an older cnncli may
+            # hold a relative one, which was read from the current directory: still is.
+            stored_raw = absolute_data_path(read_config_file(resume / "config.yaml"), Path.cwd())
+            stored = validate(stored_raw, str(resume / "config.yaml"))
             raw = dict(stored)
-            wanted = load_config(config, overrides) if config is not None else validate(apply_overrides(raw, overrides), "overrides")
+            wanted = load_config(config, overrides) if config is not None \
+                else validate(absolute_data_path(apply_overrides(raw, overrides), Path.cwd()),
+                              "overrides")
             diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
             if diff:
                 raise ConfigError(f"cannot resume {resume}: the config differs from the run's in "
@@ -101,9 +112,10 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 
 
 def _fit(cfg, run, config_name, resume, quiet, trainer=None):
+    import copy
+
     from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
-    from cnncli.config import dump_config
-    from cnncli.config import config_diff
+    from cnncli.config import absolute_data_path, config_diff, dump_config
     from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
     from cnncli.run import metrics_csv, train_epochs
     from cnncli.train import Interrupted, Trainer
@@ -125,6 +137,8 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                 stored = checkpoint_config(last, meta)
             except CheckpointError:
                 stored = meta["config"]  # as it is: the checks below name what does not fit
+            # an older cnncli saved data.path as given, relative to the current directory
+            stored = absolute_data_path(copy.deepcopy(stored), Path.cwd())
             diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
             if diff:
                 raise CheckpointError(f"{last}: was written by another run (its config differs in "
@@ -145,7 +159,15 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                 raise ConfigError(f"--epochs {trainer.epochs} is below the {trainer.epoch} epochs "
                                   f"{run.path} has already trained")
             run.write("metrics.csv", metrics_csv(trainer.history))
-            say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
+            if trainer.epoch >= trainer.epochs:
+                say(f"{run.path} is already complete: all {trainer.epochs} epochs are trained. "
+                    f"To train longer, resume with more epochs: cnn train --resume {run.path} "
+                    f"--epochs {trainer.epochs + 10}", always=True)
+            elif trainer.should_stop_early():
+                say(f"{run.path} already stopped early after epoch {trainer.epoch} (the test loss "
+                    f"stopped improving); nothing to resume", always=True)
+            else:
+                say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
         else:
             say(f"Resuming {run.path}: no epoch had finished, starting at epoch 1")
         run.write("config.yaml", dump_config(cfg))
@@ -170,10 +192,19 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                      run_epoch=lambda t: _run_epoch(t, out, interactive),
                      on_epoch=lambda row: say(epoch_line(row, trainer.epochs)))
     except Interrupted:
-        msg = (f"Interrupted: epoch {trainer.epoch} is saved in {run.path / 'last.npz'}. "
-               f"Resume with: cnn train --resume {run.path}")
+        if trainer.epoch:
+            msg = (f"Interrupted: epoch {trainer.epoch} is saved in {run.path / 'last.npz'}. "
+                   f"Resume with: cnn train --resume {run.path}")
+        else:
+            msg = (f"Interrupted during epoch 1: no epoch had finished, so no checkpoint was "
+                   f"saved. Start it again with: cnn train --resume {run.path}")
         run.log(msg)
         console(stderr=True).print(msg, markup=False, soft_wrap=True)
+        if trainer.epoch:
+            try:  # the curves of every finished epoch, whatever the throttle skipped
+                _draw_curves(run.path, config_name, force=True)
+            except CnnError:
+                pass  # the checkpoint is what matters, and it is on disk
         raise typer.Exit(code=130)
     except TrainingError as exc:
         kept = (f"; {run.path / 'last.npz'} keeps epoch {trainer.epoch}, the last good one"
@@ -188,14 +219,15 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
 
     if trainer.history:
         _draw_curves(run.path, config_name, force=True)
+        say(f"Curves: {run.path / 'curves.png'}")
     if trainer.should_stop_early() and trainer.epoch < trainer.epochs:
         say(f"Early stopping after epoch {trainer.epoch}: the test loss has not improved for "
             f"{cfg['training']['early_stopping']['patience']} epochs")
     final = trainer.history[-1]["test_accuracy"] if trainer.history else float("nan")
     best = trainer.best
-    spark = sparkline([r["test_accuracy"] for r in trainer.history])
-    if spark:
-        say(f"Test accuracy by epoch: {spark}")
+    accs = [r["test_accuracy"] for r in trainer.history]
+    if accs:
+        say(f"Test accuracy by epoch: {accuracy_line(accs, out.width if out.is_terminal else None)}")
     say(f"Final test accuracy: {pct(final)} (epoch {trainer.epoch}); best: "
         f"{pct(best['test_accuracy'])} (epoch {best['epoch']}); run: {run.path}", always=True)
 
@@ -203,18 +235,39 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
 def _run_epoch(trainer, out, interactive):
     if not interactive:
         return trainer.train_epoch()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    n = len(trainer.data.y_train)
+    bs = trainer.cfg["training"]["batch_size"]
+    mean = RunningMean()
     with Progress(TextColumn(f"epoch {trainer.epoch + 1}/{trainer.epochs}"), BarColumn(),
                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), console=out, transient=True) as progress:
-        task = progress.add_task("train", total=None, loss="-")
+                  TextColumn("ETA"), TimeRemainingColumn(), console=out,
+                  transient=True) as progress:
+        task = progress.add_task("train", total=-(-n // bs), loss="-")
 
-        def on_batch(b, n, loss):
-            if b == 1 or b % 10 == 0 or b == n:
-                progress.update(task, completed=b, total=n, loss=f"{loss:.4f}")
+        def on_batch(b, batches, loss):
+            mean.add(loss, min(b * bs, n) - (b - 1) * bs)
+            if b == 1 or b % 10 == 0 or b == batches:
+                progress.update(task, completed=b, loss=f"{mean.value:.4f}")
 
         return trainer.train_epoch(on_batch)
+
+
+class RunningMean:
+    """The mean of the epoch's batch losses so far, weighted by batch size: the train loss the
+    epoch line will report, as Keras shows it (the raw per-batch loss jumps)."""
+
+    def __init__(self):
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float, weight: int = 1):
+        self.total += value * weight
+        self.count += weight
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
 
 
 def _draw_curves(path, name, force=False):
@@ -228,8 +281,29 @@ def _draw_curves(path, name, force=False):
 BLOCKS = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float]) -> str:
-    """One character per value, on a 0..1 scale (accuracies)."""
+def accuracy_line(accs: list[float], width: int | None = None) -> str:
+    """The sparkline of accuracies with its range, fitting in ``width`` characters together with
+    the 24 of "Test accuracy by epoch: " (None: any length, for a file or a pipe)."""
+    scale = f" {pct(min(accs))}..{pct(max(accs))}"
+    room = None if width is None else width - 24 - len(scale)
+    if room is not None and len(accs) > room:
+        scale += f" ({len(accs)} epochs, a mean per mark)"
+        room = width - 24 - len(scale)
+    return sparkline(accs, None if room is None else max(room, 10)) + scale
+
+
+def sparkline(values: list[float], width: int | None = None) -> str:
+    """One character per value, scaled from the lowest to the highest value (98.2% to 99.2%
+    uses every block, not one). Longer than ``width`` characters: each character shows the
+    mean of consecutive values, so the line fits."""
     if not values:
         return ""
-    return "".join(BLOCKS[min(int(v * (len(BLOCKS) - 1) + 0.5), len(BLOCKS) - 1)] for v in values)
+    if width is not None and len(values) > width:
+        width = max(width, 1)
+        edges = [round(i * len(values) / width) for i in range(width + 1)]
+        values = [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-12 * max(abs(hi), 1.0):
+        return BLOCKS[-1] * len(values)
+    top = len(BLOCKS) - 1
+    return "".join(BLOCKS[min(int((v - lo) / (hi - lo) * top + 0.5), top)] for v in values)

@@ -12,8 +12,8 @@ import numpy as np
 from cnncli.data.augment import check_spec as check_augment
 from cnncli.data.images import IMAGE_EXTENSIONS
 from cnncli.errors import DataError
-from cnncli.schema import (REQUIRED, Field, SchemaError, boolean, choice, integer, number, optional,
-                           string)
+from cnncli.schema import (REQUIRED, SHAPES_MAX_N, SHAPES_MAX_NOISE, Field, SchemaError, boolean,
+                           choice, integer, number, optional, string)
 
 
 @dataclass
@@ -180,7 +180,8 @@ def _load_folder(cfg: dict, seed: int) -> Dataset:
 
 DATASETS: dict[str, DatasetKind] = {
     "shapes": DatasetKind(
-        {"n": Field(500, integer(2, 10_000_000)), "noise": Field(0.25, number(0.0, strict=False)),
+        {"n": Field(500, integer(2, SHAPES_MAX_N)),
+         "noise": Field(0.25, number(0.0, strict=False, maximum=SHAPES_MAX_NOISE)),
          "test_size": Field(0.33, _fraction), "stratify": Field(False, boolean)},
         lambda cfg: ((1, 3, 3), 4), _load_shapes,
         "the seed's four 3x3 shapes plus uniform noise, generated from the seed"),

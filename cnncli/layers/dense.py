@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from cnncli.blas import add_product, axpy
 from cnncli.errors import ConfigError
 from cnncli.layers.base import Layer, check_init, check_int, check_keys, init_bias, init_weights, register
+from cnncli.parallel import applied, run_blocks
+
+SPLIT_AT = 1 << 17  # weight matrices with at least this many entries run their products in blocks
+BLOCKS = 2  # how many: fixed, so that results never depend on the machine or its load
 
 
 @register("flatten")
@@ -83,20 +89,43 @@ class Dense(Layer):
             raise ConfigError(f"expects {self.in_features} input features, got {in_shape}")
         return (self.out_features,)
 
+    def blocks(self):
+        """The fixed partition of a large layer's products, or None for a small layer:
+        ``(columns, rows)``, each ``BLOCKS`` (start, stop) ranges of nearly equal size, of W's
+        columns for the forward product and of its rows for the two backward ones.
+        It depends on W's shape alone, and each block is the same BLAS call whether cnncli's
+        pool runs the blocks side by side or one after the other (``cnncli.parallel``)."""
+        if self.in_features * self.out_features < SPLIT_AT:
+            return None
+        return _split(self.out_features), _split(self.in_features)
+
+    @applied
     def forward(self, x):
         """x: (N, in_features) -> (N, out_features)"""
         self._x = x
-        out = x @ self.params["W"]
+        w = self.params["W"]
+        parts = self.blocks()
+        if parts is None or not isinstance(x, np.ndarray) or x.ndim != 2:
+            out = x @ w
+        else:  # out[:, j0:j1] = x @ W[:, j0:j1]
+            out = np.empty((x.shape[0], w.shape[1]), dtype=np.result_type(x.dtype, w.dtype))
+            run_blocks([partial(np.matmul, x, w[:, a:b], out=out[:, a:b]) for a, b in parts[0]])
         out += self.params["b"]
         return out
 
+    @applied
     def backward(self, dout):
         """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
         dx = self._input_grad(dout)
-        np.matmul(self._x.T, dout, out=self.grads["W"])  # (in_features, out_features)
+        gw, x, parts = self.grads["W"], self._x, self.blocks()
+        if parts is None:
+            np.matmul(x.T, dout, out=gw)  # (in_features, out_features)
+        else:  # gW[i0:i1] = x[:, i0:i1].T @ dout
+            run_blocks([partial(np.matmul, x[:, a:b].T, dout, out=gw[a:b]) for a, b in parts[1]])
         np.sum(dout, axis=0, out=self.grads["b"])
         return dx
 
+    @applied
     def backward_sgd(self, dout, lr):
         """``backward`` fused with ``W -= lr * x.T @ dout`` and ``b -= lr * sum(dout)``.
 
@@ -107,8 +136,17 @@ class Dense(Layer):
         """
         if type(self).backward is not Dense.backward:
             return super().backward_sgd(dout, lr)
-        dx = self._input_grad(dout)  # with W from before the step
-        add_product(-lr, self._x, dout, self.params["W"])
+        w, x, parts = self.params["W"], self._x, self.blocks()
+        if parts is None:
+            dx = self._input_grad(dout)  # with W from before the step
+            add_product(-lr, x, dout, w)
+        else:  # per block of W's rows: dx rows from W[i0:i1], then W[i0:i1] -= lr * x[:, i0:i1].T @ dout
+            dx_t = None
+            if self.needs_input_grad:
+                dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
+            run_blocks([partial(_backward_sgd_block, -lr, x, a, b, dout, w, dx_t)
+                        for a, b in parts[1]])
+            dx = None if dx_t is None else np.ascontiguousarray(dx_t.T)
         gb = self.grads["b"]
         np.sum(dout, axis=0, out=gb)
         axpy(-lr, gb, self.params["b"])
@@ -120,4 +158,25 @@ class Dense(Layer):
             return None
         # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and OpenBLAS
         # runs this orientation faster for a few rows in float32.
-        return np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)
+        w, parts = self.params["W"], self.blocks()
+        if parts is None:
+            return np.ascontiguousarray(np.matmul(w, dout.T).T)
+        dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
+        run_blocks([partial(np.matmul, w[a:b], dout.T, out=dx_t[a:b]) for a, b in parts[1]])
+        return np.ascontiguousarray(dx_t.T)  # dx_t[i0:i1] = W[i0:i1] @ dout.T
+
+
+def _split(n: int) -> list[tuple[int, int]]:
+    """``BLOCKS`` consecutive ranges covering 0..n, sizes differing by at most 1."""
+    cuts = [n * k // BLOCKS for k in range(BLOCKS + 1)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _backward_sgd_block(alpha, x, a, b, dout, w, dx_t):
+    """One block of W's rows in the fused backward: ``dx_t[a:b] = W[a:b] @ dout.T`` (when dx_t
+    is given) with the rows from before the step, then ``W[a:b] += alpha * x[:, a:b].T @ dout``
+    (x's columns copied: BLAS reads them in place). No other block reads or writes these rows,
+    so one batch of blocks does both products."""
+    if dx_t is not None:
+        np.matmul(w[a:b], dout.T, out=dx_t[a:b])
+    add_product(alpha, np.ascontiguousarray(x[:, a:b]), dout, w[a:b])

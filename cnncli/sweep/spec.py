@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cnncli.config import apply_overrides, read_config_file, validate
+from cnncli.config import apply_overrides, read_config, read_config_file, validate
 from cnncli.errors import ConfigError
 from cnncli.schema import _is_int, _is_real, key_name, short_repr, unknown_key_message
 
@@ -61,7 +61,7 @@ def load_sweep(path, trials: int | None = None) -> dict:
         base_path = (path.parent / base).resolve()
         sweep["base"] = str(base_path)
         try:
-            base_raw = read_config_file(base_path)
+            base_raw = read_config(base_path)  # data.path made absolute, from the base's folder
             base_cfg = validate(base_raw, str(base_path))
         except ConfigError as exc:
             problems.append(f"base: {exc}")

@@ -287,10 +287,10 @@ class Worker:
         try:
             run.log(f"Sweep {sweep['name']}, trial {trial.number}: "
                     + ", ".join(f"{k}={v}" for k, v in trial.params.items()))
-            self.trainer = Trainer(cfg, data=self._dataset(cfg))
+            self.trainer = Trainer(one_core(cfg), data=self._dataset(cfg))
             if self.stop:
                 self.trainer.stop_requested = True
-            train_epochs(self.trainer, run, name, on_epoch=on_epoch)
+            train_epochs(self.trainer, run, name, on_epoch=on_epoch, cfg=cfg)
         except optuna.TrialPruned:
             state = optuna.trial.TrialState.PRUNED
             run.log(f"Pruned after epoch {self.trainer.epoch}")
@@ -331,6 +331,20 @@ class Worker:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         run.close()
         self.trainer = None
+
+
+def one_core(cfg: dict) -> dict:
+    """The config a worker trains with: thread policy 1 (everything on the worker's own thread,
+    ``cnncli.parallel``) when the config leaves ``training.threads`` unset, so N workers use N
+    cores. Results are bit-identical under either policy, so the run directory records the
+    config as it was (``cnn train best.yaml`` gives the same metrics)."""
+    import copy
+
+    if cfg["training"].get("threads") is not None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg["training"]["threads"] = 1
+    return cfg
 
 
 def _frozen(study, trial):

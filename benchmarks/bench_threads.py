@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""What cnncli's thread policy costs and gains (cnncli.parallel), in this one process.
+
+1. The cost of applying the policy around a call: an empty function wrapped with
+   ``@applied`` called from outside cnncli (it sets and restores both OpenBLAS copies' thread
+   counts), from inside a cnncli call (a lock and a counter), and unwrapped.
+2. The seed MNIST network's 2304x256 dense layer, forward plus the fused backward (its three
+   products, each in 2 fixed blocks), batch 16, with the pool (the default) and without
+   (``cnncli.threads(1)``): the same arithmetic, run side by side or one block after the other.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py [--busy]
+
+Medians of ``--repeat`` rounds, the two settings interleaved; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def per_call(fn, n):
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=9, help="rounds (the median is shown)")
+    ap.add_argument("--calls", type=int, default=200, help="layer passes per round")
+    ap.add_argument("--always-pool", action="store_true",
+                    help="never let the pool back off (to see what it does on a busy machine)")
+    ap.add_argument("--busy", type=int, nargs="?", const=1, default=0,
+                    help="keep this many other processes spinning meanwhile (default 1)")
+    args = ap.parse_args(argv)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.busy)]
+    try:
+        measure(args)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+
+
+def measure(args):
+
+    import cnncli
+    from cnncli import parallel
+    from cnncli.layers import Dense
+
+    print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"cnncli's pool: {parallel.pool_workers(None)} thread(s) beside the caller"
+          + (f"; {args.busy} other process(es) spinning" if args.busy else "")
+          + ("; the pool never backs off" if args.always_pool else ""))
+
+    @parallel.applied
+    def empty():
+        pass
+
+    def plain():
+        pass
+
+    parallel._find_libs()
+    if args.always_pool:
+        parallel._Pool.MIN_CORES = 0.0
+    rounds = {"outermost @applied call": [], "nested @applied call": [], "plain call": []}
+    for _ in range(args.repeat):
+        rounds["outermost @applied call"].append(per_call(empty, 20_000))
+        with cnncli.threads(None):
+            rounds["nested @applied call"].append(per_call(empty, 20_000))
+        rounds["plain call"].append(per_call(plain, 20_000))
+    libs = ", ".join(f"{'SciPy' if scipy else 'NumPy'}'s BLAS at {get()} threads outside"
+                     for get, _, scipy in parallel._find_libs())
+    print(f"\npolicy overhead per call ({libs}):")
+    for name, v in rounds.items():
+        print(f"  {name:26} {1e6 * statistics.median(v):6.2f} us")
+
+    print(f"\n2304x256 dense layer, batch 16, forward + fused backward (3 products in 2 blocks each), "
+          f"median of {args.repeat} rounds of {args.calls}:")
+    for dtype in (np.float64, np.float32):
+        layer = Dense(2304, 256, rng=np.random.default_rng(0), dtype=dtype)
+        layer.needs_input_grad = True
+        x = np.random.default_rng(1).random((16, 2304)).astype(dtype)
+        d = np.random.default_rng(2).standard_normal((16, 256)).astype(dtype)
+
+        def step():
+            layer.forward(x)
+            layer.backward_sgd(d, 1e-12)
+
+        times = {1: [], None: []}
+        for policy in times:
+            with cnncli.threads(policy):
+                per_call(step, 20)  # warm-up (and the pool's threads started)
+        for _ in range(args.repeat):
+            for policy in times:
+                with cnncli.threads(policy):
+                    times[policy].append(per_call(step, args.calls))
+        one, pool = (1e6 * statistics.median(times[k]) for k in (1, None))
+        print(f"  {np.dtype(dtype).name}: threads(1) {one:7.1f} us, default (pool) {pool:7.1f} us, "
+              f"{one / pool:.2f}x")
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""How many threads cnncli's arithmetic runs on, applied around every call into it.
+
+The policy, chosen with ``cnncli.threads(n)`` (or ``training.threads`` in a config):
+
+- ``None`` (the default): BLAS runs single-threaded, and the few large matrix products (the
+  2304x256 dense layer of the seed's MNIST network) are cut into a fixed number of blocks that
+  cnncli's own small pool of Python threads computes side by side, one block per core, at most
+  ``POOL_SIZE`` cores. The pool's threads sleep when idle; they never busy-wait, and the pool
+  steps aside for a while when it does not gain (another process holds the other core).
+- ``1``: everything on the calling thread, one block after the other (what sweep workers want).
+- ``n >= 2``: NumPy's BLAS with ``n`` threads of its own, cnncli's pool off (the old opt-in).
+
+SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; ``cnncli.blas`` runs there)
+always gets 1 thread: two OpenBLAS pools busy-waiting for each other's cores made a step 4x
+slower. OpenBLAS threads busy-wait, so a step of the seed's MNIST network with 2 BLAS threads
+ran 30x slower than with 1 while another process kept the second core busy.
+
+The partition into blocks depends on the layer's shape alone, never on the policy, the load or
+whether the pool runs, and each block is the same BLAS call either way: results are bit-identical
+with the pool on or off and from one machine to the next.
+
+Every public entry point into cnncli's arithmetic (``Network.forward/backward/backward_sgd/
+predict``, the optimizers' ``step``, ``cnncli.blas``, the Dense and Conv2D layers) is wrapped
+with ``@applied``: the outermost such call sets the BLAS libraries' thread counts and puts the
+previous counts back when it returns, so code outside cnncli's calls sees its own settings. The
+libraries are found once (threadpoolctl, the first time cnncli computes; libraries loaded
+later are not governed); setting a count is then a C call, a few microseconds per call
+(``benchmarks/bench_threads.py``). The policy is one setting for the whole process, not one per
+Python thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+POOL_SIZE = 2  # cores cnncli's own pool uses at most (the calling thread included)
+
+_lock = threading.Lock()
+_count: int | None = None  # the policy: None, 1 or n (see the module docstring)
+_depth = 0  # nesting of applied calls and threads() blocks; the outermost applies the policy
+_saved: list[tuple[object, int]] = []  # (set count function, count before) to restore
+_libs: list[tuple[object, object, bool]] | None = None  # see _find_libs
+_pool: "_Pool | None" = None
+
+
+def _check(n):
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        from cnncli.errors import ConfigError
+
+        raise ConfigError(f"threads must be an integer >= 1 or None (cnncli's default), got {n!r}")
+    return n
+
+
+def _find_libs() -> list[tuple[object, object, bool]]:
+    """(get count, set count, is SciPy's own copy) for each BLAS library in the process
+    (NumPy's, SciPy's own copy), found once (~5 ms)."""
+    global _libs
+    if _libs is None:
+        from threadpoolctl import ThreadpoolController
+
+        from cnncli import blas
+
+        blas.load()  # SciPy's BLAS must be loaded for threadpoolctl to see it
+        controller = ThreadpoolController()
+        _libs = [(*_accessors(lib), is_scipy_vendored(lib.filepath))
+                 for lib in controller.lib_controllers if lib.user_api == "blas"]
+    return _libs
+
+
+def _accessors(lib):
+    """The library's own get/set thread count functions. For OpenBLAS with its own threads (the
+    pip wheels' build) these are its C functions, called directly: a process-wide setting,
+    whichever Python thread calls (threadpoolctl's ``set_num_threads`` does nothing when called
+    from another thread than the first that used it), and cheaper. Other builds go through
+    threadpoolctl."""
+    if lib.internal_api == "openblas" and getattr(lib, "threading_layer", None) != "openmp":
+        for prefix in ("", "scipy_"):
+            for suffix in ("", "64_", "_64"):
+                get = getattr(lib.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                put = getattr(lib.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    return get, put
+    return lib.get_num_threads, lib.set_num_threads
+
+
+def is_scipy_vendored(filepath: str) -> bool:
+    """A library inside SciPy's wheel (``scipy.libs/``, ``scipy/.dylibs/``), not shared with NumPy."""
+    parts = Path(filepath).parts
+    return "scipy.libs" in parts or ("scipy" in parts and ".dylibs" in parts)
+
+
+def blas_count(n: int | None) -> int:
+    """NumPy's BLAS thread count under policy ``n``."""
+    return 1 if n is None else n
+
+
+def _apply(n: int | None) -> list[tuple[object, int]]:
+    """Set every BLAS library for policy ``n``; returns what to restore."""
+    saved = []
+    for get, put, scipy_own in _find_libs():
+        want = 1 if scipy_own else blas_count(n)
+        have = get()
+        if have != want:
+            put(want)
+            saved.append((put, have))
+    return saved
+
+
+def _restore(saved) -> None:
+    for put, have in reversed(saved):
+        put(have)
+
+
+def _enter() -> None:
+    global _depth, _saved
+    with _lock:
+        if _depth == 0:
+            _saved = _apply(_count)
+        _depth += 1
+
+
+def _exit() -> None:
+    global _depth, _saved
+    with _lock:
+        _depth -= 1
+        if _depth == 0:
+            _restore(_saved)
+            _saved = []
+
+
+def applied(fn):
+    """Decorator: run ``fn`` under cnncli's thread policy (nested calls cost a lock and a count)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        _enter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _exit()
+
+    return run
+
+
+class threads:
+    """Context manager: cnncli's arithmetic inside the block runs with policy ``n``.
+
+    ``with cnncli.threads(1):`` keeps everything on one core; ``threads(None)`` is the default
+    (single-threaded BLAS plus cnncli's own pool); ``threads(n)`` gives NumPy's BLAS ``n``
+    threads. The BLAS libraries are set for the whole block and put back when it ends.
+    """
+
+    def __init__(self, n: int | None):
+        self.n = _check(n)
+
+    def __enter__(self):
+        global _count, _depth, _saved
+        with _lock:
+            self._outer = (_count, _depth, _saved)
+            _count = self.n
+            _saved = _apply(self.n)
+            _depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _count, _depth, _saved
+        with _lock:
+            _restore(_saved)
+            _count, depth, _saved = self._outer
+            _depth = depth
+        return False
+
+
+def current() -> int | None:
+    """The policy in force: None (the default), 1 or n."""
+    return _count
+
+
+# ----------------------------------------------------------------------------- the pool
+def pool_workers(n: int | None) -> int:
+    """Threads cnncli's pool adds to the calling one under policy ``n`` (0: the pool is off)."""
+    if n is not None:
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(0, min(POOL_SIZE, cores) - 1)
+
+
+def run_blocks(blocks) -> None:
+    """Run every callable of ``blocks`` once (each writes its own part of a result).
+
+    With the pool on, the calling thread and the pool's threads take blocks in turn from the
+    list until none is left, so a thread that is slow to wake (another process holds its core)
+    just takes fewer: nothing ever waits for a block nobody has started. With it off, the
+    blocks run one after the other. Either way each block is the same computation.
+    """
+    workers = pool_workers(_count)
+    if workers == 0 or len(blocks) < 2:
+        for block in blocks:
+            block()
+        return
+    global _pool
+    if _pool is None or _pool.size < workers:
+        _pool = _Pool(workers)
+    _pool.run(blocks)
+
+
+class _Batch:
+    """The blocks of one ``run_blocks`` call, taken in turn by whichever thread asks first."""
+
+    def __init__(self, blocks):
+        self.blocks = blocks
+        self.next = 0
+        self.left = len(blocks)
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.cpu = 0.0  # CPU seconds the blocks took, summed over the threads that ran them
+
+    def work(self) -> None:
+        while True:
+            with self.lock:
+                i = self.next
+                if i >= len(self.blocks):
+                    return
+                self.next = i + 1
+            start = time.thread_time()
+            try:
+                self.blocks[i]()
+            except BaseException as exc:  # re-raised by the calling thread
+                self.error = self.error or exc
+            cpu = time.thread_time() - start
+            with self.lock:
+                self.cpu += cpu
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+
+
+class _Pool:
+    """``size`` daemon threads waiting for batches; they sleep on a queue when idle.
+
+    A batch that did not run on more than ``MIN_CORES`` cores on average (the CPU time of its
+    blocks over its wall time: a thread was late, or other processes hold the cores) makes the
+    next batches run on the calling thread alone, 1, 2, 4, ... up to ``BACKOFF_MAX`` of them
+    before the pool is tried again (halving on each success), so a busy machine costs a slow
+    batch now and then, not every step. Only who computes a block changes, never what.
+    """
+
+    BACKOFF_MAX = 1024
+    MIN_CORES = 1.2
+
+    def __init__(self, size: int):
+        self.size = size
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.backoff = 0  # batches to run alone after the next late one
+        self.skip = 0  # batches still to run alone
+        for i in range(size):
+            threading.Thread(target=self._serve, name=f"cnncli-pool-{i}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self.queue.get().work()
+
+    def run(self, blocks) -> None:
+        if self.skip:
+            self.skip -= 1
+            for block in blocks:
+                block()
+            return
+        batch = _Batch(blocks)
+        for _ in range(min(self.size, len(blocks) - 1)):
+            self.queue.put(batch)
+        start = time.perf_counter()
+        batch.work()
+        batch.done.wait()
+        if batch.cpu < self.MIN_CORES * (time.perf_counter() - start):
+            self.backoff = min(2 * self.backoff or 1, self.BACKOFF_MAX)
+            self.skip = self.backoff
+        else:
+            self.backoff //= 2
+        if batch.error is not None:
+            raise batch.error
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's threads: start afresh (the lock may be held)."""
+    global _lock, _pool
+    _lock = threading.Lock()
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
