@@ -576,3 +576,20 @@ def test_two_processes_share_one_sweep_directory(tmp_path):
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(r["number"] for r in rows)
     # each worker samples with its own seed: no two trials drew the same learning rate
     assert len({r["training.learning_rate"] for r in rows}) == len(rows)
+
+
+def test_a_joining_process_waits_for_the_trials_others_run(tmp_path):
+    """A process that joins when every trial still needed is running elsewhere has nothing to
+    train: it waits for those trials and ends with the sweep, exit 0."""
+    path = write_sweep(tmp_path, epochs=300, trials=2)
+    out = tmp_path / "out"
+    first = cnn_process("sweep", "run", path, "--sweep-dir", out, "--workers", 2)
+    assert wait_for(lambda: len(list((out / "trials").glob("*/last.npz"))) == 2
+                    if (out / "trials").is_dir() else False), first.communicate()
+    second = cnn_process("sweep", "run", path, "--sweep-dir", out, "--workers", 1)
+    results = [p.communicate(timeout=300) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], results
+    assert "Sweep s: 2 trials (2 complete)" in results[1][0]
+    assert not (out / "trials" / "2").exists()  # the joining process trained nothing
+    assert [r["state"] for r in read_csv(out / "trials.csv")] == ["COMPLETE"] * 2
+

@@ -23,6 +23,7 @@ from cnncli.sweep.worker import LOCK_FILE, SWEEP_FILE, read_sweep, sweep_lock
 
 STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
 STOP_WAIT_SECONDS = 60  # after Ctrl-C, how long workers get to record their trial before a kill
+RESPAWN_SECONDS = 30  # while other processes run the last trials, how often to check with workers
 # What a start of this sweep (perhaps one that is racing us, or was killed) puts in the directory
 # before sweep.yaml: the lock, the journal and its lock, the temporary file of sweep.yaml.
 _OWN_FILES = {LOCK_FILE, "study.journal", "study.journal.flock"}
@@ -179,14 +180,21 @@ def run_workers(sweep_dir: Path, url: str | None, workers: int, on_update=None,
     if url is not None:
         env[STORAGE_ENV] = url
     log = open(sweep_dir / "workers.log", "ab")
-    procs = []
+
+    def start() -> list:
+        return [subprocess.Popen(
+            [sys.executable, "-m", "cnncli.sweep.worker", str(sweep_dir), "--index", str(i),
+             "--parent", str(os.getpid())],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log) for i in range(workers)]
+
+    def finished(trials) -> int:
+        return sum(t.state.is_finished() for t in trials)
+
+    procs: list = []
     interrupted, deadline, last_seen = False, None, None
     try:
-        for i in range(workers):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "cnncli.sweep.worker", str(sweep_dir), "--index", str(i),
-                 "--parent", str(os.getpid())],
-                env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log))
+        procs = start()
+        started_at, finished_at_start = time.monotonic(), 0
         while True:
             alive = [p for p in procs if p.poll() is None]
             trials = study.get_trials(deepcopy=False)
@@ -196,12 +204,27 @@ def run_workers(sweep_dir: Path, url: str | None, workers: int, on_update=None,
                 write_reports(sweep_dir, trials, sweep, plot=False)
             if on_update is not None:
                 on_update(trials)
-            if not alive:
-                break
             if should_stop() and not interrupted:
                 interrupted, deadline = True, time.monotonic() + STOP_WAIT_SECONDS
                 for p in alive:
                     p.send_signal(signal.SIGINT)
+            if not alive:
+                counts = study_counts(trials)
+                if (interrupted or counts["done"] >= sweep["trials"]
+                        or failed_in_a_row(trials)[0] >= MAX_FAILED_IN_A_ROW
+                        or any(p.returncode for p in procs)):
+                    break
+                # Our workers stopped because other processes (a joined run, other machines)
+                # run the trials still needed: wait for those, and start workers again when
+                # the count falls short (one of those trials failed, or its process died).
+                if counts["running"] and time.monotonic() - started_at < RESPAWN_SECONDS:
+                    time.sleep(poll)
+                    continue
+                if not counts["running"] and finished(trials) == finished_at_start:
+                    break  # a round of workers that did nothing: do not loop
+                procs = procs + start()
+                started_at, finished_at_start = time.monotonic(), finished(trials)
+                continue
             if deadline is not None and time.monotonic() > deadline:
                 for p in alive:
                     p.kill()
