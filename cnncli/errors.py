@@ -35,3 +35,8 @@ class TrainingError(CnnError):
 
 class RunDirError(CnnError):
     """A run directory cannot be used (exists already, locked, not writable)."""
+
+
+class SweepError(CnnError):
+    """A sweep cannot start or go on (a bad sweep file, an unreachable storage, a sweep directory
+    holding another sweep)."""

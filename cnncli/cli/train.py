@@ -114,18 +114,15 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 def _fit(cfg, run, config_name, resume, quiet, trainer=None):
     import copy
 
-    import numpy as np
-
     from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
     from cnncli.config import absolute_data_path, config_diff, dump_config
     from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
-    from cnncli.run import metrics_csv
+    from cnncli.run import metrics_csv, train_epochs
     from cnncli.train import Interrupted, Trainer
 
     out = console()
     interactive = out.is_terminal and not quiet
     trainer = trainer if trainer is not None else Trainer(cfg)
-    extra_meta = {"config": cfg, "config_name": config_name}  # trainer.state() adds the input
 
     def say(text: str, always: bool = False):
         run.log(text)
@@ -191,14 +188,9 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        # A diverging run overflows on its way to the non-finite loss that stops it: no warnings.
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            while trainer.epoch < trainer.epochs and not trainer.should_stop_early():
-                row = _run_epoch(trainer, out, interactive)
-                is_best = trainer.best["epoch"] == row["epoch"]
-                run.save_epoch(trainer, extra_meta, is_best)
-                _draw_curves(run.path, config_name)
-                say(epoch_line(row, trainer.epochs))
+        train_epochs(trainer, run, config_name,
+                     run_epoch=lambda t: _run_epoch(t, out, interactive),
+                     on_epoch=lambda row: say(epoch_line(row, trainer.epochs)))
     except Interrupted:
         if trainer.epoch:
             msg = (f"Interrupted: epoch {trainer.epoch} is saved in {run.path / 'last.npz'}. "

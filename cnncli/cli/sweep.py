@@ -1,0 +1,265 @@
+"""``cnn sweep run | resume | show``: hyperparameter sweeps on Optuna (imported lazily)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typing_extensions import Annotated
+
+from cnncli.cli.app import app, cli_errors, console, escape, fail
+
+STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
+sweep_app = typer.Typer(
+    help="Hyperparameter sweeps on Optuna: many trainings of one config, sampled from a space.\n\n"
+         "Example: cnn sweep run configs/sweeps/shapes-lr.yaml --workers 2",
+    no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(sweep_app, name="sweep")
+
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, max=256,
+                                         help="Trials trained at once, each in its own process with one BLAS thread.")]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
+                      f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
+    show_default=False)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")]
+
+
+@sweep_app.command("run")
+def run(
+    sweep_file: Annotated[Path, typer.Argument(help="The sweep YAML file.", show_default=False)],
+    workers: WorkersOpt = 1,
+    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", help="Where to write the sweep (default: runs/<sweep>-<time>); an existing sweep directory of the same sweep is joined.", show_default=False)] = None,
+    storage: StorageOpt = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="The study's name in the storage (default: the sweep file's name).", show_default=False)] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Override the sweep file's trial count.", show_default=False)] = None,
+    quiet: QuietOpt = False,
+):
+    """Run a sweep: train trials sampled from the sweep file's space until it has its count.
+
+    Each trial is an ordinary run directory (trials/<number>/); the sweep directory also gets
+    trials.csv, best.yaml (ready for cnn train) and sweep.png.
+
+    Examples:
+
+      cnn sweep run configs/sweeps/shapes-lr.yaml --workers 2
+
+      cnn sweep run sweep.yaml --storage postgresql+psycopg://cnn@db-host/cnncli --study lr --workers 8
+    """
+    with cli_errors():
+        from cnncli.run import default_run_dir
+        from cnncli.sweep.driver import prepare
+        from cnncli.sweep.spec import load_sweep
+
+        url = storage or os.environ.get(STORAGE_ENV) or None
+        spec = load_sweep(sweep_file, trials)
+        path = sweep_dir if sweep_dir is not None else default_run_dir(sweep_file)
+        path, spec = prepare(spec, path, url, study)
+        _run(path, spec, url, workers, quiet)
+
+
+@sweep_app.command("resume")
+def resume(
+    sweep_dir: Annotated[Path, typer.Argument(help="The sweep directory.", show_default=False)],
+    workers: WorkersOpt = 1,
+    storage: StorageOpt = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="A new trial count (e.g. to extend a finished sweep).", show_default=False)] = None,
+    quiet: QuietOpt = False,
+):
+    """Continue an interrupted sweep until it has its trial count.
+
+    Finished trials are kept; a trial that was killed mid-way is marked failed and its
+    parameters are tried again. --trials changes the count (a finished sweep grows).
+
+    Examples:
+
+      cnn sweep resume runs/shapes-lr-20260101-120000 --workers 2
+
+      cnn sweep resume runs/shapes-lr-20260101-120000 --trials 30
+    """
+    with cli_errors():
+        from cnncli.sweep.driver import resume_url, set_trial_count
+        from cnncli.sweep.worker import read_sweep
+
+        spec = _read_sweep_dir(sweep_dir, read_sweep)
+        url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
+        if trials is not None:
+            spec = set_trial_count(sweep_dir, trials)
+        _run(sweep_dir, spec, url, workers, quiet)
+
+
+@sweep_app.command("show")
+def show(
+    sweep_dir: Annotated[Optional[Path], typer.Argument(help="The sweep directory.", show_default=False)] = None,
+    storage: StorageOpt = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="The study's name (with --storage).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+):
+    """Show a sweep's trials and its best one, from its storage.
+
+    Examples:
+
+      cnn sweep show runs/shapes-lr-20260101-120000
+
+      cnn sweep show --storage postgresql+psycopg://cnn@db-host/cnncli --study lr --json
+    """
+    with cli_errors():
+        from cnncli.errors import SweepError
+        from cnncli.sweep.driver import open_sweep_study, resume_url
+        from cnncli.sweep.report import best_row, trial_rows
+        from cnncli.sweep.storage import mask_url, open_storage, open_study
+        from cnncli.sweep.worker import read_sweep
+
+        url = storage or os.environ.get(STORAGE_ENV) or None
+        if sweep_dir is not None:
+            spec = _read_sweep_dir(sweep_dir, read_sweep)
+            url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
+            trials = open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False)
+        else:
+            if url is None or study is None:
+                fail("give a SWEEP_DIR, or --storage URL and --study NAME", code=2)
+            st = open_study(open_storage(url), study, "maximize", create=False, url=url)
+            record = st.user_attrs.get("cnncli_sweep")
+            if not isinstance(record, dict):
+                raise SweepError(f"the study {study!r} in {mask_url(url)} was not made by cnn sweep")
+            spec = {**record, "name": study, "study": study, "storage": mask_url(url),
+                    "sweep_id": None}
+            trials = st.get_trials(deepcopy=False)
+        rows = trial_rows(trials, spec)
+        best = best_row(rows, spec["direction"])
+        if as_json:
+            import json
+
+            print(json.dumps({"study": spec["study"], "storage": spec.get("storage"),
+                              "metric": spec["metric"], "direction": spec["direction"],
+                              "trials": rows, "best": best}, indent=2))
+            return
+        out = console()
+        out.print(trials_table(rows, spec))
+        out.print(summary_line(rows, spec, best), markup=False, soft_wrap=True)
+
+
+def _read_sweep_dir(sweep_dir: Path, read_sweep) -> dict:
+    from cnncli.errors import SweepError
+
+    if not (sweep_dir / "sweep.yaml").is_file():
+        raise SweepError(f"{sweep_dir}: not a sweep directory (no sweep.yaml)")
+    try:
+        spec = read_sweep(sweep_dir)
+    except Exception as exc:
+        raise SweepError(f"{sweep_dir / 'sweep.yaml'}: cannot read ({exc})") from None
+    if not isinstance(spec, dict) or "sweep_id" not in spec or "space" not in spec:
+        raise SweepError(f"{sweep_dir / 'sweep.yaml'}: is not a cnn sweep file")
+    return spec
+
+
+def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
+    from cnncli.sweep.driver import run_workers
+    from cnncli.sweep.report import best_row, trial_rows
+
+    out, err = console(), console(stderr=True)
+    interactive = out.is_terminal and not quiet
+    if not quiet:
+        out.print(f"Sweep {spec['name']}: {spec['trials']} trials of {Path(spec['base']).name}, "
+                  f"{workers} worker{'s' if workers > 1 else ''}, study {spec['study']} "
+                  f"({spec['storage'] or 'embedded'}) -> {path}", markup=False, soft_wrap=True)
+    stop = {"count": 0}
+
+    def on_sigint(signum, frame):
+        stop["count"] += 1
+
+    printed: set[int] = set()
+
+    def print_finished(trials):
+        for r in trial_rows(trials, spec):
+            if r["state"] != "RUNNING" and r["number"] not in printed:
+                printed.add(r["number"])
+                out.print(trial_line(r, spec), markup=False, soft_wrap=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        if interactive:
+            from rich.live import Live
+
+            with Live(console=out, refresh_per_second=4, transient=False) as live:
+                result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
+                                     on_update=lambda t: live.update(
+                                         trials_table(trial_rows(t, spec), spec, last=20)))
+        else:
+            result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
+                                 on_update=None if quiet else print_finished)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    rows = trial_rows(result["trials"], spec)
+    command = f"cnn sweep resume {path}"
+    if result["outcome"] == "interrupted":
+        err.print(f"Interrupted: {_done(rows)} of {spec['trials']} trials done; the running ones "
+                  f"will be tried again. Resume with: {command}", markup=False, soft_wrap=True)
+        raise typer.Exit(code=130)
+    if result["outcome"] != "done":
+        fail(escape(f"{result['message']}; resume with: {command}"))
+    out.print(summary_line(rows, spec, best_row(rows, spec["direction"]), path), markup=False,
+              soft_wrap=True)
+
+
+def _done(rows) -> int:
+    return sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
+
+
+def _params(r, spec) -> str:
+    return " ".join(f"{k}={_fmt(r[k])}" for k in spec["space"])
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def trial_line(r: dict, spec: dict) -> str:
+    value = f"{spec['metric']} {r['value']:.4f} (epoch {r['best_epoch']})" \
+        if r["value"] is not None else "no value"
+    secs = f"  {r['seconds']:.1f}s" if r["seconds"] is not None else ""
+    note = f"  {r['note']}" if r["note"] else ""
+    return f"trial {r['number']:>3} {r['state'].lower():<8} {value}  {_params(r, spec)}{secs}{note}"
+
+
+def summary_line(rows, spec, best, path=None) -> str:
+    from collections import Counter
+
+    states = Counter(r["state"].lower() for r in rows)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    text = f"Sweep {spec['name']}: {len(rows)} trials ({counts or 'none yet'})"
+    if best is None:
+        return text + "; no trial completed"
+    text += (f"; best: trial {best['number']}, {spec['metric']} {best['value']:.4f} "
+             f"(epoch {best['best_epoch']}), {_params(best, spec)}")
+    if path is not None:
+        text += f"; {Path(path) / 'best.yaml'}"
+    return text
+
+
+def trials_table(rows, spec, last: int | None = None):
+    from rich.table import Table
+
+    table = Table(title=f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done",
+                  title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("state")
+    for k in spec["space"]:
+        table.add_column(k.split(".")[-1] if len(k) > 20 else k, justify="right")
+    table.add_column(spec["metric"], justify="right")
+    table.add_column("epoch", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("note")
+    shown = rows[-last:] if last else rows
+    for r in shown:
+        table.add_row(str(r["number"]), r["state"].lower(), *[_fmt(r[k]) for k in spec["space"]],
+                      f"{r['value']:.4f}" if r["value"] is not None else "",
+                      str(r["best_epoch"] or ""),
+                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
+                      escape(r["note"] or "")[:60])
+    return table

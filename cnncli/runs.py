@@ -1,0 +1,193 @@
+"""Listing the run directories below a folder (``cnn runs``): what each holds and what state it
+is in, read from its files without loading any checkpoint.
+
+States: ``finished`` (all planned epochs, or early stopping), ``pruned`` (a sweep trial stopped
+by the pruner), ``running`` (its lock is held by a live process), ``failed`` (its log ends with
+an error), ``interrupted`` (stopped part-way: Ctrl-C, a kill, a reboot), ``empty`` (a directory
+with nothing in it yet), ``damaged`` (a run directory whose files cannot be read) and
+``foreign`` (a directory that is not cnncli's). Sweep directories are listed too, with their
+trials below them.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import os
+from pathlib import Path
+
+import yaml
+
+RUN_FILES = ("config.yaml", "metrics.csv", "last.npz", "best.npz")
+COLUMNS = ("name", "kind", "dataset", "epochs_done", "epochs_planned", "best_test_accuracy",
+           "best_epoch", "final_test_accuracy", "seconds", "state", "note")
+SORT_KEYS = ("name", "dataset", "epochs", "best", "final", "time", "state")
+MAX_DEPTH = 4
+
+
+def list_runs(root) -> list[dict]:
+    """One row per run directory, sweep directory, empty or foreign directory below ``root``."""
+    root = Path(root)
+    return list(_scan(root, root, 0))
+
+
+def _scan(root: Path, folder: Path, depth: int):
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return
+    for child in children:
+        try:
+            names = {p.name for p in child.iterdir()}
+        except OSError as exc:
+            yield _row(root, child, "run", state="damaged", note=f"cannot read ({exc.strerror})")
+            continue
+        if "sweep.yaml" in names:
+            yield sweep_row(root, child)
+            if (child / "trials").is_dir():
+                yield from _scan(root, child / "trials", depth + 1)
+        elif names & set(RUN_FILES) or ".lock" in names or "train.log" in names:
+            yield run_row(root, child, names)
+        else:
+            below = list(_scan(root, child, depth + 1)) if depth < MAX_DEPTH else []
+            if below:
+                yield from below
+            elif not names:
+                yield _row(root, child, "run", state="empty", note="nothing in it")
+            else:
+                yield _row(root, child, "other", state="foreign",
+                           note="not a cnncli run directory (no config.yaml)")
+
+
+def _row(root: Path, path: Path, kind: str, **values) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(name=str(path.relative_to(root)), kind=kind, **values)
+    return row
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a live process holds the directory's ``.lock`` (flock: a dead one holds none)."""
+    try:
+        fd = os.open(path / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def run_row(root: Path, path: Path, names: set) -> dict:
+    kind = "trial" if path.parent.name == "trials" and (path.parent.parent / "sweep.yaml").is_file() \
+        else "run"
+    row = _row(root, path, kind)
+    running = lock_is_held(path)
+    if "config.yaml" not in names:
+        if running:
+            row.update(state="running", note="starting")
+            return row
+        only_leftovers = all(n == ".lock" or n.endswith(".tmp") for n in names)
+        row.update(state="empty" if only_leftovers else "damaged",
+                   note="a start that never wrote config.yaml" if only_leftovers else "no config.yaml")
+        return row
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        row["dataset"] = cfg["data"]["name"]
+        row["epochs_planned"] = int(cfg["training"]["epochs"])
+    except Exception as exc:  # any damage: an unreadable or hand-edited file
+        row.update(state="damaged", note=f"config.yaml: {_short(exc)}")
+        return row
+    try:
+        metrics = _read_metrics(path / "metrics.csv") if "metrics.csv" in names else []
+    except Exception as exc:
+        row.update(state="damaged", note=f"metrics.csv: {_short(exc)}")
+        return row
+    row["epochs_done"] = len(metrics)
+    if metrics:
+        best = max(metrics, key=lambda r: (r["test_accuracy"], -r["epoch"]))
+        row.update(best_test_accuracy=best["test_accuracy"], best_epoch=int(best["epoch"]),
+                   final_test_accuracy=metrics[-1]["test_accuracy"],
+                   seconds=sum(r["seconds"] for r in metrics))
+        if "last.npz" not in names:
+            row.update(state="damaged", note="metrics.csv has epochs but last.npz is missing")
+            return row
+    log = _last_lines(path / "train.log")
+    if running:
+        row["state"] = "running"
+    elif row["epochs_done"] >= row["epochs_planned"] or any(l.startswith("Early stopping") for l in log):
+        row["state"] = "finished"
+    elif any(l.startswith("Pruned after epoch") for l in log):
+        row["state"] = "pruned"
+    elif log and log[-1].startswith("Error:"):
+        row.update(state="failed", note=log[-1][len("Error:"):].strip()[:200])
+    else:
+        row["state"] = "interrupted"
+        row["note"] = f"resume with: cnn train --resume {path}" if kind == "run" else ""
+    return row
+
+
+def sweep_row(root: Path, path: Path) -> dict:
+    row = _row(root, path, "sweep")
+    try:
+        sweep = yaml.safe_load((path / "sweep.yaml").read_text(encoding="utf-8"))
+        row["dataset"] = sweep["base_config"]["data"]["name"]
+        wanted = int(sweep["trials"])
+    except Exception as exc:
+        row.update(state="damaged", note=f"sweep.yaml: {_short(exc)}")
+        return row
+    states = []
+    try:
+        with open(path / "trials.csv", encoding="utf-8") as f:
+            states = [r.get("state") for r in csv.DictReader(f)]
+    except (OSError, csv.Error, UnicodeDecodeError):
+        pass
+    done = sum(s in ("COMPLETE", "PRUNED") for s in states)
+    live = lock_is_held_any(path / "trials")
+    row["state"] = "running" if live else "finished" if done >= wanted else "interrupted"
+    row["note"] = f"{done} of {wanted} trials done" + ("" if live or done >= wanted else
+                                                       f"; resume with: cnn sweep resume {path}")
+    return row
+
+
+def lock_is_held_any(trials: Path) -> bool:
+    try:
+        return any(lock_is_held(p) for p in trials.iterdir() if p.is_dir())
+    except OSError:
+        return False
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    rows = []
+    for raw in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
+        rows.append({k: float(raw[k]) for k in ("epoch", "test_accuracy", "seconds")})
+    return rows
+
+
+def _last_lines(path: Path, n: int = 5) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [ln.strip() for ln in text.splitlines() if ln.strip()][-n:]
+
+
+def _short(exc) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:160]
+
+
+def sort_rows(rows: list[dict], key: str) -> list[dict]:
+    """Sort by one of SORT_KEYS; rows without that value go last. Accuracies and times sort
+    highest first, the rest in ascending order."""
+    field = {"epochs": "epochs_done", "best": "best_test_accuracy", "final": "final_test_accuracy",
+             "time": "seconds"}.get(key, key)
+    descending = key in ("best", "final", "time", "epochs")
+    have = [r for r in rows if r[field] is not None]
+    missing = [r for r in rows if r[field] is None]
+    return sorted(have, key=lambda r: r[field], reverse=descending) + missing
