@@ -176,6 +176,9 @@ def _meta_problem(meta: dict) -> str | None:
                 np.random.PCG64().state = state
             except Exception:  # noqa: BLE001 - numpy raises TypeError, ValueError or KeyError here
                 return f"{key} is not a PCG64 state, got {short_repr(state)}"
+    fp = meta.get("data_fingerprint")
+    if fp is not None and not (isinstance(fp, str) and 0 < len(fp) <= 128):
+        return f"data_fingerprint must be a short string, got {short_repr(fp)}"
     if "dtype" in meta and meta["dtype"] not in ("float32", "float64"):
         return f"dtype must be float32 or float64, got {short_repr(meta['dtype'])}"
     for key in ("input_scale", "pixel_max"):

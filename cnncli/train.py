@@ -130,6 +130,7 @@ class Trainer:
         self.best = {"epoch": 0, "test_accuracy": -1.0}
         self.early = {"best_loss": math.inf, "bad_epochs": 0}
         self.stop_requested = False
+        self._data_fingerprint: str | None = None  # computed at the first checkpoint
 
     def batch_sizes(self) -> list[int]:
         """The sizes of one epoch's batches: the last one is smaller when batch_size does not
@@ -240,8 +241,11 @@ class Trainer:
         """Arrays and JSON-able metadata from which ``load_state`` restores this exact point."""
         arrays = self.net.state_dict()
         arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
+        if self._data_fingerprint is None:
+            self._data_fingerprint = self.data.fingerprint()
         meta = {
             **self.input_description(),
+            "data_fingerprint": self._data_fingerprint,
             "epoch": self.epoch,
             "metrics": self.history[-1] if self.history else None,
             "history": self.history,

@@ -550,3 +550,30 @@ def test_help_imports_no_pillow():
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+
+
+def test_resume_refuses_a_folder_whose_images_changed(tmp_path, monkeypatch):
+    """A resumed run must train on the data it started with: a changed image is refused in one
+    line (it would silently train on other data, and no longer be bit-exact)."""
+    monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path / "cache"))
+    folder = make_folder(tmp_path / "pics", n=8, shape=(6, 6))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "seed": 0, "data": {"name": "folder", "path": "pics"},
+        "network": [{"type": "flatten"}, {"type": "dense", "out_features": 2}],
+        "training": {"epochs": 2, "batch_size": 4, "loss": "cross_entropy",
+                     "optimizer": {"name": "sgd", "learning_rate": 0.1}}}))
+    run = tmp_path / "run"
+    runner = CliRunner()
+    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    Image.fromarray(np.zeros((6, 6), np.uint8)).save(folder / "cat" / "03.png")
+    before = (run / "last.npz").read_bytes()
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", 3])
+    assert result.exit_code == 1, result.output
+    assert "is not the data it was trained on" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert (run / "last.npz").read_bytes() == before
+    make_folder(tmp_path / "fresh", n=8, shape=(6, 6))  # the same seed redraws the originals
+    (folder / "cat" / "03.png").write_bytes((tmp_path / "fresh" / "cat" / "03.png").read_bytes())
+    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", 3, "-q"])
+    assert result.exit_code == 0, result.output

@@ -150,6 +150,14 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                     f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
                     f"{len(meta['class_names'])} classes, but this run's data has "
                     f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
+            recorded = meta.get("data_fingerprint")
+            if recorded is not None and recorded != trainer.data.fingerprint():
+                raise CheckpointError(
+                    f"{last}: this run's data ({cfg['data']['name']}, now "
+                    f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test "
+                    "samples) is not the data it was trained on: files were changed, added or "
+                    "removed since; resuming would not continue the same run. Restore the data, "
+                    "or start a new run")
             check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
             try:
                 trainer.load_state(arrays, meta)

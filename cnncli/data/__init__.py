@@ -47,6 +47,18 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.class_names)
 
+    def fingerprint(self) -> str:
+        """A short hash of both splits' images and labels (shapes and dtypes included): a
+        resumed run checks that it trains on the data it started with."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+        return h.hexdigest()
+
     def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
         return (self.x_train, self.y_train) if which == "train" else (self.x_test, self.y_test)
 
