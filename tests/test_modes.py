@@ -257,6 +257,8 @@ def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(tmp_path):
             (layer, grad, result.output)
     assert any("layers.0.b" in line and "pass" in line for line in lines)
     assert "FAIL" not in result.output
+    one = cnn("gradcheck", _write(tmp_path, cfg), "--batch", 1)
+    assert one.exit_code == 2 and "use --batch 2 or more" in one.stderr
 
 
 def test_gradcheck_of_a_dropout_network_is_the_same_every_time(tmp_path):

@@ -90,6 +90,9 @@ def gradcheck(
         net = build_network(cfg["network"], ds.input_shape, np.random.default_rng([cfg["seed"], 1]),
                             np.float64, impl=impl)
         net.set_rng(np.random.default_rng([cfg["seed"], 4]))  # dropout masks: training's stream
+        if batch < 2 and any(layer.type_name == "batch_norm" for layer in net.layers):
+            fail("--batch 1: batch_norm is checked in train mode, where a batch of one sample "
+                 "has no variance; use --batch 2 or more", code=2)
         rng = np.random.default_rng(cfg["seed"])
         picked = np.sort(rng.choice(len(ds.y_train), min(batch, len(ds.y_train)), replace=False))
         x = ds.images(ds.x_train[picked], np.float64)
