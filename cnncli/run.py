@@ -25,6 +25,23 @@ _STALE_TMP = re.compile(r"^\.(config\.yaml|metrics\.csv|last\.npz|best\.npz|curv
                         r"\.\d+\.tmp$")
 
 
+def lock_is_held(path) -> bool:
+    """Whether a live process holds run directory ``path``'s lock (a killed one holds none:
+    flock locks die with their process). Asks for a shared lock, so that two readers asking
+    at once do not take each other for a training."""
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def default_run_dir(config_path, root="runs") -> Path:
     """``runs/<config stem>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that exists."""
     base = Path(root) / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -12,12 +12,13 @@ trials below them.
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import os
 from pathlib import Path
 
 import yaml
+
+from cnncli.run import lock_is_held
 
 RUN_FILES = ("config.yaml", "metrics.csv", "last.npz", "best.npz")
 COLUMNS = ("name", "kind", "dataset", "epochs_done", "epochs_planned", "best_test_accuracy",
@@ -64,21 +65,6 @@ def _row(root: Path, path: Path, kind: str, **values) -> dict:
     row = dict.fromkeys(COLUMNS)
     row.update(name=str(path.relative_to(root)), kind=kind, **values)
     return row
-
-
-def lock_is_held(path: Path) -> bool:
-    """Whether a live process holds the directory's ``.lock`` (flock: a dead one holds none)."""
-    try:
-        fd = os.open(path / ".lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def run_row(root: Path, path: Path, names: set) -> dict:

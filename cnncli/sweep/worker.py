@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnncli.errors import CnnError
+from cnncli.run import lock_is_held
 from cnncli.sweep.storage import retry_trial
 
 SWEEP_FILE = "sweep.yaml"
@@ -46,23 +47,6 @@ def read_sweep(sweep_dir: Path) -> dict:
     import yaml
 
     return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text(encoding="utf-8"))
-
-
-def run_dir_is_live(path: Path) -> bool:
-    """Whether a trial's run directory is locked by a live process (``cnncli.run``'s flock)."""
-    from cnncli.run import LOCK_NAME
-
-    try:
-        fd = os.open(path / LOCK_NAME, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def make_sampler(sweep: dict, seed: int):
@@ -157,7 +141,7 @@ def reap_dead_trials(study, sweep_dir: Path, sweep_id: str, embedded: bool) -> l
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         mine = t.user_attrs.get("sweep_id") == sweep_id or (embedded and "sweep_id" not in t.user_attrs)
         run_dir = t.user_attrs.get("run_dir")
-        if not mine or (run_dir and run_dir_is_live(sweep_dir / run_dir)):
+        if not mine or (run_dir and lock_is_held(sweep_dir / run_dir)):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "killed", "its process ended mid-trial")
