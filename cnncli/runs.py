@@ -35,7 +35,9 @@ def list_runs(root) -> list[dict]:
 
 def _scan(root: Path, folder: Path, depth: int):
     try:
-        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+        # hidden folders (.git, .ipynb_checkpoints) hold no runs
+        children = sorted(p for p in folder.iterdir()
+                          if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     except OSError:
         return
     for child in children:

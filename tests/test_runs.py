@@ -110,3 +110,24 @@ def test_unreadable_files_never_give_a_traceback(folder, tmp_path):
     result = cnn("runs", root, "--json")
     assert result.exit_code == 0, result.output
     assert [r["state"] for r in json.loads(result.output)] == ["damaged"] * 3
+
+
+def test_the_table_stays_readable_on_an_80_column_terminal(folder):
+    """Every state and the start of every note are on screen at 80 columns (long notes once
+    squeezed the name and state columns to nothing)."""
+    result = CliRunner().invoke(app, ["runs", str(folder)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    rows = json.loads(cnn("runs", folder, "--json").output)
+    for r in rows:
+        assert r["state"] in result.output
+        if r["note"]:
+            assert f"{r['name']}: {r['note'][:20]}" in result.output
+
+
+def test_hidden_folders_are_not_listed(tmp_path):
+    (tmp_path / ".git" / "objects").mkdir(parents=True)
+    (tmp_path / ".git" / "objects" / "x").write_text("blob")
+    (tmp_path / "mine").mkdir()
+    rows = json.loads(cnn("runs", tmp_path, "--json").output)
+    assert [r["name"] for r in rows] == ["mine"]

@@ -48,14 +48,18 @@ def runs(
 
 
 def _table(rows, folder):
+    """The runs as a table, then each row's note on a line of its own (notes are long; in
+    the table they squeezed the other columns to nothing on an 80-column terminal)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=escape(f"Runs in {folder}"), title_justify="left")
-    table.add_column("name", overflow="fold")
-    for name in ("dataset", "epochs", "best test acc", "final test acc", "time", "state"):
+    table.add_column("name", overflow="fold", min_width=min(12, max(len(r["name"]) for r in rows)))
+    for name in ("dataset", "epochs", "best", "final", "time", "state"):
         table.add_column(name, justify="left" if name in ("dataset", "state") else "right",
                          no_wrap=True)
-    table.add_column("note", max_width=48, no_wrap=True, overflow="ellipsis")
+    notes = []
     for r in rows:
         epochs = (f"{r['epochs_done']}/{r['epochs_planned']}"
                   if r["epochs_planned"] is not None and r["kind"] != "sweep" else "")
@@ -63,6 +67,7 @@ def _table(rows, folder):
                 if r["best_test_accuracy"] is not None else "")
         final = pct(r["final_test_accuracy"]) if r["final_test_accuracy"] is not None else ""
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else ""
-        table.add_row(escape(r["name"]), r["dataset"] or "", epochs, best, final, secs, r["state"],
-                      escape(r["note"] or ""))
-    return table
+        table.add_row(escape(r["name"]), r["dataset"] or "", epochs, best, final, secs, r["state"])
+        if r["note"]:
+            notes.append(Text(f"{r['name']}: {r['note']}"))
+    return Group(table, *notes)
