@@ -137,7 +137,20 @@ class CnncliRunner:
         return time.perf_counter() - start
 
 
-class ApiRunner:
+class _EpochRunner:
+    """A runner whose ``_epoch(data)`` trains once over ``data``: warm up on the small set,
+    then time one pass over the measured one."""
+
+    def warm_up(self):
+        self._epoch(self.warm)
+
+    def run(self) -> float:
+        start = time.perf_counter()
+        self._epoch(self.data)
+        return time.perf_counter() - start
+
+
+class ApiRunner(_EpochRunner):
     """The README's Python API loop: ``out = net.forward(x); net.backward(loss.gradient(out,
     y)); opt.step(net)``, plus the loss value, on the same batches. No thread setting at all
     for the default policy, as a user writes it; ``with cnncli.threads(n)`` otherwise."""
@@ -155,14 +168,6 @@ class ApiRunner:
         self.data, self.warm = data, warm
         self.threads = threads
         self.context = cnncli.threads(threads) if threads is not None else None
-
-    def warm_up(self):
-        self._epoch(self.warm)
-
-    def run(self) -> float:
-        start = time.perf_counter()
-        self._epoch(self.data)
-        return time.perf_counter() - start
 
     def _epoch(self, data):
         if self.context is not None:
@@ -184,7 +189,7 @@ class ApiRunner:
         return total
 
 
-class TorchRunner:
+class TorchRunner(_EpochRunner):
     """The same network in torch.nn, the same weights, loss, optimizer and batches."""
 
     def __init__(self, cfg, net, data, warm, dtype):
@@ -200,14 +205,6 @@ class TorchRunner:
         self.rng = np.random.default_rng([cfg["seed"], 2])
         self.data, self.warm = data, warm
         self.steps = -(-len(data.y_train) // self.batch_size)
-
-    def warm_up(self):
-        self._epoch(self.warm)
-
-    def run(self) -> float:
-        start = time.perf_counter()
-        self._epoch(self.data)
-        return time.perf_counter() - start
 
     def _epoch(self, data):
         torch = self.torch

@@ -33,6 +33,18 @@ def read_metrics(run):
         return list(csv.DictReader(f))
 
 
+def assert_same_run(run, other):
+    """Two run directories hold the same training: metrics.csv equal but for the timings, and
+    every array of last.npz (parameters, buffers, optimizer state) identical to the bit."""
+    strip = lambda rows: [{c: v for c, v in r.items() if c != "seconds"} for r in rows]  # noqa: E731
+    assert strip(read_metrics(run)) == strip(read_metrics(other))
+    a, _ = load_checkpoint(run / "last.npz")
+    b, _ = load_checkpoint(other / "last.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+
+
 def params(path):
     arrays, _ = load_checkpoint(path)
     return {k: v for k, v in arrays.items() if k.startswith("layers.")}
@@ -92,12 +104,7 @@ def test_same_config_and_seed_give_identical_runs(tmp_path, shapes_run):
     run, _ = shapes_run
     again = tmp_path / "again"
     assert cnn("train", SHAPES, "--run-dir", again, "--quiet").exit_code == 0
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(run)) == strip(read_metrics(again))
-    a, b = params(run / "last.npz"), params(again / "last.npz")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].tobytes() == b[k].tobytes()
+    assert_same_run(run, again)
 
 
 def test_existing_run_directory_is_never_overwritten(shapes_run):
@@ -278,11 +285,7 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert len(read_metrics(run)) == k
     result = cnn("train", "--resume", run, "--quiet")
     assert result.exit_code == 0, result.output
-    strip = lambda rows: [{c: v for c, v in r.items() if c != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_metrics(run)) == strip(read_metrics(full))
-    a, b = params(run / "last.npz"), params(full / "last.npz")
-    for key in a:
-        assert a[key].tobytes() == b[key].tobytes(), key
+    assert_same_run(run, full)
 
 
 def test_resume_can_extend_epochs_and_refuses_other_changes(tmp_path):

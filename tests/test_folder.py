@@ -506,12 +506,9 @@ def test_class_and_file_names_that_look_like_rich_markup_are_shown_as_they_are(t
     assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
 
 
-def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
-    """A folder named "$\\q$" is a class name, not a TeX formula: cnn eval --plot, cnn predict
-    --plot and cnn data preview draw it (matplotlib's mathtext failed on it)."""
-    from cnncli.plots import new_figure, save_figure
-
-    root = make_folder(tmp_path / "pics", classes=("$\\q$", "$5 and $6"))
+def _train_and_draw_every_picture(tmp_path, root):
+    """Train on the folder, then draw each picture that shows class names: eval --plot,
+    predict --plot, data preview; each must succeed."""
     cfg = write_config(tmp_path, root)
     run = tmp_path / "run"
     assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
@@ -520,6 +517,15 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
                  ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    """A folder named "$\\q$" is a class name, not a TeX formula: cnn eval --plot, cnn predict
+    --plot and cnn data preview draw it (matplotlib's mathtext failed on it)."""
+    from cnncli.plots import new_figure, save_figure
+
+    root = make_folder(tmp_path / "pics", classes=("$\\q$", "$5 and $6"))
+    _train_and_draw_every_picture(tmp_path, root)
     fig = new_figure(2, 1)
     label = fig.add_subplot().set_title("$5 and $6")
     save_figure(fig, tmp_path / "t.png")
@@ -532,14 +538,7 @@ def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path):
     root = make_folder(tmp_path / "pics", classes=("cat",))
     make_folder(tmp_path / "tmp", classes=("x",))
     os.rename(tmp_path / "tmp" / "x", os.fsencode(root) + b"/caf\xe9")
-    cfg = write_config(tmp_path, root)
-    run = tmp_path / "run"
-    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
-    for args in (["eval", str(run / "last.npz"), "--plot", str(tmp_path / "e.png")],
-                 ["predict", str(run / "last.npz"), str(root), "--plot", str(tmp_path / "p.png"), "-q"],
-                 ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, (args, result.output)
+    _train_and_draw_every_picture(tmp_path, root)
 
 
 def test_help_imports_no_pillow():
