@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from cnncli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image, probe_image
+from cnncli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image, resize_stored
 from cnncli.errors import CheckpointError, DataError
 
 NPZ_KEYS = ("x", "x_test")  # the array an .npz of images is read from, in this order
@@ -209,11 +209,13 @@ def stored_from_file(path: Path, spec: ModelInput) -> tuple[np.ndarray, bool]:
     dataset does, resized to the model's size, 8-bit pixels times pixel_max / 255. Also says
     whether it had to be resized."""
     c, h, w = spec.shape
-    info = probe_image(path)
-    img = decode_image(path, size=(h, w), channels=c)  # (C, H, W) uint8, 0-255
+    img = decode_image(path, channels=c)  # (C, H', W') uint8, 0-255: one read of the file
+    resized = img.shape[1:] != (h, w)
+    if resized:
+        img = resize_stored(img, (h, w))
     if spec.pixel_max != 255.0:
         img = img.astype(np.float64) * (spec.pixel_max / 255.0)
-    return img, (info.height, info.width) != (h, w)
+    return img, resized
 
 
 def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256,

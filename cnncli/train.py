@@ -241,11 +241,9 @@ class Trainer:
         """Arrays and JSON-able metadata from which ``load_state`` restores this exact point."""
         arrays = self.net.state_dict()
         arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
-        if self._data_fingerprint is None:
-            self._data_fingerprint = self.data.fingerprint()
         meta = {
             **self.input_description(),
-            "data_fingerprint": self._data_fingerprint,
+            "data_fingerprint": self.data_fingerprint,
             "epoch": self.epoch,
             "metrics": self.history[-1] if self.history else None,
             "history": self.history,
@@ -256,6 +254,14 @@ class Trainer:
             "noise_rng_state": self.noise_rng.bit_generator.state,
         }
         return arrays, meta
+
+    @property
+    def data_fingerprint(self) -> str:
+        """``Dataset.fingerprint`` of this run's data, computed once (a resumed run compares it
+        with its checkpoint's, then writes it into every checkpoint)."""
+        if self._data_fingerprint is None:
+            self._data_fingerprint = self.data.fingerprint()
+        return self._data_fingerprint
 
     def input_description(self) -> dict:
         """How to feed the model, for the checkpoint's meta: one sample's ``input_shape``

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnncli.data.images import BadImage, decode_image, probe_image, to_eight_bit
+from cnncli.data.images import BadImage, decode_image, probe_image, resize_stored, to_eight_bit
 
 RNG = np.random.default_rng(0)
 GRAY = RNG.integers(0, 256, (5, 7), dtype=np.uint8)
@@ -116,6 +116,10 @@ def test_resize_is_pillows_bilinear_to_exactly_h_by_w(tmp_path):
     expected = np.asarray(Image.fromarray(RGB).resize((4, 9), Image.Resampling.BILINEAR))
     assert (out == expected.transpose(2, 0, 1)).all()
     assert (decode_image(path, size=(5, 7)) == RGB.transpose(2, 0, 1)).all()  # same size: as is
+    # cnn predict decodes once, then resizes the stored image: the same pixels
+    for channels in (1, 3):
+        assert (resize_stored(decode_image(path, channels=channels), (9, 4))
+                == decode_image(path, size=(9, 4), channels=channels)).all()
 
 
 def test_files_pillow_cannot_read_raise_bad_image_naming_the_file(tmp_path, monkeypatch):

@@ -151,7 +151,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
                     f"{len(meta['class_names'])} classes, but this run's data has "
                     f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
             recorded = meta.get("data_fingerprint")
-            if recorded is not None and recorded != trainer.data.fingerprint():
+            if recorded is not None and recorded != trainer.data_fingerprint:
                 raise CheckpointError(
                     f"{last}: this run's data ({cfg['data']['name']}, now "
                     f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test "

@@ -181,6 +181,16 @@ def to_stored(im, size: tuple[int, int] | None = None, channels: int | None = No
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def resize_stored(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """img: (C, H, W) uint8 with C in (1, 3) -> (C, size[0], size[1]), resized with Pillow's
+    bilinear filter exactly as ``decode_image(path, size)`` resizes."""
+    Image = _pil()
+    pic = Image.fromarray(img[0], "L") if img.shape[0] == 1 else \
+        Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0)), "RGB")
+    a = np.asarray(pic.resize((int(size[1]), int(size[0])), Image.BILINEAR), dtype=np.uint8)
+    return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
 def write_png(path, img: np.ndarray) -> None:
     """img: (C, H, W) uint8 with C in (1, 3) -> an 8-bit PNG (``L`` or ``RGB``). Not atomic by
     itself: ``cnn data export`` writes into a temporary folder renamed into place at the end."""
