@@ -296,3 +296,11 @@ def test_missing_path_and_empty_folder(digits_run, tmp_path):
     (tmp_path / "empty").mkdir()
     result = cnn("predict", digits_run / "best.npz", tmp_path / "empty")
     assert result.exit_code == 1 and "no image files below this folder" in result.stderr
+
+
+def test_csv_to_a_folder_is_one_line(folder_run, tmp_path):
+    folder, run = folder_run
+    one = sorted((folder / "test" / "2").glob("*.png"))[0]
+    result = cnn("predict", run / "best.npz", one, "--csv", tmp_path)
+    assert result.exit_code == 1
+    assert "is a directory" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -120,8 +120,6 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
     if csv_out is not None:
         from cnncli.atomic import atomic_file
 
-        if csv_out.is_dir():
-            raise OSError(21, "is a directory", str(csv_out))
         # a file or class name that is not UTF-8 is written as its own bytes
         with atomic_file(csv_out, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
             f.write(pr.csv_text(rows, k))
