@@ -1,30 +1,118 @@
-"""The two in-place BLAS updates NumPy has no function for, from SciPy's BLAS wrappers.
+"""The two in-place BLAS updates NumPy has no function for.
 
 ``axpy``: ``y += a * x`` in one pass over y (NumPy's ``y += a * x`` makes two, plus a temporary).
 ``add_product``: ``c += alpha * a.T @ b`` written straight into c (GEMM with beta = 1), so the
 dense layer's SGD update never stores its weight gradient: one pass over the weights, not three.
 
-SciPy's wheels ship their own copy of OpenBLAS beside NumPy's; these run there, always with
-1 thread (``cnncli.parallel``).
+Both call the CBLAS functions of SciPy's own copy of OpenBLAS (its wheels ship one beside
+NumPy's; it always runs with 1 thread, ``cnncli.parallel``) through ctypes, which lets go of
+Python's GIL during the call, as NumPy's own products do: cnncli's pool then updates two
+blocks of a layer's weights at once. Two threads calling SciPy's wrappers
+(``scipy.linalg.blas``) at once took turns instead (the seed network's two update blocks:
+1.09x the time of running them one after the other, against 1.67x faster through ctypes;
+``benchmarks/bench_threads.py`` measures the whole layer). The wrappers stay as the fallback
+where no CBLAS library is found (another BLAS vendor); both give the same bits (tested).
 """
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 
 from cnncli.parallel import applied
 
-_FUNCS: dict[tuple[str, str], object] = {}  # (BLAS name, dtype character) -> SciPy wrapper
+# (BLAS name, dtype character) -> fn; gemm(alpha, a, b, c): c += alpha * a.T @ b for C-ordered
+# a (K, M), b (K, N), c (M, N); axpy(a, x, y): y += a * x for contiguous x, y of one size.
+_FUNCS: dict[tuple[str, str], object] = {}
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enum values
+SOURCE = ""  # where _FUNCS came from: "cblas (<library file>)" or "scipy.linalg.blas"
+
+
+def load_scipy() -> None:
+    """Import SciPy's BLAS wrappers, which loads SciPy's copy of OpenBLAS into the process."""
+    from scipy.linalg import blas  # noqa: F401
 
 
 def load() -> None:
-    """Import SciPy's BLAS now (a thread limit set afterwards then covers it too)."""
-    if not _FUNCS:
-        from scipy.linalg import blas
+    """Find the BLAS functions now (a thread limit set afterwards then covers them too)."""
+    global SOURCE
+    if _FUNCS:
+        return
+    from cnncli import parallel
 
-        for char in "fd":
-            for name in ("axpy", "gemm"):
-                _FUNCS[name, char] = blas.get_blas_funcs(name, dtype=np.dtype(char))
+    for dynlib, filepath in parallel.blas_dynlibs():
+        funcs = _cblas(dynlib)
+        if funcs is not None:
+            _FUNCS.update(funcs)
+            SOURCE = f"cblas ({filepath})"
+            return
+    _FUNCS.update(_scipy_wrappers())
+    SOURCE = "scipy.linalg.blas"
+
+
+def _cblas(dynlib) -> dict | None:
+    """ctypes calls of ``dynlib``'s cblas_{s,d}{gemm,axpy}, or None if it has none of them.
+    OpenBLAS names them with a prefix ("scipy_" in SciPy's and NumPy's wheels) and, when its
+    integers are 64-bit, a suffix ("64_")."""
+    for prefix in ("scipy_", ""):
+        for suffix, int_t in (("", ctypes.c_int), ("64_", ctypes.c_int64), ("_64", ctypes.c_int64)):
+            names = {(name, char): f"{prefix}cblas_{blas_char}{name}{suffix}"
+                     for name in ("gemm", "axpy") for char, blas_char in (("f", "s"), ("d", "d"))}
+            found = {key: getattr(dynlib, symbol, None) for key, symbol in names.items()}
+            if all(f is not None for f in found.values()):
+                return {key: _typed(key, f, int_t) for key, f in found.items()}
+    return None
+
+
+def _typed(key, f, int_t):
+    """Give the C function its argument types and wrap it in the calling convention above."""
+    name, char = key
+    real = ctypes.c_float if char == "f" else ctypes.c_double
+    ptr = ctypes.c_void_p
+    if name == "gemm":  # order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+        f.argtypes = [ctypes.c_int] * 3 + [int_t] * 3 + [real, ptr, int_t, ptr, int_t, real, ptr, int_t]
+        f.restype = None
+
+        def gemm(alpha, a, b, c):
+            (k, m), n = a.shape, b.shape[1]
+            if m and n and k:
+                f(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, alpha, a.ctypes.data, m,
+                  b.ctypes.data, n, 1.0, c.ctypes.data, n)
+        return gemm
+    f.argtypes = [int_t, real, ptr, int_t, ptr, int_t]  # n, alpha, x, incx, y, incy
+    f.restype = None
+
+    def axpy(a, x, y):
+        if y.size:
+            f(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
+    return axpy
+
+
+def _scipy_wrappers() -> dict:
+    """The same two calls through SciPy's f2py wrappers (they hold the GIL while they run)."""
+    from scipy.linalg import blas
+
+    funcs = {}
+    for char in "fd":
+        gemm_fn = blas.get_blas_funcs("gemm", dtype=np.dtype(char))
+        axpy_fn = blas.get_blas_funcs("axpy", dtype=np.dtype(char))
+
+        def gemm(alpha, a, b, c, _fn=gemm_fn):
+            # Column-major BLAS sees each C-ordered array as its transpose, so ask it for
+            # c.T += alpha * b.T @ (a.T).T: every operand is then read in place, without a copy.
+            z = _fn(alpha, b.T, a.T, beta=1.0, c=c.T, trans_b=1, overwrite_c=1)
+            if not np.shares_memory(z, c):  # pragma: no cover - SciPy had to copy
+                c[...] = z.T
+
+        def axpy(a, x, y, _fn=axpy_fn):
+            yf = y.reshape(-1)
+            z = _fn(x.reshape(-1), yf, a=a)  # SciPy writes into y itself and returns it ...
+            if z is not yf:  # pragma: no cover - ... unless it had to copy
+                yf[...] = z
+
+        funcs["gemm", char], funcs["axpy", char] = gemm, axpy
+    return funcs
 
 
 @applied
@@ -34,11 +122,9 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
     load()
     fn = _FUNCS.get(("axpy", y.dtype.char))
     if (fn is not None and x.dtype == y.dtype and x.shape == y.shape and y.flags.c_contiguous
-            and x.flags.c_contiguous and (x is y or not np.may_share_memory(x, y))):
-        yf = y.reshape(-1)
-        z = fn(x.reshape(-1), yf, a=a)  # SciPy writes into y itself and returns it ...
-        if z is not yf:  # pragma: no cover - ... unless it had to copy
-            yf[...] = z
+            and x.flags.c_contiguous and y.flags.writeable
+            and (x is y or not np.may_share_memory(x, y))):
+        fn(a, x, y)
         return
     y += a * x
 
@@ -53,12 +139,10 @@ def add_product(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> No
     load()
     fn = _FUNCS.get(("gemm", c.dtype.char))
     if (fn is not None and a.dtype == b.dtype == c.dtype and c.flags.c_contiguous
-            and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.flags.c_contiguous and b.flags.c_contiguous and c.flags.writeable
+            and a.ndim == b.ndim == c.ndim == 2 and a.shape[1] == c.shape[0]
+            and b.shape[1] == c.shape[1] and a.shape[0] == b.shape[0]
             and not np.may_share_memory(a, c) and not np.may_share_memory(b, c)):
-        # Column-major BLAS sees each C-ordered array as its transpose, so ask it for
-        # c.T += alpha * b.T @ (a.T).T: every operand is then read in place, without a copy.
-        z = fn(alpha, b.T, a.T, beta=1.0, c=c.T, trans_b=1, overwrite_c=1)
-        if not np.shares_memory(z, c):  # pragma: no cover - SciPy had to copy
-            c[...] = z.T
+        fn(alpha, a, b, c)
         return
     c += alpha * (a.T @ b)

@@ -45,6 +45,7 @@ _count: int | None = None  # the policy: None, 1 or n (see the module docstring)
 _depth = 0  # nesting of applied calls and threads() blocks; the outermost applies the policy
 _saved: list[tuple[object, int]] = []  # (set count function, count before) to restore
 _libs: list[tuple[object, object, bool]] | None = None  # see _find_libs
+_dynlibs: list[tuple[object, str]] = []  # see blas_dynlibs
 _pool: "_Pool | None" = None
 
 
@@ -61,17 +62,25 @@ def _check(n):
 def _find_libs() -> list[tuple[object, object, bool]]:
     """(get count, set count, is SciPy's own copy) for each BLAS library in the process
     (NumPy's, SciPy's own copy), found once (~5 ms)."""
-    global _libs
+    global _libs, _dynlibs
     if _libs is None:
         from threadpoolctl import ThreadpoolController
 
         from cnncli import blas
 
-        blas.load()  # SciPy's BLAS must be loaded for threadpoolctl to see it
+        blas.load_scipy()  # SciPy's BLAS must be loaded for threadpoolctl to see it
         controller = ThreadpoolController()
-        _libs = [(*_accessors(lib), is_scipy_vendored(lib.filepath))
-                 for lib in controller.lib_controllers if lib.user_api == "blas"]
+        found = [lib for lib in controller.lib_controllers if lib.user_api == "blas"]
+        found.sort(key=lambda lib: not is_scipy_vendored(lib.filepath))  # SciPy's own first
+        _dynlibs = [(lib.dynlib, lib.filepath) for lib in found if hasattr(lib, "dynlib")]
+        _libs = [(*_accessors(lib), is_scipy_vendored(lib.filepath)) for lib in found]
     return _libs
+
+
+def blas_dynlibs() -> list[tuple[object, str]]:
+    """(ctypes library, file) of each BLAS library in the process, SciPy's own copy first."""
+    _find_libs()
+    return _dynlibs
 
 
 def _accessors(lib):

@@ -1,6 +1,7 @@
 """The in-place BLAS updates (cnncli.blas) against plain NumPy, over random shapes and layouts."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,3 +96,55 @@ def test_axpy_adds_a_times_x_into_y_in_place(size, a, dtype, seed):
     blas.axpy(a, x, y)  # the result is read from y itself
     tol = 1e-14 if dtype == "float64" else 1e-6
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
+
+
+def _scipy_reference():
+    """The same two calls through SciPy's f2py wrappers (what cnncli used before ctypes)."""
+    return blas._scipy_wrappers()
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=dims, m=dims, n=dims, alpha=st.floats(-3, 3), dtype=st.sampled_from(["float64", "float32"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_cblas_calls_give_the_same_bits_as_scipys_wrappers(k, m, n, alpha, dtype, seed):
+    blas.load()
+    assert blas.SOURCE.startswith("cblas"), blas.SOURCE  # SciPy's wheel ships CBLAS symbols
+    ref = _scipy_reference()
+    rng = np.random.default_rng(seed)
+    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((k, m), (k, n), (m, n)))
+    mine, theirs = c.copy(), c.copy()
+    blas.add_product(alpha, a, b, mine)
+    ref["gemm", c.dtype.char](alpha, a, b, theirs)
+    assert mine.tobytes() == theirs.tobytes()
+    x, y = rng.standard_normal((2, m * n)).astype(dtype)
+    mine, theirs = y.copy(), y.copy()
+    blas.axpy(alpha, x, mine)
+    ref["axpy", y.dtype.char](alpha, x, theirs)
+    assert mine.tobytes() == theirs.tobytes()
+
+
+def test_without_a_cblas_library_scipys_wrappers_do_the_same(monkeypatch):
+    from cnncli import parallel
+
+    monkeypatch.setattr(blas, "_FUNCS", {})
+    monkeypatch.setattr(blas, "SOURCE", "")
+    monkeypatch.setattr(parallel, "blas_dynlibs", lambda: [])
+    blas.load()
+    assert blas.SOURCE == "scipy.linalg.blas"
+    rng = np.random.default_rng(5)
+    a, b, c = rng.standard_normal((16, 40)), rng.standard_normal((16, 30)), rng.standard_normal((40, 30))
+    expected = c - 0.1 * a.T @ b
+    blas.add_product(-0.1, a, b, c)
+    np.testing.assert_allclose(c, expected, rtol=1e-13)
+
+
+def test_add_product_refuses_mismatched_shapes_instead_of_writing_past_c():
+    a, b, c = np.ones((3, 4)), np.ones((3, 5)), np.zeros((4, 6))  # c should be (4, 5)
+    with pytest.raises(ValueError):
+        blas.add_product(1.0, a, b, c)
+    with pytest.raises(ValueError):
+        blas.axpy(1.0, np.ones(4), np.zeros(3))
+    frozen = np.zeros((4, 5))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError):
+        blas.add_product(1.0, a, b, frozen)

@@ -183,6 +183,10 @@ def _train(dtype, fused, steps=20):
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, fused):
+    from cnncli.layers import dense
+
+    # float32 splits only larger layers: split the seed's here too, to check the blocked path
+    monkeypatch.setattr(dense, "SPLIT_BYTES", 2**20)
     with cnncli.threads(1):
         off = _train(dtype, fused)
     # On: force one pool thread even on a one-core machine, never backing off on a busy one,
@@ -318,8 +322,10 @@ def test_the_partition_depends_on_the_shape_alone():
 
     big = Dense(2304, 256, rng=np.random.default_rng(0))
     assert big.blocks() == ([(0, 128), (128, 256)], [(0, 1152), (1152, 2304)])
-    assert Dense(255, 515, rng=np.random.default_rng(0)).blocks() == (
-        [(0, 257), (257, 515)], [(0, 127), (127, 255)])
+    assert Dense(1023, 515, rng=np.random.default_rng(0)).blocks() == (
+        [(0, 257), (257, 515)], [(0, 511), (511, 1023)])
+    # the same layer in float32 is half the bytes: its products are too small to gain
+    assert Dense(2304, 256, rng=np.random.default_rng(0), dtype=np.float32).blocks() is None
     assert Dense(256, 128, rng=np.random.default_rng(0)).blocks() is None
     for n in (None, 1, 2):
         with cnncli.threads(n):

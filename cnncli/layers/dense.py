@@ -11,7 +11,10 @@ from cnncli.errors import ConfigError
 from cnncli.layers.base import Layer, check_init, check_int, check_keys, init_bias, init_weights, register
 from cnncli.parallel import applied, run_blocks
 
-SPLIT_AT = 1 << 17  # weight matrices with at least this many entries run their products in blocks
+# Weight matrices of at least this many bytes run their products in blocks. Smaller ones
+# gained nothing from cnncli's pool (the seed network's layer in float32, 2.4 MB: 0.99x,
+# benchmarks/bench_threads.py): waking a thread costs more than half of their products.
+SPLIT_BYTES = 4 * 2**20
 BLOCKS = 2  # how many: fixed, so that results never depend on the machine or its load
 
 
@@ -93,9 +96,9 @@ class Dense(Layer):
         """The fixed partition of a large layer's products, or None for a small layer:
         ``(columns, rows)``, each ``BLOCKS`` (start, stop) ranges of nearly equal size, of W's
         columns for the forward product and of its rows for the two backward ones.
-        It depends on W's shape alone, and each block is the same BLAS call whether cnncli's
+        It depends on W's shape and dtype alone, and each block is the same BLAS call whether cnncli's
         pool runs the blocks side by side or one after the other (``cnncli.parallel``)."""
-        if self.in_features * self.out_features < SPLIT_AT:
+        if self.params["W"].nbytes < SPLIT_BYTES:
             return None
         return _split(self.out_features), _split(self.in_features)
 
