@@ -90,7 +90,7 @@ def _typed(key, f, int_t):
 
 
 def _scipy_wrappers() -> dict:
-    """The same two calls through SciPy's f2py wrappers (they hold the GIL while they run)."""
+    """The same two calls through SciPy's f2py wrappers (two threads calling them take turns)."""
     from scipy.linalg import blas
 
     funcs = {}
