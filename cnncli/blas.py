@@ -4,14 +4,15 @@
 ``add_product``: ``c += alpha * a.T @ b`` written straight into c (GEMM with beta = 1), so the
 dense layer's SGD update never stores its weight gradient: one pass over the weights, not three.
 
-Both call the CBLAS functions of SciPy's own copy of OpenBLAS (its wheels ship one beside
-NumPy's; it always runs with 1 thread, ``cnncli.parallel``) through ctypes, which lets go of
-Python's GIL during the call, as NumPy's own products do: cnncli's pool then updates two
-blocks of a layer's weights at once. Two threads calling SciPy's wrappers
-(``scipy.linalg.blas``) at once took turns instead (the seed network's two update blocks:
-1.09x the time of running them one after the other, against 1.67x faster through ctypes;
-``benchmarks/bench_threads.py`` measures the whole layer). The wrappers stay as the fallback
-where no CBLAS library is found (another BLAS vendor); both give the same bits (tested).
+Both run in SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; it always runs
+with 1 thread, ``cnncli.parallel``), through SciPy's wrappers (``scipy.linalg.blas``). Two
+threads calling those at once take turns, so a large ``add_product`` (from ``CTYPES_MIN``
+entries of c: the blocks cnncli's pool runs side by side) calls the library's CBLAS function
+through ctypes instead, which lets go of Python's GIL as NumPy's own products do. Measured on the
+seed network's two update blocks: SciPy's wrappers in two threads took 1.09x the time of running
+them one after the other, ctypes ran them 1.67x faster; ``benchmarks/bench_threads.py`` measures
+the whole layer. Both give the same bits (tested); ctypes costs ~4 us more per call (reading
+three array addresses), which is why small products keep the wrappers.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from cnncli.parallel import applied
 
 # (BLAS name, dtype character) -> fn; gemm(alpha, a, b, c): c += alpha * a.T @ b for C-ordered
 # a (K, M), b (K, N), c (M, N); axpy(a, x, y): y += a * x for contiguous x, y of one size.
-_FUNCS: dict[tuple[str, str], object] = {}
+_FUNCS: dict[tuple[str, str], object] = {}  # SciPy's wrappers
+_CBLAS: dict[tuple[str, str], object] = {}  # gemm through ctypes, when the library has CBLAS
+CTYPES_MIN = 1 << 15  # entries of c from which add_product goes through ctypes
+CBLAS_SOURCE = ""  # the library file _CBLAS calls into ("" if none was found)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enum values
-SOURCE = ""  # where _FUNCS came from: "cblas (<library file>)" or "scipy.linalg.blas"
 
 
 def load_scipy() -> None:
@@ -36,7 +39,7 @@ def load_scipy() -> None:
 
 def load() -> None:
     """Find the BLAS functions now (a thread limit set afterwards then covers them too)."""
-    global SOURCE
+    global CBLAS_SOURCE
     if _FUNCS:
         return
     from cnncli import parallel
@@ -44,53 +47,43 @@ def load() -> None:
     for dynlib, filepath in parallel.blas_dynlibs():
         funcs = _cblas(dynlib)
         if funcs is not None:
-            _FUNCS.update(funcs)
-            SOURCE = f"cblas ({filepath})"
-            return
+            _CBLAS.update(funcs)
+            CBLAS_SOURCE = filepath
+            break
     _FUNCS.update(_scipy_wrappers())
-    SOURCE = "scipy.linalg.blas"
 
 
 def _cblas(dynlib) -> dict | None:
-    """ctypes calls of ``dynlib``'s cblas_{s,d}{gemm,axpy}, or None if it has none of them.
+    """ctypes calls of ``dynlib``'s cblas_sgemm and cblas_dgemm, or None if it has none.
     OpenBLAS names them with a prefix ("scipy_" in SciPy's and NumPy's wheels) and, when its
     integers are 64-bit, a suffix ("64_")."""
     for prefix in ("scipy_", ""):
         for suffix, int_t in (("", ctypes.c_int), ("64_", ctypes.c_int64), ("_64", ctypes.c_int64)):
-            names = {(name, char): f"{prefix}cblas_{blas_char}{name}{suffix}"
-                     for name in ("gemm", "axpy") for char, blas_char in (("f", "s"), ("d", "d"))}
-            found = {key: getattr(dynlib, symbol, None) for key, symbol in names.items()}
+            found = {("gemm", char): getattr(dynlib, f"{prefix}cblas_{blas_char}gemm{suffix}", None)
+                     for char, blas_char in (("f", "s"), ("d", "d"))}
             if all(f is not None for f in found.values()):
-                return {key: _typed(key, f, int_t) for key, f in found.items()}
+                return {key: _typed_gemm(key[1], f, int_t) for key, f in found.items()}
     return None
 
 
-def _typed(key, f, int_t):
-    """Give the C function its argument types and wrap it in the calling convention above."""
-    name, char = key
+def _typed_gemm(char, f, int_t):
+    """Give cblas_?gemm its argument types; wrap it in the gemm convention above."""
     real = ctypes.c_float if char == "f" else ctypes.c_double
     ptr = ctypes.c_void_p
-    if name == "gemm":  # order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-        f.argtypes = [ctypes.c_int] * 3 + [int_t] * 3 + [real, ptr, int_t, ptr, int_t, real, ptr, int_t]
-        f.restype = None
-
-        def gemm(alpha, a, b, c):
-            (k, m), n = a.shape, b.shape[1]
-            if m and n and k:
-                f(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, alpha, a.ctypes.data, m,
-                  b.ctypes.data, n, 1.0, c.ctypes.data, n)
-        return gemm
-    f.argtypes = [int_t, real, ptr, int_t, ptr, int_t]  # n, alpha, x, incx, y, incy
+    # order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+    f.argtypes = [ctypes.c_int] * 3 + [int_t] * 3 + [real, ptr, int_t, ptr, int_t, real, ptr, int_t]
     f.restype = None
 
-    def axpy(a, x, y):
-        if y.size:
-            f(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
-    return axpy
+    def gemm(alpha, a, b, c):
+        (k, m), n = a.shape, b.shape[1]
+        if m and n and k:
+            f(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, alpha, a.ctypes.data, m,
+              b.ctypes.data, n, 1.0, c.ctypes.data, n)
+    return gemm
 
 
 def _scipy_wrappers() -> dict:
-    """The same two calls through SciPy's f2py wrappers (two threads calling them take turns)."""
+    """The two calls through SciPy's f2py wrappers."""
     from scipy.linalg import blas
 
     funcs = {}
@@ -137,7 +130,9 @@ def add_product(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> No
     dtype when c overlaps neither a nor b; anything else goes through NumPy.
     """
     load()
-    fn = _FUNCS.get(("gemm", c.dtype.char))
+    key = ("gemm", c.dtype.char)
+    fn = _CBLAS.get(key) if c.size >= CTYPES_MIN else None
+    fn = fn or _FUNCS.get(key)
     if (fn is not None and a.dtype == b.dtype == c.dtype and c.flags.c_contiguous
             and a.flags.c_contiguous and b.flags.c_contiguous and c.flags.writeable
             and a.ndim == b.ndim == c.ndim == 2 and a.shape[1] == c.shape[0]

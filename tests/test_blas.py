@@ -98,44 +98,50 @@ def test_axpy_adds_a_times_x_into_y_in_place(size, a, dtype, seed):
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
 
 
-def _scipy_reference():
-    """The same two calls through SciPy's f2py wrappers (what cnncli used before ctypes)."""
-    return blas._scipy_wrappers()
-
-
 @settings(max_examples=40, deadline=None)
 @given(k=dims, m=dims, n=dims, alpha=st.floats(-3, 3), dtype=st.sampled_from(["float64", "float32"]),
        seed=st.integers(0, 2**32 - 1))
-def test_the_cblas_calls_give_the_same_bits_as_scipys_wrappers(k, m, n, alpha, dtype, seed):
+def test_the_cblas_call_gives_the_same_bits_as_scipys_wrapper(k, m, n, alpha, dtype, seed):
     blas.load()
-    assert blas.SOURCE.startswith("cblas"), blas.SOURCE  # SciPy's wheel ships CBLAS symbols
-    ref = _scipy_reference()
+    assert blas.CBLAS_SOURCE, "SciPy's wheel ships CBLAS symbols"
     rng = np.random.default_rng(seed)
     a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((k, m), (k, n), (m, n)))
     mine, theirs = c.copy(), c.copy()
-    blas.add_product(alpha, a, b, mine)
-    ref["gemm", c.dtype.char](alpha, a, b, theirs)
-    assert mine.tobytes() == theirs.tobytes()
-    x, y = rng.standard_normal((2, m * n)).astype(dtype)
-    mine, theirs = y.copy(), y.copy()
-    blas.axpy(alpha, x, mine)
-    ref["axpy", y.dtype.char](alpha, x, theirs)
+    blas._CBLAS["gemm", c.dtype.char](alpha, a, b, mine)
+    blas._FUNCS["gemm", c.dtype.char](alpha, a, b, theirs)
     assert mine.tobytes() == theirs.tobytes()
 
 
-def test_without_a_cblas_library_scipys_wrappers_do_the_same(monkeypatch):
+def test_large_products_go_through_ctypes_and_small_ones_through_scipy(monkeypatch):
+    blas.load()
+    used = []
+    for table, name in ((blas._CBLAS, "ctypes"), (blas._FUNCS, "scipy")):
+        fn = table["gemm", "d"]
+        monkeypatch.setitem(table, ("gemm", "d"), lambda *a, _fn=fn, _name=name: used.append(_name) or _fn(*a))
+    rng = np.random.default_rng(4)
+    for m in (blas.CTYPES_MIN // 64 - 1, blas.CTYPES_MIN // 64):  # c just below, then at the bar
+        a, b, c = rng.standard_normal((16, m)), rng.standard_normal((16, 64)), rng.standard_normal((m, 64))
+        expected = c - 0.1 * a.T @ b
+        blas.add_product(-0.1, a, b, c)
+        np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
+    assert used == ["scipy", "ctypes"]
+
+
+def test_without_a_cblas_library_scipys_wrappers_do_it_all(monkeypatch):
     from cnncli import parallel
 
     monkeypatch.setattr(blas, "_FUNCS", {})
-    monkeypatch.setattr(blas, "SOURCE", "")
+    monkeypatch.setattr(blas, "_CBLAS", {})
+    monkeypatch.setattr(blas, "CBLAS_SOURCE", "")
     monkeypatch.setattr(parallel, "blas_dynlibs", lambda: [])
     blas.load()
-    assert blas.SOURCE == "scipy.linalg.blas"
+    assert blas.CBLAS_SOURCE == "" and not blas._CBLAS
     rng = np.random.default_rng(5)
-    a, b, c = rng.standard_normal((16, 40)), rng.standard_normal((16, 30)), rng.standard_normal((40, 30))
+    a, b = rng.standard_normal((16, 1152)), rng.standard_normal((16, 256))
+    c = rng.standard_normal((1152, 256))  # above CTYPES_MIN
     expected = c - 0.1 * a.T @ b
     blas.add_product(-0.1, a, b, c)
-    np.testing.assert_allclose(c, expected, rtol=1e-13)
+    np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_add_product_refuses_mismatched_shapes_instead_of_writing_past_c():

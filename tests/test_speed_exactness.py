@@ -296,11 +296,12 @@ def test_the_fused_path_runs_one_gemm_update_per_dense_layer_and_step(monkeypatc
 
     blas.load()
     calls = {"gemm": 0, "axpy": 0}
-    for (name, char), fn in list(blas._FUNCS.items()):
-        def counted(*args, _fn=fn, _name=name, **kwargs):
-            calls[_name] += 1
-            return _fn(*args, **kwargs)
-        monkeypatch.setitem(blas._FUNCS, (name, char), counted)
+    for table in (blas._FUNCS, blas._CBLAS):  # SciPy's wrappers; large products through ctypes
+        for (name, char), fn in list(table.items()):
+            def counted(*args, _fn=fn, _name=name, **kwargs):
+                calls[_name] += 1
+                return _fn(*args, **kwargs)
+            monkeypatch.setitem(table, (name, char), counted)
     trainer = _trainer_after_steps("fast", 3, PLAIN_SGD)
     # 4 dense layers x 3 steps: one GEMM into W each (one per block in the 2304x256 layer,
     # whose products run in fixed blocks), one axpy on b each, and the conv's two
