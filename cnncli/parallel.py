@@ -5,8 +5,9 @@ The policy, chosen with ``cnncli.threads(n)`` (or ``training.threads`` in a conf
 - ``None`` (the default): BLAS runs single-threaded, and the few large matrix products (the
   2304x256 dense layer of the seed's MNIST network) are cut into a fixed number of blocks that
   cnncli's own small pool of Python threads computes side by side, one block per core, at most
-  ``POOL_SIZE`` cores. The pool's threads sleep when idle; they never busy-wait, and the pool
-  steps aside for a while when it does not gain (another process holds the other core).
+  ``POOL_SIZE`` cores. The pool's threads sleep when idle; they never busy-wait, and each kind
+  of product runs on the pool only while that has measured faster than the calling thread
+  alone (not when another process holds the other core, say).
 - ``1``: everything on the calling thread, one block after the other (what sweep workers want).
 - ``n >= 2``: NumPy's BLAS with ``n`` threads of its own, cnncli's pool off (the old opt-in).
 
@@ -145,14 +146,24 @@ def _exit() -> None:
 
 
 def applied(fn):
-    """Decorator: run ``fn`` under cnncli's thread policy (nested calls cost a lock and a count)."""
+    """Decorator: run ``fn`` under cnncli's thread policy (nested calls cost a lock and a count).
+
+    A calling thread's outermost such call also decides whether the blocks it runs go to the
+    pool, and times itself for that decision (``_Choices``)."""
+    name = fn.__qualname__
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         _enter()
+        mine = _calls
+        mine.depth += 1
         try:
-            return fn(*args, **kwargs)
+            if mine.depth > 1 or _count is not None:
+                return fn(*args, **kwargs)
+            kind = (name, next((a.shape for a in args[:2] if hasattr(a, "shape")), None))
+            return _choices.timed(kind, fn, args, kwargs)
         finally:
+            mine.depth -= 1
             _exit()
 
     return run
@@ -207,13 +218,20 @@ def pool_workers(n: int | None) -> int:
 def run_blocks(blocks) -> None:
     """Run every callable of ``blocks`` once (each writes its own part of a result).
 
-    With the pool on, the calling thread and the pool's threads take blocks in turn from the
-    list until none is left, so a thread that is slow to wake (another process holds its core)
-    just takes fewer: nothing ever waits for a block nobody has started. With it off, the
-    blocks run one after the other. Either way each block is the same computation.
+    On the pool, the calling thread and the pool's threads take blocks in turn from the list
+    until none is left, so a thread that is slow to wake (another process holds its core) just
+    takes fewer: nothing ever waits for a block nobody has started. Otherwise the blocks run
+    one after the other. Either way each block is the same computation. Which way is decided
+    per outermost cnncli call (``_Choices``).
     """
     workers = pool_workers(_count)
     if workers == 0 or len(blocks) < 2:
+        for block in blocks:
+            block()
+        return
+    mine = _calls
+    mine.batches += 1
+    if not mine.pooling:
         for block in blocks:
             block()
         return
@@ -221,6 +239,115 @@ def run_blocks(blocks) -> None:
     if _pool is None or _pool.size < workers:
         _pool = _Pool(workers)
     _pool.run(blocks)
+
+
+class _Calls(threading.local):
+    """How deep in cnncli's calls the current Python thread is (the pool's threads start at 1:
+    their calls are parts of the caller's), and whether its outermost call's blocks go to the
+    pool."""
+
+    depth = 0
+    pooling = True
+    batches = 0  # blocks batches run during the outermost call
+
+
+_calls = _Calls()
+
+
+class _Timing:
+    """How long one kind of call has taken with its blocks on the pool and without."""
+
+    __slots__ = ("alone", "pooled", "count", "every", "run", "way")
+
+    def __init__(self, every):
+        self.alone: float | None = None
+        self.pooled: float | None = None
+        self.count = 0  # calls of this kind so far
+        self.every = every  # a try of the other way starts every this many calls
+        self.run = 0  # calls left in the try under way
+        self.way = True  # the way being tried (True: on the pool)
+
+
+class _Choices:
+    """Whether each kind of outermost call (a function and the shape of its array argument,
+    e.g. ``Network.forward`` on a batch of 16) runs its blocks on the pool: the way that has
+    been faster, timing the whole call. The whole call, because the pool also changes how fast
+    the rest of it runs (results written by the other core sit in that core's cache): measured
+    per batch, the seed network's dense layer ran 2x faster on the pool while a whole step did
+    not gain.
+
+    A way is tried for ``TRY`` calls in a row and the last one's time is its estimate (the
+    first call on a pool that has slept a while pays for waking it). Each kind first tries
+    the pool, then the calling thread alone; after that it runs the faster way, whose estimate
+    is a moving average, and tries the other way every ``every`` calls so that a change of
+    load is noticed. ``every`` starts at ``EXPLORE_MIN`` and doubles, up to ``EXPLORE_MAX``,
+    each time a try confirms the choice (a busy machine then pays for a slow try rarely), and
+    falls back when the choice flips. The pool gains only with a second core to spare: it
+    loses to the calling thread alone when another process holds that core, when waking a
+    thread costs more than half the work, or when the two cores slow each other down. Only who
+    computes a block changes, never what, so results never depend on these choices.
+    """
+
+    TRY = 3
+    EXPLORE_MIN = 16
+    EXPLORE_MAX = 1024
+    WEIGHT = 0.25  # of the newest time in the moving average of the way that runs
+
+    def __init__(self):
+        self.timings: dict[object, _Timing] = {}
+
+    def pooled(self, t: _Timing) -> bool:
+        """Whether the next call of this kind runs its blocks on the pool."""
+        t.count += 1
+        if t.run == 0:
+            if t.pooled is None or t.alone is None:
+                t.run, t.way = self.TRY, t.pooled is None
+            elif t.count % t.every == 0:
+                t.run, t.way = self.TRY, not t.pooled <= t.alone
+            else:
+                return t.pooled <= t.alone
+        return t.way
+
+    def timed(self, kind, fn, args, kwargs):
+        mine = _calls
+        t = self.timings.get(kind)
+        if t is None:  # a kind first seen (or one that runs no blocks): on the pool, untimed
+            mine.pooling, mine.batches = True, 0
+            result = fn(*args, **kwargs)
+            if mine.batches:
+                self.timings[kind] = _Timing(self.EXPLORE_MIN)
+            return result
+        pooled = self.pooled(t)
+        mine.pooling, mine.batches = pooled, 0
+        start = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        finally:
+            mine.pooling = True
+        wall = time.perf_counter() - start
+        if mine.batches:
+            self.record(t, pooled, wall)
+        else:
+            t.count -= 1  # a call that ran no batch says nothing
+        return result
+
+    def record(self, t: _Timing, pooled: bool, wall: float) -> None:
+        name = "pooled" if pooled else "alone"
+        if t.run:  # a try
+            t.run -= 1
+            if t.run == 0:
+                settled = t.pooled is not None and t.alone is not None
+                best = settled and t.pooled <= t.alone
+                setattr(t, name, wall)
+                if settled:
+                    same = (t.pooled <= t.alone) == best
+                    t.every = min(2 * t.every, self.EXPLORE_MAX) if same else self.EXPLORE_MIN
+            return
+        old = getattr(t, name)
+        setattr(t, name, wall if old is None else old + self.WEIGHT * (wall - old))
+
+
+_choices = _Choices()
 
 
 class _Batch:
@@ -233,7 +360,6 @@ class _Batch:
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.error: BaseException | None = None
-        self.cpu = 0.0  # CPU seconds the blocks took, summed over the threads that ran them
 
     def work(self) -> None:
         while True:
@@ -242,61 +368,36 @@ class _Batch:
                 if i >= len(self.blocks):
                     return
                 self.next = i + 1
-            start = time.thread_time()
             try:
                 self.blocks[i]()
             except BaseException as exc:  # re-raised by the calling thread
                 self.error = self.error or exc
-            cpu = time.thread_time() - start
             with self.lock:
-                self.cpu += cpu
                 self.left -= 1
                 if self.left == 0:
                     self.done.set()
 
 
 class _Pool:
-    """``size`` daemon threads waiting for batches; they sleep on a queue when idle.
-
-    A batch that did not run on more than ``MIN_CORES`` cores on average (the CPU time of its
-    blocks over its wall time: a thread was late, or other processes hold the cores) makes the
-    next batches run on the calling thread alone, 1, 2, 4, ... up to ``BACKOFF_MAX`` of them
-    before the pool is tried again (halving on each success), so a busy machine costs a slow
-    batch now and then, not every step. Only who computes a block changes, never what.
-    """
-
-    BACKOFF_MAX = 1024
-    MIN_CORES = 1.2
+    """``size`` daemon threads waiting for batches; they sleep on a queue when idle."""
 
     def __init__(self, size: int):
         self.size = size
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.backoff = 0  # batches to run alone after the next late one
-        self.skip = 0  # batches still to run alone
         for i in range(size):
             threading.Thread(target=self._serve, name=f"cnncli-pool-{i}", daemon=True).start()
 
     def _serve(self) -> None:
+        _calls.depth = 1  # what this thread runs is part of another thread's call
         while True:
             self.queue.get().work()
 
     def run(self, blocks) -> None:
-        if self.skip:
-            self.skip -= 1
-            for block in blocks:
-                block()
-            return
         batch = _Batch(blocks)
         for _ in range(min(self.size, len(blocks) - 1)):
             self.queue.put(batch)
-        start = time.perf_counter()
         batch.work()
         batch.done.wait()
-        if batch.cpu < self.MIN_CORES * (time.perf_counter() - start):
-            self.backoff = min(2 * self.backoff or 1, self.BACKOFF_MAX)
-            self.skip = self.backoff
-        else:
-            self.backoff //= 2
         if batch.error is not None:
             raise batch.error
 

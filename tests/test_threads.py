@@ -191,7 +191,7 @@ def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, f
         off = _train(dtype, fused)
     # On: force one pool thread even on a one-core machine, never backing off on a busy one,
     # and see that it took blocks.
-    _fresh_pool(monkeypatch, 0.0)
+    _fresh_pool(monkeypatch)
     taken = []
     work = parallel._Batch.work
 
@@ -218,7 +218,7 @@ def test_a_forked_child_gets_its_own_pool(monkeypatch):
     # multiprocessing forks on Linux: the child has none of the parent's threads.
     import multiprocessing
 
-    _fresh_pool(monkeypatch, 0.0)
+    _fresh_pool(monkeypatch)
     with cnncli.threads(None):
         parent = _train(np.float64, True, steps=2)  # the parent's pool is running
     ctx = multiprocessing.get_context("fork")
@@ -237,7 +237,7 @@ def _child_params():
 
 
 def test_run_blocks_runs_each_block_once_and_never_waits_for_a_stalled_thread(monkeypatch):
-    _fresh_pool(monkeypatch, 0.0)
+    _fresh_pool(monkeypatch)
     release = threading.Event()
     ran = []
 
@@ -275,38 +275,58 @@ def test_run_blocks_runs_each_block_once_and_never_waits_for_a_stalled_thread(mo
     assert finished.is_set()
 
 
-def _fresh_pool(monkeypatch, min_cores):
-    """One pool thread even on a one-core machine, a new pool, and the given back-off bar."""
+def _fresh_pool(monkeypatch, always=True):
+    """One pool thread even on a one-core machine, a new pool, and (``always``) every call's
+    blocks on the pool, whatever has been measured."""
     monkeypatch.setattr(parallel, "pool_workers", lambda n: 1 if n is None else 0)
     monkeypatch.setattr(parallel, "_pool", None)
-    monkeypatch.setattr(parallel._Pool, "MIN_CORES", min_cores)
+    monkeypatch.setattr(parallel, "_choices", parallel._Choices())
+    if always:
+        monkeypatch.setattr(parallel._Choices, "pooled", lambda self, timing: True)
 
 
-def test_a_pool_that_does_not_gain_backs_off_exponentially(monkeypatch):
-    _fresh_pool(monkeypatch, 100.0)  # no batch ever runs on 100 cores
-    pooled, call = [], [0]
+def test_each_kind_of_call_runs_its_blocks_the_way_that_has_been_faster(monkeypatch):
+    _fresh_pool(monkeypatch, always=False)
+    ways = []  # per call: its blocks on the pool or not, as decided
+    decide = parallel._Choices.pooled
+    monkeypatch.setattr(parallel._Choices, "pooled", lambda self, t: ways.append(decide(self, t)) or ways[-1])
 
-    class Counted(parallel._Batch):
-        def __init__(self, blocks):
-            pooled.append(call[0])
-            super().__init__(blocks)
+    @parallel.applied
+    def work(x, alone, pooled):
+        """Two blocks that sleep ``alone`` or ``pooled`` seconds, by how they run (a stand-in
+        for a layer whose call slows down or speeds up on the pool)."""
+        parallel.run_blocks([lambda: time.sleep(pooled if parallel._calls.pooling else alone)] * 2)
 
-    monkeypatch.setattr(parallel, "_Batch", Counted)
-    out = np.zeros((12, 2))
+    def run(x, calls, alone, pooled):
+        ways.clear()
+        for _ in range(calls):
+            work(x, alone, pooled)
+        return list(ways)
 
-    def block(n, i):
-        return lambda: out.__setitem__((n, i), out[n, i] + 1)
-
-    with cnncli.threads(None):
-        for n in range(12):
-            call[0] = n
-            parallel.run_blocks([block(n, 0), block(n, 1)])
-    assert pooled == [0, 2, 5, 10]  # tried, then 1, 2, 4 batches on the calling thread alone
-    assert (out == 1).all()  # every block ran once either way
+    slow_kind, fast_kind = np.zeros(3), np.zeros(4)  # kinds differ by their argument's shape
+    # slower on the pool (as when another process holds the other core): three calls each
+    # way, then alone, with ever rarer tries of three calls on the pool (from the 16th, 32nd,
+    # 64th ... call)
+    slow = run(slow_kind, 40, alone=0.001, pooled=0.03)
+    # faster on the pool: on the pool, with as rare tries alone
+    fast = run(fast_kind, 40, alone=0.02, pooled=0.004)
+    # (the first call of a kind runs on the pool untimed: it warms caches up)
+    tries = [True] * 3 + [False] * 3
+    assert slow[:6] == fast[:6] == tries
+    assert slow[6:] == [False] * 9 + [True] * 3 + [False] * 13 + [True] * 3 + [False] * 5, slow
+    assert fast[6:] == [not way for way in slow[6:]], fast
+    timing = parallel._choices.timings
+    key = ("test_each_kind_of_call_runs_its_blocks_the_way_that_has_been_faster.<locals>.work", (3,))
+    assert timing[key].alone < timing[key].pooled
+    key = key[:1] + ((4,),)
+    assert timing[key].pooled < timing[key].alone
+    with cnncli.threads(1):  # another policy: nothing pooled, nothing timed
+        work(slow_kind, 0.0, 0.0)
+    assert timing[key[:1] + ((3,),)].count == 39
 
 
 def test_an_error_in_a_block_reaches_the_caller(monkeypatch):
-    _fresh_pool(monkeypatch, 0.0)
+    _fresh_pool(monkeypatch)
 
     def boom():
         raise FloatingPointError("in a block")
