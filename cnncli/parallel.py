@@ -272,9 +272,9 @@ class _Choices:
     """Whether each kind of outermost call (a function and the shape of its array argument,
     e.g. ``Network.forward`` on a batch of 16) runs its blocks on the pool: the way that has
     been faster, timing the whole call. The whole call, because the pool also changes how fast
-    the rest of it runs (results written by the other core sit in that core's cache): measured
-    per batch, the seed network's dense layer ran 2x faster on the pool while a whole step did
-    not gain.
+    the rest of it runs (results written by the other core sit in that core's cache): alone in
+    a loop, the seed network's dense layer's products ran 1.3-1.7x faster on the pool, while a
+    whole step gained far less.
 
     A way is tried for ``TRY`` calls in a row and the last one's time is its estimate (the
     first call on a pool that has slept a while pays for waking it). Each kind first tries
