@@ -307,9 +307,9 @@ def test_each_kind_of_call_runs_its_blocks_the_way_that_has_been_faster(monkeypa
     # slower on the pool (as when another process holds the other core): three calls each
     # way, then alone, with ever rarer tries of three calls on the pool (from the 16th, 32nd,
     # 64th ... call)
-    slow = run(slow_kind, 40, alone=0.001, pooled=0.03)
+    slow = run(slow_kind, 40, alone=0.001, pooled=0.05)
     # faster on the pool: on the pool, with as rare tries alone
-    fast = run(fast_kind, 40, alone=0.02, pooled=0.004)
+    fast = run(fast_kind, 40, alone=0.05, pooled=0.005)
     # (the first call of a kind runs on the pool untimed: it warms caches up)
     tries = [True] * 3 + [False] * 3
     assert slow[:6] == fast[:6] == tries
