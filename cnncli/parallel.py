@@ -160,13 +160,22 @@ def applied(fn):
         try:
             if mine.depth > 1 or _count is not None:
                 return fn(*args, **kwargs)
-            kind = (name, next((a.shape for a in args[:2] if hasattr(a, "shape")), None))
-            return _choices.timed(kind, fn, args, kwargs)
+            return _choices.timed((name, _shape(args)), fn, args, kwargs)
         finally:
             mine.depth -= 1
             _exit()
 
     return run
+
+
+def _shape(args) -> tuple | None:
+    """The shape of the first array among a call's first two arguments (after ``self``, or the
+    first of a function), which with the function names the kind of call."""
+    for a in args[:2]:
+        shape = getattr(a, "shape", None)
+        if isinstance(shape, tuple):
+            return shape
+    return None
 
 
 class threads:

@@ -213,6 +213,20 @@ def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, f
         assert p.tobytes() == on.params[key].tobytes(), key
 
 
+def test_whichever_way_each_call_runs_its_blocks_the_parameters_are_the_same(monkeypatch):
+    import random
+
+    with cnncli.threads(1):
+        one = _train(np.float64, True)
+    _fresh_pool(monkeypatch, always=False)
+    coin = random.Random(7)
+    monkeypatch.setattr(parallel._Choices, "pooled", lambda self, t: coin.random() < 0.5)
+    mixed = _train(np.float64, True)  # no threads block: the README's loop, choices per call
+    assert len(parallel._choices.timings) == 2  # Network.forward, Network.backward_sgd
+    for key, p in one.params.items():
+        assert p.tobytes() == mixed.params[key].tobytes(), key
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_gets_its_own_pool(monkeypatch):
     # multiprocessing forks on Linux: the child has none of the parent's threads.
