@@ -119,12 +119,16 @@ class Dense(Layer):
     @applied
     def backward(self, dout):
         """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
-        dx = self._input_grad(dout)
-        gw, x, parts = self.grads["W"], self._x, self.blocks()
+        gw, x, w, parts = self.grads["W"], self._x, self.params["W"], self.blocks()
         if parts is None:
+            dx = self._input_grad(dout)
             np.matmul(x.T, dout, out=gw)  # (in_features, out_features)
-        else:  # gW[i0:i1] = x[:, i0:i1].T @ dout
-            run_blocks([partial(np.matmul, x[:, a:b].T, dout, out=gw[a:b]) for a, b in parts[1]])
+        else:  # per block of W's rows: dx rows from W[i0:i1], gW[i0:i1] = x[:, i0:i1].T @ dout
+            dx_t = None
+            if self.needs_input_grad:
+                dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
+            run_blocks([partial(_backward_block, x, a, b, dout, w, gw, dx_t) for a, b in parts[1]])
+            dx = None if dx_t is None else np.ascontiguousarray(dx_t.T)
         np.sum(dout, axis=0, out=self.grads["b"])
         return dx
 
@@ -156,23 +160,27 @@ class Dense(Layer):
         return dx
 
     def _input_grad(self, dout):
-        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
+        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer (a
+        layer without blocks; the blocked ones compute it block by block)"""
         if not self.needs_input_grad:
             return None
         # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and OpenBLAS
         # runs this orientation faster for a few rows in float32.
-        w, parts = self.params["W"], self.blocks()
-        if parts is None:
-            return np.ascontiguousarray(np.matmul(w, dout.T).T)
-        dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
-        run_blocks([partial(np.matmul, w[a:b], dout.T, out=dx_t[a:b]) for a, b in parts[1]])
-        return np.ascontiguousarray(dx_t.T)  # dx_t[i0:i1] = W[i0:i1] @ dout.T
+        return np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)
 
 
 def _split(n: int) -> list[tuple[int, int]]:
     """``BLOCKS`` consecutive ranges covering 0..n, sizes differing by at most 1."""
     cuts = [n * k // BLOCKS for k in range(BLOCKS + 1)]
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _backward_block(x, a, b, dout, w, gw, dx_t):
+    """One block of W's rows in the backward pass: ``dx_t[a:b] = W[a:b] @ dout.T`` (when dx_t
+    is given) and ``gW[a:b] = x[:, a:b].T @ dout``: one batch of blocks for both products."""
+    if dx_t is not None:
+        np.matmul(w[a:b], dout.T, out=dx_t[a:b])
+    np.matmul(x[:, a:b].T, dout, out=gw[a:b])
 
 
 def _backward_sgd_block(alpha, x, a, b, dout, w, dx_t):
