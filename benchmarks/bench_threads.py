@@ -68,23 +68,29 @@ def measure(args):
     def empty():
         pass
 
+    @parallel.applied
+    def outer(n):  # a cnncli call making n nested ones
+        return per_call(empty, n)
+
     def plain():
         pass
 
     parallel._find_libs()
     if args.always_pool:
-        parallel._Pool._pooled = lambda self, timing: True
-    rounds = {"outermost @applied call": [], "nested @applied call": [], "plain call": []}
+        parallel._Choices.pooled = lambda self, timing: True
+    rounds = {"outermost @applied call": [], "outermost, inside a threads block": [],
+              "nested @applied call": [], "plain call": []}
     for _ in range(args.repeat):
         rounds["outermost @applied call"].append(per_call(empty, 20_000))
         with cnncli.threads(None):
-            rounds["nested @applied call"].append(per_call(empty, 20_000))
+            rounds["outermost, inside a threads block"].append(per_call(empty, 20_000))
+        rounds["nested @applied call"].append(outer(20_000))
         rounds["plain call"].append(per_call(plain, 20_000))
     libs = ", ".join(f"{'SciPy' if scipy else 'NumPy'}'s BLAS at {get()} threads outside"
                      for get, _, scipy in parallel._find_libs())
     print(f"\npolicy overhead per call ({libs}):")
     for name, v in rounds.items():
-        print(f"  {name:26} {1e6 * statistics.median(v):6.2f} us")
+        print(f"  {name:34} {1e6 * statistics.median(v):6.2f} us")
 
     print(f"\n2304x256 dense layer, batch 16, forward + fused backward (3 products in 2 blocks each), "
           f"median of {args.repeat} rounds of {args.calls}:")

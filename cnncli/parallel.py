@@ -146,7 +146,7 @@ def _exit() -> None:
 
 
 def applied(fn):
-    """Decorator: run ``fn`` under cnncli's thread policy (nested calls cost a lock and a count).
+    """Decorator: run ``fn`` under cnncli's thread policy (a nested call costs a count).
 
     A calling thread's outermost such call also decides whether the blocks it runs go to the
     pool, and times itself for that decision (``_Choices``)."""
@@ -154,8 +154,14 @@ def applied(fn):
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        _enter()
         mine = _calls
+        if mine.depth:  # nested: this thread's outermost call has set everything up
+            mine.depth += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                mine.depth -= 1
+        _enter()
         mine.depth += 1
         try:
             if mine.depth > 1 or _count is not None:
