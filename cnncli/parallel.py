@@ -267,12 +267,13 @@ class _Calls(threading.local):
 
 
 _calls = _Calls()
+MARGIN = 0.95  # the pool is chosen when it has been at least 5% faster
 
 
 class _Timing:
     """How long one kind of call has taken with its blocks on the pool and without."""
 
-    __slots__ = ("alone", "pooled", "count", "every", "run", "way")
+    __slots__ = ("alone", "pooled", "count", "every", "run", "way", "tried")
 
     def __init__(self, every):
         self.alone: float | None = None
@@ -281,6 +282,12 @@ class _Timing:
         self.every = every  # a try of the other way starts every this many calls
         self.run = 0  # calls left in the try under way
         self.way = True  # the way being tried (True: on the pool)
+        self.tried: list[float] = []  # the times of the try under way
+
+    def best(self) -> bool:
+        """Whether the pool is the faster way: by a margin, since the calling thread alone
+        never waits for a thread that another process keeps off its core."""
+        return self.pooled < MARGIN * self.alone
 
 
 class _Choices:
@@ -291,10 +298,11 @@ class _Choices:
     a loop, the seed network's dense layer's products ran 1.3-1.7x faster on the pool, while a
     whole step gained far less.
 
-    A way is tried for ``TRY`` calls in a row and the last one's time is its estimate (the
-    first call on a pool that has slept a while pays for waking it). Each kind first tries
-    the pool, then the calling thread alone; after that it runs the faster way, whose estimate
-    is a moving average, and tries the other way every ``every`` calls so that a change of
+    A way is tried for ``TRY`` calls in a row and their median time is its estimate (the
+    first call on a pool that has slept a while pays for waking it; on a busy machine one call
+    may be lucky). Each kind first tries the pool, then the calling thread alone; after that it
+    runs the faster way (the pool only if at least 5% faster: alone, the caller never waits
+    for a thread that another process keeps off its core), whose estimate is a moving average, and tries the other way every ``every`` calls so that a change of
     load is noticed. ``every`` starts at ``EXPLORE_MIN`` and doubles, up to ``EXPLORE_MAX``,
     each time a try confirms the choice (a busy machine then pays for a slow try rarely), and
     falls back when the choice flips. The pool gains only with a second core to spare: it
@@ -318,9 +326,9 @@ class _Choices:
             if t.pooled is None or t.alone is None:
                 t.run, t.way = self.TRY, t.pooled is None
             elif t.count % t.every == 0:
-                t.run, t.way = self.TRY, not t.pooled <= t.alone
+                t.run, t.way = self.TRY, not t.best()
             else:
-                return t.pooled <= t.alone
+                return t.best()
         return t.way
 
     def timed(self, kind, fn, args, kwargs):
@@ -350,12 +358,14 @@ class _Choices:
         name = "pooled" if pooled else "alone"
         if t.run:  # a try
             t.run -= 1
+            t.tried.append(wall)
             if t.run == 0:
                 settled = t.pooled is not None and t.alone is not None
-                best = settled and t.pooled <= t.alone
-                setattr(t, name, wall)
+                best = settled and t.best()
+                setattr(t, name, sorted(t.tried)[len(t.tried) // 2])  # the median
+                t.tried = []
                 if settled:
-                    same = (t.pooled <= t.alone) == best
+                    same = t.best() == best
                     t.every = min(2 * t.every, self.EXPLORE_MAX) if same else self.EXPLORE_MIN
             return
         old = getattr(t, name)
