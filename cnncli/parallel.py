@@ -312,7 +312,7 @@ class _Choices:
     """
 
     TRY = 3
-    EXPLORE_MIN = 16
+    EXPLORE_MIN = 32
     EXPLORE_MAX = 1024
     WEIGHT = 0.25  # of the newest time in the moving average of the way that runs
 
