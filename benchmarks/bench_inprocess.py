@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from busy import spinning
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,18 +36,12 @@ def main(argv=None):
     ap.add_argument("--busy", type=int, nargs="?", const=1, default=0,
                     help="keep this many other processes spinning meanwhile (default 1)")
     args = ap.parse_args(argv)
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(args.busy)]
-    try:
+    with spinning(args.busy):
         print(f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
               + (f"; {args.busy} other process(es) spinning" if args.busy else ""))
         for dtype in args.dtype.split(","):
             measure(np.dtype(dtype), args.rounds, args.steps)
         print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
 
 
 def measure(dtype, rounds, steps):

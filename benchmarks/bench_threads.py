@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from busy import spinning
 
 
 def per_call(fn, n):
@@ -41,14 +41,8 @@ def main(argv=None):
     ap.add_argument("--busy", type=int, nargs="?", const=1, default=0,
                     help="keep this many other processes spinning meanwhile (default 1)")
     args = ap.parse_args(argv)
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(args.busy)]
-    try:
+    with spinning(args.busy):
         measure(args)
-    finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
 
 
 def measure(args):

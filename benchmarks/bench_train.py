@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from busy import spinning
+
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_TRAIN = 60_000
 
@@ -455,14 +457,12 @@ def main(argv=None):
     print(f"{len(cases)} measurements x {args.repeat} rounds, each a fresh process: warm-up, then "
           f"{args.chunks} chunks of {args.steps} steps (the process reports their median)")
 
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                for _ in range(args.busy)]
-    if spinners:
-        print(f"busy: {len(spinners)} other process(es) spinning on the CPU meanwhile")
+    if args.busy:
+        print(f"busy: {args.busy} other process(es) spinning on the CPU meanwhile")
     medians = {case: [] for case in cases}
     setups = {}
     checks = {}
-    try:
+    with spinning(args.busy):
         for rnd in range(args.repeat):
             k = rnd % len(cases)
             for case in cases[k:] + cases[:k]:  # another order every round
@@ -478,10 +478,6 @@ def main(argv=None):
             for dtype in dtypes:
                 checks[dtype] = run_child({"config": args.config, "batch_size": args.batch_size,
                                            "dtype": dtype, "impl": "check"})["check"]
-    finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
 
     print("\nBLAS in each process (inside cnncli's calls for cnncli), threadpoolctl:")
     for lines, users in setups.items():
