@@ -6,8 +6,8 @@ The policy, chosen with ``cnncli.threads(n)`` (or ``training.threads`` in a conf
   2304x256 dense layer of the seed's MNIST network) are cut into a fixed number of blocks that
   cnncli's own small pool of Python threads computes side by side, one block per core, at most
   ``POOL_SIZE`` cores. The pool's threads sleep when idle; they never busy-wait, and each kind
-  of product runs on the pool only while that has measured faster than the calling thread
-  alone (not when another process holds the other core, say).
+  of outermost call runs its blocks on the pool only while that has measured faster than the
+  calling thread alone (``_Choices``; not when another process holds the other core, say).
 - ``1``: everything on the calling thread, one block after the other (what sweep workers want).
 - ``n >= 2``: NumPy's BLAS with ``n`` threads of its own, cnncli's pool off (the old opt-in).
 
@@ -16,9 +16,9 @@ always gets 1 thread: two OpenBLAS pools busy-waiting for each other's cores mad
 slower. OpenBLAS threads busy-wait, so a step of the seed's MNIST network with 2 BLAS threads
 ran 30x slower than with 1 while another process kept the second core busy.
 
-The partition into blocks depends on the layer's shape alone, never on the policy, the load or
-whether the pool runs, and each block is the same BLAS call either way: results are bit-identical
-with the pool on or off and from one machine to the next.
+The partition into blocks depends on the layer's shape and dtype alone, never on the policy, the
+load or whether the pool runs, and each block is the same BLAS call either way: results are
+bit-identical with the pool on or off and from one machine to the next.
 
 Every public entry point into cnncli's arithmetic (``Network.forward/backward/backward_sgd/
 predict``, the optimizers' ``step``, ``cnncli.blas``, the Dense and Conv2D layers) is wrapped
