@@ -164,7 +164,7 @@ def applied(fn):
         _enter()
         mine.depth += 1
         try:
-            if mine.depth > 1 or _count is not None:
+            if _count is not None:  # another policy: no pool to choose
                 return fn(*args, **kwargs)
             return _choices.timed((name, _shape(args)), fn, args, kwargs)
         finally:
@@ -239,21 +239,18 @@ def run_blocks(blocks) -> None:
     one after the other. Either way each block is the same computation. Which way is decided
     per outermost cnncli call (``_Choices``).
     """
-    workers = pool_workers(_count)
-    if workers == 0 or len(blocks) < 2:
-        for block in blocks:
-            block()
-        return
-    mine = _calls
-    mine.batches += 1
-    if not mine.pooling:
-        for block in blocks:
-            block()
-        return
     global _pool
-    if _pool is None or _pool.size < workers:
-        _pool = _Pool(workers)
-    _pool.run(blocks)
+    workers = pool_workers(_count)
+    if workers and len(blocks) >= 2:
+        mine = _calls
+        mine.batches += 1
+        if mine.pooling:
+            if _pool is None or _pool.size < workers:
+                _pool = _Pool(workers)
+            _pool.run(blocks)
+            return
+    for block in blocks:
+        block()
 
 
 class _Calls(threading.local):
