@@ -3,10 +3,13 @@
 
 1. The cost of applying the policy around a call: an empty function wrapped with
    ``@applied`` called from outside cnncli (it sets and restores both OpenBLAS copies' thread
-   counts), from inside a cnncli call (a lock and a counter), and unwrapped.
+   counts), from inside a ``threads`` block (the pool's choice looked up), from inside a cnncli
+   call (a thread-local counter), and unwrapped.
 2. The seed MNIST network's 2304x256 dense layer, forward plus the fused backward (its three
    products, each in 2 fixed blocks), batch 16, with the pool (the default) and without
    (``cnncli.threads(1)``): the same arithmetic, run side by side or one block after the other.
+3. That layer's two update blocks in two threads at once, through SciPy's BLAS wrapper and
+   through the ctypes CBLAS call cnncli uses: whether the calls really run side by side.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_threads.py [--busy]
 
@@ -112,7 +115,50 @@ def measure(args):
         print(f"  {np.dtype(dtype).name}: threads(1) {one:7.1f} us, pool {pool:7.1f} us, {one / pool:.2f}x"
               + ("  (cnncli leaves this layer whole: split here only to measure)" if whole else ""))
         dense.SPLIT_BYTES = split_bytes
+    update_blocks(args.repeat)
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def update_blocks(repeat, calls=50):
+    """The seed layer's two float64 update blocks (``W[rows] += alpha * x[:, rows].T @ dout``)
+    in two Python threads at once against one after the other, through SciPy's f2py wrapper and
+    through the CBLAS call cnncli makes by ctypes (``cnncli/blas.py``)."""
+    import threading
+
+    import cnncli
+    from cnncli import blas
+
+    blas.load()
+    rng = np.random.default_rng(0)
+    w, x, d = rng.random((2304, 256)), rng.random((16, 2304)), rng.random((16, 256))
+    halves = [(np.ascontiguousarray(x[:, :1152]), w[:1152]), (np.ascontiguousarray(x[:, 1152:]), w[1152:])]
+
+    def run(gemm, side_by_side):
+        def block(i):
+            for _ in range(calls):
+                gemm(-1e-12, halves[i][0], d, halves[i][1])
+        start = time.perf_counter()
+        if side_by_side:
+            other = threading.Thread(target=block, args=(1,))
+            other.start()
+            block(0)
+            other.join()
+        else:
+            block(0)
+            block(1)
+        return (time.perf_counter() - start) / calls
+
+    print(f"\nthe 2 float64 update blocks ({calls} times each), median of {repeat} rounds:")
+    with cnncli.threads(1):  # BLAS at 1 thread; the two Python threads are the only parallelism
+        for name, gemm in (("SciPy's wrapper", blas._FUNCS["gemm", "d"]),
+                           ("ctypes (CBLAS)", blas._CBLAS.get(("gemm", "d")))):
+            if gemm is None:
+                print(f"  {name}: no CBLAS symbol found")
+                continue
+            alone = statistics.median(run(gemm, False) for _ in range(repeat))
+            both = statistics.median(run(gemm, True) for _ in range(repeat))
+            print(f"  {name:16} one after the other {1e6 * alone:7.1f} us, two threads "
+                  f"{1e6 * both:7.1f} us: {alone / both:.2f}x")
 
 
 if __name__ == "__main__":

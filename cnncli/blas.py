@@ -8,10 +8,10 @@ Both run in SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; it
 with 1 thread, ``cnncli.parallel``), through SciPy's wrappers (``scipy.linalg.blas``). Two
 threads calling those at once take turns, so a large ``add_product`` (from ``CTYPES_MIN``
 entries of c: the blocks cnncli's pool runs side by side) calls the library's CBLAS function
-through ctypes instead, which lets go of Python's GIL as NumPy's own products do. Measured on the
-seed network's two update blocks: SciPy's wrappers in two threads took 1.09x the time of running
-them one after the other, ctypes ran them 1.67x faster; ``benchmarks/bench_threads.py`` measures
-the whole layer. Both give the same bits (tested); ctypes costs ~4 us more per call (reading
+through ctypes instead, which lets go of Python's GIL as NumPy's own products do. The seed
+network's two update blocks in two threads at once, against one after the other
+(``benchmarks/bench_threads.py``, idle machine): SciPy's wrappers 0.77x (slower than in turn),
+ctypes 1.92x. Both give the same bits (tested); ctypes costs ~4 us more per call (reading
 three array addresses), which is why small products keep the wrappers.
 """
 
