@@ -13,9 +13,10 @@ from cnncli.parallel import applied
 class Network:
     """A stack of layers run in order.
 
-    ``forward(x)`` returns the last layer's output; ``backward(dout)`` fills every layer's
-    ``grads`` (the first layer skips the input gradient nobody uses); ``backward_sgd(dout, lr)``
-    also applies the plain SGD step, leaving the fused dense layers' ``grads["W"]`` unwritten.
+    ``forward(x)`` returns the last layer's output; ``backward(dout)`` gives every layer its
+    ``grads`` (the first layer skips the input gradient nobody uses; dense layers compute the
+    weight gradient when it is first read); ``backward_sgd(dout, lr)`` also applies the plain
+    SGD step.
     A network starts in train mode; ``eval()`` switches batch norm to its running statistics
     and dropout off, ``train()`` back.
     """
@@ -45,7 +46,8 @@ class Network:
     def backward_sgd(self, dout: np.ndarray, lr: float) -> None:
         """Backward fused with the plain SGD step ``p -= lr * grad``: each layer updates its
         parameters as soon as it has passed its input gradient on (``Layer.backward_sgd``).
-        Equal to ``backward`` then ``SGD(lr).step`` up to rounding."""
+        The same bits as ``backward`` then ``SGD(lr).step`` when no ``grads`` were read in
+        between (``Dense``)."""
         for layer in reversed(self.layers):
             dout = layer.backward_sgd(dout, lr)
             if dout is None:

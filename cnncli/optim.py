@@ -1,7 +1,8 @@
 """Optimizers: they update a network's parameters in place from the gradients its backward wrote.
 
 With plain SGD the trainer skips ``SGD.step`` and runs ``Network.backward_sgd``, which applies the
-same update inside the backward pass (``SGD.plain`` tells when).
+same update inside the backward pass (``SGD.plain`` tells when); ``SGD.step`` then runs each
+layer's ``sgd_step``, the same update with the same bits.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class SGD:
     @applied
     def step(self, network) -> None:
         lr, mu, wd = self.learning_rate, self.momentum, self.weight_decay
+        if self.plain:  # each layer's own update (Dense adds its weight gradient's product into W)
+            for layer in network.layers:
+                layer.sgd_step(lr)
+            return
         for key, p, g in network.parameters():
             if wd:
                 buf = self._scratch(key, p)

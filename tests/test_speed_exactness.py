@@ -247,19 +247,68 @@ def test_trainer_fast_and_reference_paths_reach_the_same_parameters_after_20_ste
         assert not np.allclose(fast.net.params[key], p), key
 
 
-def test_fused_sgd_backward_equals_backward_then_sgd_step():
-    specs = LENET_NET[:-1] + [{"type": "dense", "out_features": 10}]
-    loss = CrossEntropyLoss()
+@pytest.mark.parametrize("specs,loss,dtype", [
+    (SEED_MNIST_NET, MSELoss(), np.float64),  # its 2304x256 layer runs in blocks
+    (SEED_MNIST_NET, MSELoss(), np.float32),
+    (LENET_NET[:-1] + [{"type": "dense", "out_features": 10}], CrossEntropyLoss(), np.float64),
+])
+def test_the_readme_api_loop_gives_the_same_bits_as_the_fused_trainer_step(specs, loss, dtype):
+    a = build_network(specs, (1, 28, 28), np.random.default_rng(3), dtype)
+    b = build_network(specs, (1, 28, 28), np.random.default_rng(3), dtype)
     rng = np.random.default_rng(8)
-    x = rng.random((5, 1, 28, 28))
-    y = np.eye(10)[rng.integers(0, 10, 5)]
-    a = build_network(specs, (1, 28, 28), np.random.default_rng(3))
-    b = build_network(specs, (1, 28, 28), np.random.default_rng(3))
-    a.backward_sgd(loss.gradient(a.forward(x), y), 0.05)
-    b.backward(loss.gradient(b.forward(x), y))
-    SGD(0.05).step(b)
+    opt = SGD(0.05)
+    for _ in range(5):
+        x = rng.random((5, 1, 28, 28)).astype(dtype)
+        y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 5)]
+        a.backward_sgd(loss.gradient(a.forward(x), y), 0.05)  # what cnn train runs
+        b.backward(loss.gradient(b.forward(x), y))           # the README's loop
+        opt.step(b)
     for key, p in a.params.items():
-        np.testing.assert_allclose(p, b.params[key], rtol=1e-13, atol=1e-15)
+        np.testing.assert_array_equal(p, b.params[key], err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dense_grads_read_after_backward_are_the_gradient_and_the_step_applies_them_as_changed(dtype):
+    net = build_network(SEED_MNIST_NET, (1, 28, 28), np.random.default_rng(3), dtype)
+    big, relu = net.layers[2], net.layers[3]
+    assert big.type_name == "dense" and (big.blocks() is not None) == (dtype == np.float64)
+    seen = {}
+    relu_backward = relu.backward
+    relu.backward = lambda d: seen.setdefault("dout", relu_backward(d))  # the big layer's dout
+    rng = np.random.default_rng(8)
+    x = rng.random((6, 1, 28, 28)).astype(dtype)
+    y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 6)]
+    flat = net.layers[1].forward(net.layers[0].forward(x))  # the big layer's input
+    net.backward(MSELoss().gradient(net.forward(x), y))
+    tol = {"rtol": 1e-12 if dtype == np.float64 else 1e-5, "atol": 0}
+    np.testing.assert_allclose(big.grads["W"], flat.T @ seen["dout"], **tol)
+    np.testing.assert_allclose(big.grads["b"], seen["dout"].sum(axis=0), **tol)
+    before = {k: p.copy() for k, p in net.params.items()}
+    for g in net.grads.values():  # a user's own change between backward and step
+        g *= 0.5
+    halved = {k: g.copy() for k, g in net.grads.items()}
+    SGD(0.1).step(net)
+    for key, p in net.params.items():
+        np.testing.assert_allclose(p, before[key] - 0.1 * halved[key], rtol=0,
+                                   atol=2 * np.spacing(np.abs(before[key]).max()), err_msg=key)
+
+
+def test_dense_grads_stay_readable_after_the_step_and_after_the_fused_backward():
+    specs = SEED_MNIST_NET[2:5]  # dense 50 -> 256, relu, dense -> 128
+    nets = [build_network(specs, (50,), np.random.default_rng(3)) for _ in range(3)]
+    rng = np.random.default_rng(8)
+    x, dout = rng.standard_normal((4, 50)), rng.standard_normal((4, 128))
+    for net in nets:
+        net.forward(x)
+    nets[0].backward(dout)
+    expected = {k: g.copy() for k, g in nets[0].grads.items()}  # read before any step
+    nets[1].backward_sgd(dout, 0.1)  # cnn train's fused step: the gradient is never stored
+    nets[2].backward(dout)
+    SGD(0.1).step(nets[2])
+    for net in nets[1:]:  # yet read now, it is the gradient at the step's start
+        for key, g in net.grads.items():
+            np.testing.assert_array_equal(g, expected[key], err_msg=key)
+        assert not np.array_equal(net.params["layers.0.W"], nets[0].params["layers.0.W"])
 
 
 def test_momentum_adam_and_weight_decay_do_not_take_the_fused_path():

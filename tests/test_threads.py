@@ -204,9 +204,10 @@ def test_the_pool_gives_bit_identical_parameters_on_or_off(monkeypatch, dtype, f
     with cnncli.threads(None):
         on = _train(dtype, fused)
     assert any(name.startswith("cnncli-pool") for name, _ in taken)
-    # a batch per step for the forward product, one for the backward's two products (per
-    # block of W's rows: input gradient, then the update or the weight gradient)
-    batches = 2
+    # a batch per step for the forward product; the fused backward's one does both products
+    # per block of W's rows (input gradient, then the update), the API loop's backward and
+    # step one each
+    batches = 2 if fused else 3
     assert sum(1 for name, _ in taken if name == threading.current_thread().name) == 20 * batches
     for key, p in off.params.items():
         assert p.dtype == dtype

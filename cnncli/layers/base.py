@@ -92,14 +92,18 @@ class Layer:
         """``backward``, then the plain SGD step ``p -= lr * grad`` on every parameter.
 
         Returns the input gradient, computed with the parameters from before the step. Layers
-        that can update in place without storing a gradient override this (Dense); their
-        ``grads`` are then left unwritten.
+        that can update in place without storing a gradient override this (Dense).
         """
 
         dx = self.backward(dout)
+        self.sgd_step(lr)
+        return dx
+
+    def sgd_step(self, lr: float) -> None:
+        """The plain SGD step ``p -= lr * grad`` on every parameter, with the gradients of the
+        last ``backward`` (what ``SGD.step`` runs without momentum or weight decay)."""
         for name, p in self.params.items():
             axpy(-lr, self.grads[name], p)
-        return dx
 
     def config(self) -> dict:
         """The spec that rebuilds this layer (hyperparameters only)."""

@@ -53,6 +53,13 @@ class Dense(Layer):
         out: (N, out_features)
         W:   (in_features, out_features)
         b:   (out_features,)
+
+    ``backward`` keeps x and dout, and the weight gradient ``x.T @ dout`` is computed when
+    ``grads`` is first read: the plain SGD step (``sgd_step``, what ``SGD.step`` runs) adds
+    the product into W directly, so the README's loop ``net.backward(...); opt.step(net)``
+    runs the trainer's fused update and gives the same bits as ``cnn train``. Reading
+    ``grads`` before the step stores the gradient (it may be changed by hand there), and the
+    step then applies the stored one: the same update, rounded as ``p -= lr * g``.
     """
 
     def __init__(self, in_features, out_features, init="normal", std=None, rng=None,
@@ -68,6 +75,18 @@ class Dense(Layer):
         self.params["b"] = init_bias(rng, (self.out_features,), self.init, self.std, 0.1, dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._x = None
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:
+        """The last backward's gradients (W's is computed here on the first read after it)."""
+        if self._pending is not None:
+            self._store_weight_grad()
+        return self._grads
+
+    @grads.setter
+    def grads(self, value: dict[str, np.ndarray]) -> None:
+        self._grads = value
+        self._pending = None  # (x, dout) of a weight gradient not computed yet
 
     @classmethod
     def from_spec(cls, spec, in_shape, rng, dtype):
@@ -95,7 +114,7 @@ class Dense(Layer):
     def blocks(self):
         """The fixed partition of a large layer's products, or None for a small layer:
         ``(columns, rows)``, each ``BLOCKS`` (start, stop) ranges of nearly equal size, of W's
-        columns for the forward product and of its rows for the two backward ones.
+        columns for the forward product and of its rows for the backward ones.
         It depends on W's shape and dtype alone, and each block is the same BLAS call whether cnncli's
         pool runs the blocks side by side or one after the other (``cnncli.parallel``)."""
         if self.params["W"].nbytes < SPLIT_BYTES:
@@ -118,18 +137,13 @@ class Dense(Layer):
 
     @applied
     def backward(self, dout):
-        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
-        gw, x, w, parts = self.grads["W"], self._x, self.params["W"], self.blocks()
-        if parts is None:
-            dx = self._input_grad(dout)
-            np.matmul(x.T, dout, out=gw)  # (in_features, out_features)
-        else:  # per block of W's rows: dx rows from W[i0:i1], gW[i0:i1] = x[:, i0:i1].T @ dout
-            dx_t = None
-            if self.needs_input_grad:
-                dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
-            run_blocks([partial(_backward_block, x, a, b, dout, w, gw, dx_t) for a, b in parts[1]])
-            dx = None if dx_t is None else np.ascontiguousarray(dx_t.T)
-        np.sum(dout, axis=0, out=self.grads["b"])
+        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer.
+
+        Writes ``grads["b"]`` and keeps (x, dout) for the weight gradient (``grads``); x and
+        dout must not be changed in place until the next backward, as x until this one."""
+        dx = self._input_grad(dout)
+        np.sum(dout, axis=0, out=self._grads["b"])
+        self._pending = (self._x, dout)
         return dx
 
     @applied
@@ -138,7 +152,7 @@ class Dense(Layer):
 
         The weight gradient goes straight into W (one GEMM accumulating into it), so it is
         never stored: the update costs one pass over W instead of three (write the gradient,
-        read it, update W). ``grads["W"]`` is left unwritten. A subclass that overrides
+        read it, update W); ``grads`` still computes it when read. A subclass that overrides
         ``backward`` gets the plain backward-then-update instead.
         """
         if type(self).backward is not Dense.backward:
@@ -148,39 +162,65 @@ class Dense(Layer):
             dx = self._input_grad(dout)  # with W from before the step
             add_product(-lr, x, dout, w)
         else:  # per block of W's rows: dx rows from W[i0:i1], then W[i0:i1] -= lr * x[:, i0:i1].T @ dout
-            dx_t = None
-            if self.needs_input_grad:
-                dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
+            dx_t = self._dx_t(dout)
             run_blocks([partial(_backward_sgd_block, -lr, x, a, b, dout, w, dx_t)
                         for a, b in parts[1]])
             dx = None if dx_t is None else np.ascontiguousarray(dx_t.T)
-        gb = self.grads["b"]
+        gb = self._grads["b"]
         np.sum(dout, axis=0, out=gb)
         axpy(-lr, gb, self.params["b"])
+        self._pending = (x, dout)
         return dx
 
+    def sgd_step(self, lr):
+        """``p -= lr * grad``: while the weight gradient is not stored, the product is added
+        into W as ``backward_sgd`` does (the same blocks, the same bits)."""
+        if self._pending is None:
+            return super().sgd_step(lr)
+        (x, dout), w, parts = self._pending, self.params["W"], self.blocks()
+        if parts is None:
+            add_product(-lr, x, dout, w)
+        else:
+            run_blocks([partial(_backward_sgd_block, -lr, x, a, b, dout, w, None)
+                        for a, b in parts[1]])
+        axpy(-lr, self._grads["b"], self.params["b"])
+
+    @applied
+    def _store_weight_grad(self):
+        """grads["W"] = x.T @ dout from the last backward: (in_features, out_features)"""
+        (x, dout), gw, parts = self._pending, self._grads["W"], self.blocks()
+        self._pending = None
+        if parts is None:
+            np.matmul(x.T, dout, out=gw)
+        else:  # gW[i0:i1] = x[:, i0:i1].T @ dout
+            run_blocks([partial(np.matmul, x[:, a:b].T, dout, out=gw[a:b]) for a, b in parts[1]])
+
     def _input_grad(self, dout):
-        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer (a
-        layer without blocks; the blocked ones compute it block by block)"""
+        """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
         if not self.needs_input_grad:
             return None
-        # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and OpenBLAS
-        # runs this orientation faster for a few rows in float32.
-        return np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)
+        parts = self.blocks()
+        if parts is None:
+            # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and OpenBLAS
+            # runs this orientation faster for a few rows in float32.
+            return np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)
+        dx_t = self._dx_t(dout)  # per block of W's rows: dx_t[i0:i1] = W[i0:i1] @ dout.T
+        w = self.params["W"]
+        run_blocks([partial(np.matmul, w[a:b], dout.T, out=dx_t[a:b]) for a, b in parts[1]])
+        return np.ascontiguousarray(dx_t.T)
+
+    def _dx_t(self, dout):
+        """The transposed input gradient's array, (in_features, N), or None for the first layer."""
+        if not self.needs_input_grad:
+            return None
+        w = self.params["W"]
+        return np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
 
 
 def _split(n: int) -> list[tuple[int, int]]:
     """``BLOCKS`` consecutive ranges covering 0..n, sizes differing by at most 1."""
     cuts = [n * k // BLOCKS for k in range(BLOCKS + 1)]
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
-def _backward_block(x, a, b, dout, w, gw, dx_t):
-    """One block of W's rows in the backward pass: ``dx_t[a:b] = W[a:b] @ dout.T`` (when dx_t
-    is given) and ``gW[a:b] = x[:, a:b].T @ dout``: one batch of blocks for both products."""
-    if dx_t is not None:
-        np.matmul(w[a:b], dout.T, out=dx_t[a:b])
-    np.matmul(x[:, a:b].T, dout, out=gw[a:b])
 
 
 def _backward_sgd_block(alpha, x, a, b, dout, w, dx_t):
