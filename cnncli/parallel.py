@@ -270,7 +270,7 @@ MARGIN = 0.95  # the pool is chosen when it has been at least 5% faster
 class _Timing:
     """How long one kind of call has taken with its blocks on the pool and without."""
 
-    __slots__ = ("alone", "pooled", "count", "every", "run", "way", "tried")
+    __slots__ = ("alone", "pooled", "count", "every", "run", "way", "tried", "pool", "wins")
 
     def __init__(self, every):
         self.alone: float | None = None
@@ -280,6 +280,8 @@ class _Timing:
         self.run = 0  # calls left in the try under way
         self.way = True  # the way being tried (True: on the pool)
         self.tried: list[float] = []  # the times of the try under way
+        self.pool = False  # the way chosen, once both have been tried
+        self.wins = 0  # tries in a row the pool has won while the choice was alone
 
     def best(self) -> bool:
         """Whether the pool is the faster way: by a margin, since the calling thread alone
@@ -302,7 +304,11 @@ class _Choices:
     for a thread that another process keeps off its core), whose estimate is a moving average, and tries the other way every ``every`` calls so that a change of
     load is noticed. ``every`` starts at ``EXPLORE_MIN`` and doubles, up to ``EXPLORE_MAX``,
     each time a try confirms the choice (a busy machine then pays for a slow try rarely), and
-    falls back when the choice flips. The pool gains only with a second core to spare: it
+    falls back when a try goes the other way. The choice leans to the calling thread alone:
+    it leaves the pool as soon as the pool's moving average or a try says alone is faster,
+    but takes the pool only after it has won two tries in a row (with another process on
+    the other core, one lucky try of three calls against an average of unlucky ones is
+    common). The pool gains only with a second core to spare: it
     loses to the calling thread alone when another process holds that core, when waking a
     thread costs more than half the work, or when the two cores slow each other down. Only who
     computes a block changes, never what, so results never depend on these choices.
@@ -323,9 +329,9 @@ class _Choices:
             if t.pooled is None or t.alone is None:
                 t.run, t.way = self.TRY, t.pooled is None
             elif t.count % t.every == 0:
-                t.run, t.way = self.TRY, not t.best()
+                t.run, t.way = self.TRY, not t.pool
             else:
-                return t.best()
+                return t.pool
         return t.way
 
     def timed(self, kind, fn, args, kwargs):
@@ -358,15 +364,23 @@ class _Choices:
             t.tried.append(wall)
             if t.run == 0:
                 settled = t.pooled is not None and t.alone is not None
-                best = settled and t.best()
                 setattr(t, name, sorted(t.tried)[len(t.tried) // 2])  # the median
                 t.tried = []
-                if settled:
-                    same = t.best() == best
-                    t.every = min(2 * t.every, self.EXPLORE_MAX) if same else self.EXPLORE_MIN
+                if not settled:  # both ways tried once: the first choice
+                    t.pool = t.pooled is not None and t.alone is not None and t.best()
+                elif t.pool == t.best():  # the try confirms the choice
+                    t.every, t.wins = min(2 * t.every, self.EXPLORE_MAX), 0
+                elif t.pool:  # alone won a try: leave the pool now
+                    t.pool, t.every = False, self.EXPLORE_MIN
+                else:  # the pool won a try: take it the second time in a row
+                    t.wins += 1
+                    t.pool, t.every = t.wins >= 2, self.EXPLORE_MIN
+                    t.wins = 0 if t.pool else t.wins
             return
         old = getattr(t, name)
         setattr(t, name, wall if old is None else old + self.WEIGHT * (wall - old))
+        if t.pool and not t.best():  # the pool has become slower: leave it now
+            t.pool, t.every = False, self.EXPLORE_MIN
 
 
 _choices = _Choices()

@@ -340,6 +340,32 @@ def test_each_kind_of_call_runs_its_blocks_the_way_that_has_been_faster(monkeypa
     assert timing[key[:1] + ((3,),)].count == 39
 
 
+@pytest.mark.parametrize("lasting", [False, True])
+def test_the_pool_is_taken_only_after_winning_two_tries_in_a_row(monkeypatch, lasting):
+    _fresh_pool(monkeypatch, always=False)
+    ways = []  # per call: its blocks on the pool or not, as decided
+    decide = parallel._Choices.pooled
+    monkeypatch.setattr(parallel._Choices, "pooled", lambda self, t: ways.append(decide(self, t)) or ways[-1])
+
+    def pooled_seconds():  # the pool turns fast at the 32nd call, for one try or for good
+        fast = len(ways) >= 32 if lasting else 32 <= len(ways) <= 34
+        return 0.0005 if fast else 0.02
+
+    @parallel.applied
+    def work(x):
+        parallel.run_blocks([lambda: time.sleep(pooled_seconds() if parallel._calls.pooling else 0.002)] * 2)
+
+    for _ in range(71):  # the first call of a kind runs untimed
+        work(np.zeros(5))
+    tries, alone = [True] * 3 + [False] * 3, [False] * 25
+    # the pool's first win (calls 32-34) brings the next try forward to call 64, not the pool
+    assert ways[:63] == tries + alone + [True] * 3 + [False] * 29, ways
+    if lasting:  # it wins again: from then on the pool
+        assert ways[63:] == [True] * 7, ways
+    else:  # it loses: alone, the lucky try forgotten
+        assert ways[63:] == [True] * 3 + [False] * 4, ways
+
+
 def test_an_error_in_a_block_reaches_the_caller(monkeypatch):
     _fresh_pool(monkeypatch)
 
