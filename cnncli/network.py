@@ -53,6 +53,13 @@ class Network:
             if dout is None:
                 break
 
+    def store_grads(self) -> None:
+        """Compute and store every gradient of the last backward now (dense layers otherwise
+        compute their weight gradient when ``grads`` is read, and a plain SGD step never
+        stores it)."""
+        for layer in self.layers:
+            layer.store_grads()
+
     @applied
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
         """Forward in chunks of ``batch_size``, in the network's current mode (``eval()``
@@ -90,7 +97,9 @@ class Network:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        return {key: p for key, p, _ in self.parameters()}
+        """Every parameter, keyed ``layers.<i>.<name>`` (without touching the gradients)."""
+        return {f"layers.{i}.{name}": p for i, layer in enumerate(self.layers)
+                for name, p in layer.params.items()}
 
     @property
     def grads(self) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.blas import axpy, load as load_blas
+from cnncli.network import Network
 from cnncli.parallel import applied
 
 
@@ -41,8 +42,8 @@ class SGD:
     @applied
     def step(self, network) -> None:
         lr, mu, wd = self.learning_rate, self.momentum, self.weight_decay
-        if self.plain:  # each layer's own update (Dense adds its weight gradient's product into W)
-            for layer in network.layers:
+        if self.plain and isinstance(network, Network):  # each layer's own update (Dense
+            for layer in network.layers:                    # adds x.T @ dout into W)
                 layer.sgd_step(lr)
             return
         for key, p, g in network.parameters():

@@ -304,11 +304,11 @@ class _Choices:
     for a thread that another process keeps off its core), whose estimate is a moving average, and tries the other way every ``every`` calls so that a change of
     load is noticed. ``every`` starts at ``EXPLORE_MIN`` and doubles, up to ``EXPLORE_MAX``,
     each time a try confirms the choice (a busy machine then pays for a slow try rarely), and
-    falls back when a try goes the other way. The choice leans to the calling thread alone:
-    it leaves the pool as soon as the pool's moving average or a try says alone is faster,
-    but takes the pool only after it has won two tries in a row (with another process on
-    the other core, one lucky try of three calls against an average of unlucky ones is
-    common). The pool gains only with a second core to spare: it
+    falls back when a try goes the other way. After the first choice (one try each way) the
+    choice leans to the calling thread alone: it leaves the pool as soon as the pool's moving
+    average or a try says alone is faster, but goes back to the pool only after it has won
+    two tries in a row (with another process on the other core, one lucky try of three calls
+    against an average of unlucky ones is common). The pool gains only with a second core to spare: it
     loses to the calling thread alone when another process holds that core, when waking a
     thread costs more than half the work, or when the two cores slow each other down. Only who
     computes a block changes, never what, so results never depend on these choices.

@@ -115,7 +115,7 @@ class Trainer:
         # every conv layer, every gradient (the first layer's input gradient too, which nobody
         # uses), then a separate update. The fast path skips that gradient and, for plain SGD,
         # fuses each layer's update into its backward pass (Network.backward_sgd).
-        reference = t["impl"] == "reference"
+        self.reference = reference = t["impl"] == "reference"
         if reference:
             self.net.layers[0].needs_input_grad = True
         self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
@@ -214,6 +214,8 @@ class Trainer:
                 self.net.backward_sgd(self.loss.gradient(out, target), lr)
             else:
                 self.net.backward(self.loss.gradient(out, target))
+                if self.reference:  # the seed's order: every gradient stored, then the update
+                    self.net.store_grads()
                 self.optimizer.step(self.net)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)

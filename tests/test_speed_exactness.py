@@ -341,6 +341,19 @@ def test_fused_and_unfused_trainers_agree_under_a_step_schedule_with_shuffling()
 
 
 def test_the_fused_path_runs_one_gemm_update_per_dense_layer_and_step(monkeypatch):
+    calls = _count_blas_calls(monkeypatch)
+    trainer = _trainer_after_steps("fast", 3, PLAIN_SGD)
+    # 4 dense layers x 3 steps: one GEMM into W each (one per block in the 2304x256 layer,
+    # whose products run in fixed blocks), one axpy on b each, and the conv's two
+    # parameters through the default backward_sgd (2 axpys a step).
+    dense = [layer for layer in trainer.net.layers if layer.type_name == "dense"]
+    gemms = sum(1 if layer.blocks() is None else len(layer.blocks()[1]) for layer in dense)
+    assert gemms == 3 + 2
+    assert calls == {"gemm": gemms * 3, "axpy": 4 * 3 + 2 * 3}, calls
+    assert trainer.fused_sgd
+
+
+def _count_blas_calls(monkeypatch):
     from cnncli import blas
 
     blas.load()
@@ -351,15 +364,50 @@ def test_the_fused_path_runs_one_gemm_update_per_dense_layer_and_step(monkeypatc
                 calls[_name] += 1
                 return _fn(*args, **kwargs)
             monkeypatch.setitem(table, (name, char), counted)
-    trainer = _trainer_after_steps("fast", 3, PLAIN_SGD)
-    # 4 dense layers x 3 steps: one GEMM into W each (one per block in the 2304x256 layer,
-    # whose products run in fixed blocks), one axpy on b each, and the conv's two
-    # parameters through the default backward_sgd (2 axpys a step).
-    dense = [layer for layer in trainer.net.layers if layer.type_name == "dense"]
-    gemms = sum(1 if layer.blocks() is None else len(layer.blocks()[1]) for layer in dense)
-    assert gemms == 3 + 2
-    assert calls == {"gemm": gemms * 3, "axpy": 4 * 3 + 2 * 3}, calls
-    assert trainer.fused_sgd
+    return calls
+
+
+def test_the_reference_trainer_stores_every_gradient_then_updates_separately(monkeypatch):
+    calls = _count_blas_calls(monkeypatch)
+    trainer = _trainer_after_steps("reference", 3, PLAIN_SGD)
+    # the seed's order: no product accumulates into a weight matrix; each of the 10
+    # parameters gets one axpy update a step, from its stored gradient
+    assert calls == {"gemm": 0, "axpy": 10 * 3}, calls
+    assert not trainer.fused_sgd
+
+
+def test_reading_parameters_does_not_compute_a_pending_weight_gradient(monkeypatch):
+    net = build_network(SEED_MNIST_NET[2:5], (50,), np.random.default_rng(3))
+    rng = np.random.default_rng(8)
+    net.forward(rng.standard_normal((4, 50)))
+    net.backward(rng.standard_normal((4, 128)))
+    products = []
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: products.append(a) or np.dot(*a[:2]))
+    net.params, net.state_dict(), net.num_params()
+    assert products == []  # the step can still add x.T @ dout into W directly
+    monkeypatch.undo()
+    calls = _count_blas_calls(monkeypatch)
+    SGD(0.1).step(net)
+    assert calls == {"gemm": 2, "axpy": 2}, calls
+
+
+def test_a_weight_gradient_whose_product_failed_is_still_pending(monkeypatch):
+    from cnncli.layers import Dense
+
+    layer = Dense(6, 3, rng=np.random.default_rng(1))
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 3))
+    layer.forward(x)
+    layer.backward(dout)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "matmul", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        layer.grads
+    monkeypatch.undo()
+    np.testing.assert_allclose(layer.grads["W"], x.T @ dout, rtol=1e-13)
 
 
 def test_a_dense_subclass_with_its_own_backward_is_honoured_on_the_fused_path():

@@ -42,7 +42,8 @@ def layer_class(name) -> type["Layer"]:
 class Layer:
     """One step of the network.
 
-    ``params`` and ``grads`` have the same keys and shapes; ``backward`` writes ``grads``
+    ``params`` and ``grads`` have the same keys and shapes; ``backward`` gives the layer its
+    ``grads`` (Dense computes its weight gradient when ``grads`` is read: ``store_grads``)
     and the optimizer updates ``params`` in place, or ``backward_sgd`` does both in one pass
     (what training with plain SGD runs). ``buffers`` hold state that is saved and restored but
     never trained (batch norm's running statistics): optimizers and weight decay never see
@@ -98,6 +99,10 @@ class Layer:
         dx = self.backward(dout)
         self.sgd_step(lr)
         return dx
+
+    def store_grads(self) -> None:
+        """Make sure ``grads`` holds the last backward's gradients (Dense computes its weight
+        gradient only when asked; every other layer has written them already)."""
 
     def sgd_step(self, lr: float) -> None:
         """The plain SGD step ``p -= lr * grad`` on every parameter, with the gradients of the

@@ -55,11 +55,13 @@ class Dense(Layer):
         b:   (out_features,)
 
     ``backward`` keeps x and dout, and the weight gradient ``x.T @ dout`` is computed when
-    ``grads`` is first read: the plain SGD step (``sgd_step``, what ``SGD.step`` runs) adds
-    the product into W directly, so the README's loop ``net.backward(...); opt.step(net)``
-    runs the trainer's fused update and gives the same bits as ``cnn train``. Reading
-    ``grads`` before the step stores the gradient (it may be changed by hand there), and the
-    step then applies the stored one: the same update, rounded as ``p -= lr * g``.
+    ``grads`` is first read (or ``store_grads`` runs): the plain SGD step (``sgd_step``, what
+    ``SGD.step`` runs) adds the product into W directly, so the README's loop
+    ``net.backward(...); opt.step(net)`` runs the trainer's fused update and gives the same
+    bits as ``cnn train``. Reading ``grads`` before the step stores the gradient (it may be
+    changed by hand there), and the step then applies the stored one: the same update,
+    rounded as ``p -= lr * g``. Read ``grads`` after each backward: the arrays are refreshed
+    when it is read, not by the backward itself.
     """
 
     def __init__(self, in_features, out_features, init="normal", std=None, rng=None,
@@ -79,8 +81,7 @@ class Dense(Layer):
     @property
     def grads(self) -> dict[str, np.ndarray]:
         """The last backward's gradients (W's is computed here on the first read after it)."""
-        if self._pending is not None:
-            self._store_weight_grad()
+        self.store_grads()
         return self._grads
 
     @grads.setter
@@ -172,6 +173,7 @@ class Dense(Layer):
         self._pending = (x, dout)
         return dx
 
+    @applied
     def sgd_step(self, lr):
         """``p -= lr * grad``: while the weight gradient is not stored, the product is added
         into W as ``backward_sgd`` does (the same blocks, the same bits)."""
@@ -186,14 +188,17 @@ class Dense(Layer):
         axpy(-lr, self._grads["b"], self.params["b"])
 
     @applied
-    def _store_weight_grad(self):
-        """grads["W"] = x.T @ dout from the last backward: (in_features, out_features)"""
+    def store_grads(self):
+        """grads["W"] = x.T @ dout from the last backward, if not stored yet:
+        (in_features, out_features)"""
+        if self._pending is None:
+            return
         (x, dout), gw, parts = self._pending, self._grads["W"], self.blocks()
-        self._pending = None
         if parts is None:
             np.matmul(x.T, dout, out=gw)
         else:  # gW[i0:i1] = x[:, i0:i1].T @ dout
             run_blocks([partial(np.matmul, x[:, a:b].T, dout, out=gw[a:b]) for a, b in parts[1]])
+        self._pending = None  # only now: a product that failed leaves the gradient pending
 
     def _input_grad(self, dout):
         """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer"""
