@@ -1,8 +1,8 @@
-"""Optimizers: they update a network's parameters in place from the gradients its backward wrote.
+"""Optimizers: they update a network's parameters in place from the gradients of its last backward.
 
 With plain SGD the trainer skips ``SGD.step`` and runs ``Network.backward_sgd``, which applies the
-same update inside the backward pass (``SGD.plain`` tells when); ``SGD.step`` then runs each
-layer's ``sgd_step``, the same update with the same bits.
+same update inside the backward pass (``SGD.plain`` tells when); after a plain ``backward``,
+``SGD.step`` runs each layer's ``sgd_step``: the same update with the same bits.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ class SGD:
 
     Plain: ``p -= lr * g``. With momentum mu: ``v = mu * v + g``, then ``p -= lr * v``
     (Nesterov: ``p -= lr * (g + mu * v)``). ``weight_decay`` adds ``wd * p`` to g first.
-    Each update of p is one in-place pass over it (BLAS axpy: ``p += (-lr) * d``).
+    Each update of p is one in-place pass over it (BLAS axpy: ``p += (-lr) * d``), except
+    that plain SGD on a ``Network`` lets each layer update itself (``Layer.sgd_step``): a dense
+    layer whose weight gradient has not been read adds ``-lr * x.T @ dout`` into W directly.
     """
 
     name = "sgd"
