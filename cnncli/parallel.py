@@ -366,16 +366,16 @@ class _Choices:
                 settled = t.pooled is not None and t.alone is not None
                 setattr(t, name, sorted(t.tried)[len(t.tried) // 2])  # the median
                 t.tried = []
-                if not settled:  # both ways tried once: the first choice
-                    t.pool = t.pooled is not None and t.alone is not None and t.best()
+                if not settled:  # the first choice, once both ways have been tried
+                    t.pool = t.alone is not None and t.best()
                 elif t.pool == t.best():  # the try confirms the choice
                     t.every, t.wins = min(2 * t.every, self.EXPLORE_MAX), 0
                 elif t.pool:  # alone won a try: leave the pool now
                     t.pool, t.every = False, self.EXPLORE_MIN
                 else:  # the pool won a try: take it the second time in a row
-                    t.wins += 1
-                    t.pool, t.every = t.wins >= 2, self.EXPLORE_MIN
-                    t.wins = 0 if t.pool else t.wins
+                    t.wins, t.every = t.wins + 1, self.EXPLORE_MIN
+                    if t.wins == 2:
+                        t.pool, t.wins = True, 0
             return
         old = getattr(t, name)
         setattr(t, name, wall if old is None else old + self.WEIGHT * (wall - old))

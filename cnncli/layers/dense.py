@@ -151,27 +151,23 @@ class Dense(Layer):
     def backward_sgd(self, dout, lr):
         """``backward`` fused with ``W -= lr * x.T @ dout`` and ``b -= lr * sum(dout)``.
 
-        The weight gradient goes straight into W (one GEMM accumulating into it), so it is
-        never stored: the update costs one pass over W instead of three (write the gradient,
-        read it, update W); ``grads`` still computes it when read. A subclass that overrides
-        ``backward`` gets the plain backward-then-update instead.
+        The weight gradient goes straight into W (one GEMM accumulating into it, ``sgd_step``),
+        so it is never stored: the update costs one pass over W instead of three (write the
+        gradient, read it, update W); ``grads`` still computes it when read. A layer in blocks
+        does each block's input gradient and update in one batch (one wake of the pool, not
+        two). A subclass that overrides ``backward`` gets its backward, then ``sgd_step``.
         """
-        if type(self).backward is not Dense.backward:
-            return super().backward_sgd(dout, lr)
-        w, x, parts = self.params["W"], self._x, self.blocks()
-        if parts is None:
-            dx = self._input_grad(dout)  # with W from before the step
-            add_product(-lr, x, dout, w)
-        else:  # per block of W's rows: dx rows from W[i0:i1], then W[i0:i1] -= lr * x[:, i0:i1].T @ dout
-            dx_t = self._dx_t(dout)
-            run_blocks([partial(_backward_sgd_block, -lr, x, a, b, dout, w, dx_t)
-                        for a, b in parts[1]])
-            dx = None if dx_t is None else np.ascontiguousarray(dx_t.T)
+        parts = self.blocks()
+        if parts is None or type(self).backward is not Dense.backward:
+            return super().backward_sgd(dout, lr)  # backward, then sgd_step
+        # per block of W's rows: dx rows from W[i0:i1], then W[i0:i1] -= lr * x[:, i0:i1].T @ dout
+        w, x, dx_t = self.params["W"], self._x, self._dx_t(dout)
+        run_blocks([partial(_backward_sgd_block, -lr, x, a, b, dout, w, dx_t) for a, b in parts[1]])
         gb = self._grads["b"]
         np.sum(dout, axis=0, out=gb)
         axpy(-lr, gb, self.params["b"])
         self._pending = (x, dout)
-        return dx
+        return None if dx_t is None else np.ascontiguousarray(dx_t.T)
 
     @applied
     def sgd_step(self, lr):
