@@ -1,7 +1,9 @@
 """A run directory: config.yaml, metrics.csv, last.npz, best.npz, train.log and a lock.
 
 Nothing is ever overwritten by a new run: a new run needs a missing or empty directory, and
-``--resume`` continues the run a directory holds, under an exclusive lock."""
+resuming continues the run a directory holds, under an exclusive lock. This module writes the
+files and reads them back: ``read_metrics`` (plots and ``cnn runs``), ``resume_config`` and
+``resume`` (the checks before a run goes on, and loading its last.npz)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 from cnncli.atomic import atomic_file
 from cnncli.checkpoint import save_checkpoint
 from cnncli.config import dump_config
-from cnncli.errors import RunDirError
+from cnncli.errors import CheckpointError, ConfigError, RunDirError
 from cnncli.train import METRIC_COLUMNS
 
 LOCK_NAME = ".lock"
@@ -68,6 +70,49 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def read_metrics(run_path, columns=CURVE_COLUMNS, need_rows: bool = True) -> list[dict]:
+    """The rows of ``RUN_DIR/metrics.csv`` as ``{column: float}`` for ``columns`` (epoch as int).
+
+    Raises RunDirError when the directory or the file is missing, when a column is missing or a
+    value is not a number, and (``need_rows``) when there is no row (no epoch has finished)."""
+    run_path = Path(run_path)
+    if not run_path.exists():
+        raise RunDirError(f"{run_path}: no such run directory")
+    if not run_path.is_dir():
+        raise RunDirError(f"{run_path}: not a directory; give a run directory (it holds metrics.csv)")
+    path = run_path / "metrics.csv"
+    if not path.is_file():
+        raise RunDirError(f"{run_path}: no metrics.csv, so not a cnncli run directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        raise RunDirError(f"{path}: is empty (no header); not a cnncli metrics file")
+    missing = [c for c in columns if c not in reader.fieldnames]
+    if missing:
+        raise RunDirError(f"{path}: lacks the column(s) {', '.join(missing)}; found "
+                          f"{', '.join(reader.fieldnames) or 'none'}")
+    rows = []
+    for line, raw in enumerate(reader, start=2):
+        row = {}
+        for c in columns:
+            try:
+                row[c] = float(raw[c])
+            except (TypeError, ValueError):
+                raise RunDirError(f"{path}, line {line}: {c} is {raw[c]!r}, expected a number") from None
+        if "epoch" in row:
+            row["epoch"] = int(row["epoch"])
+        rows.append(row)
+    if need_rows and not rows:
+        raise RunDirError(f"{path}: no finished epoch yet (a header and no rows)")
+    return rows
+
+
 class RunDir:
     """One run's directory, locked for as long as this object lives (``close`` releases it)."""
 
@@ -93,7 +138,7 @@ class RunDir:
             run.close()
             raise
         run.remove_stale_files()
-        run.write("config.yaml", dump_config(cfg))
+        run.write_config(cfg)
         run.write("metrics.csv", metrics_csv([]))
         return run
 
@@ -155,6 +200,10 @@ class RunDir:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
+
+    def write_config(self, cfg: dict) -> None:
+        """config.yaml: the resolved config the run trains with."""
+        self.write("config.yaml", dump_config(cfg))
 
     def write(self, name: str, text: str) -> None:
         try:
@@ -249,3 +298,98 @@ def train_epochs(trainer, run: RunDir, config_name: str, run_epoch=None, on_epoc
             plot_run_curves(run.path, config_name)
             if on_epoch is not None:
                 on_epoch(row)
+
+
+# ---------------------------------------------------------------- resuming
+def _diff_beyond_epochs(stored: dict, wanted: dict) -> list[str]:
+    """How two configs differ, the epoch count aside (the one thing a resumed run may change)."""
+    from cnncli.config import config_diff
+
+    return [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
+
+
+def resume_config(path, config=None, overrides=()) -> dict:
+    """The config to continue the run in directory ``path`` with: its config.yaml with
+    ``overrides`` applied, or config file ``config`` with ``overrides``. A ConfigError when it
+    differs from the run's in anything but the epoch count."""
+    from cnncli.config import absolute_data_path, apply_overrides, load_config, read_config_file, validate
+
+    path = Path(path)
+    # A run's config.yaml holds an absolute data.path; one written by an older cnncli may hold
+    # a relative one, which was read from the current directory: still is.
+    stored_raw = absolute_data_path(read_config_file(path / "config.yaml"), Path.cwd())
+    stored = validate(stored_raw, str(path / "config.yaml"))
+    raw = dict(stored)
+    wanted = load_config(config, overrides) if config is not None \
+        else validate(absolute_data_path(apply_overrides(raw, overrides), Path.cwd()), "overrides")
+    diff = _diff_beyond_epochs(stored, wanted)
+    if diff:
+        raise ConfigError(f"cannot resume {path}: the config differs from the run's in "
+                          + "; ".join(diff) + " (only the epoch count may change)")
+    return wanted
+
+
+def resume(run: RunDir, cfg: dict, trainer=None):
+    """Continue ``run`` with config ``cfg`` (see ``resume_config``): a Trainer (``trainer``, or a
+    new one) holding the state of the run's last.npz, after checking that the checkpoint is this
+    run's (its config, input shape, classes and data fingerprint) and fits the network; then
+    metrics.csv is written again from the checkpoint. Returns ``(trainer, loaded)``; ``loaded``
+    is False when no epoch had finished (no last.npz: the run starts at epoch 1).
+
+    Raises CheckpointError when last.npz is not this run's, ConfigError when ``cfg``'s epoch
+    count is below the epochs already trained. Does not write config.yaml (``run.write_config``)."""
+    import copy
+
+    from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
+    from cnncli.config import absolute_data_path
+    from cnncli.train import Trainer
+
+    trainer = trainer if trainer is not None else Trainer(cfg)
+    last = run.path / "last.npz"
+    if not last.exists():
+        return trainer, False
+    arrays, meta = load_checkpoint(last)
+    try:  # re-validated, so that keys added to cnncli since get their defaults
+        stored = checkpoint_config(last, meta)
+    except CheckpointError:
+        stored = meta["config"]  # as it is: the checks below name what does not fit
+    # an older cnncli saved data.path as given, relative to the current directory
+    stored = absolute_data_path(copy.deepcopy(stored), Path.cwd())
+    diff = _diff_beyond_epochs(stored, cfg)
+    if diff:
+        raise CheckpointError(f"{last}: was written by another run (its config differs in "
+                              + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
+                              + "); it is left as it is")
+    data = trainer.data
+    shape = tuple(data.input_shape)
+    if tuple(meta["input_shape"]) != shape or len(meta["class_names"]) != data.n_classes:
+        raise CheckpointError(
+            f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
+            f"{len(meta['class_names'])} classes, but this run's data has "
+            f"{'x'.join(map(str, shape))} images in {data.n_classes} classes")
+    recorded = meta.get("data_fingerprint")
+    if recorded is not None and recorded != trainer.data_fingerprint:
+        raise CheckpointError(
+            f"{last}: this run's data ({cfg['data']['name']}, now "
+            f"{len(data.y_train):,} training / {len(data.y_test):,} test "
+            "samples) is not the data it was trained on: files were changed, added or "
+            "removed since; resuming would not continue the same run. Restore the data, "
+            "or start a new run")
+    check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
+    try:
+        trainer.load_state(arrays, meta)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{last}: does not fit this run's network: {exc}") from None
+    if trainer.epochs < trainer.epoch:
+        raise EpochsBelowTrained(trainer.epochs, trainer.epoch, run.path)
+    run.write("metrics.csv", metrics_csv(trainer.history))
+    return trainer, True
+
+
+class EpochsBelowTrained(ConfigError):
+    """A resumed run's epoch count is below the epochs it has already trained."""
+
+    def __init__(self, epochs: int, trained: int, path):
+        self.epochs, self.trained, self.path = epochs, trained, path
+        super().__init__(f"training.epochs {epochs} is below the {trained} epochs {path} "
+                         "has already trained")

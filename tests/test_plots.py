@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cnncli import plots
+from cnncli.run import read_metrics
 from cnncli.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def test_plot_two_runs(runs, tmp_path):
 
 
 def test_plot_legend_names_the_runs(runs):
-    rows = [plots.read_metrics(r) for r in runs]
+    rows = [read_metrics(r) for r in runs]
     fig = plots.curves_figure(list(zip(rows, plots.run_labels(list(runs)))), "2 runs")
     texts = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert {"run-a", "run-b", "train", "test"} <= texts

@@ -63,10 +63,8 @@ def train(
 
 
 def _train(config, resume, run_dir, overrides, epochs, quiet):
-    from cnncli.config import (absolute_data_path, apply_overrides, config_diff, load_config,
-                               read_config, read_config_file, validate)
-    from cnncli.errors import ConfigError
-    from cnncli.run import RunDir, default_run_dir
+    from cnncli.config import load_config
+    from cnncli.run import RunDir, default_run_dir, resume_config
 
     if resume is None and config is None:
         fail("give a CONFIG file to train, or --resume RUN_DIR to continue a run", code=2)
@@ -81,19 +79,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
                         f"folder holding config.yaml and last.npz){hint}"))
         run = RunDir.open_existing(resume)
         try:
-            # A run's config.yaml holds an absolute data.path; one written by an older cnncli may
-            # hold a relative one, which was read from the current directory: still is.
-            stored_raw = absolute_data_path(read_config_file(resume / "config.yaml"), Path.cwd())
-            stored = validate(stored_raw, str(resume / "config.yaml"))
-            raw = dict(stored)
-            wanted = load_config(config, overrides) if config is not None \
-                else validate(absolute_data_path(apply_overrides(raw, overrides), Path.cwd()),
-                              "overrides")
-            diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
-            if diff:
-                raise ConfigError(f"cannot resume {resume}: the config differs from the run's in "
-                                  + "; ".join(diff) + " (only the epoch count may change)")
-            cfg = wanted
+            cfg = resume_config(resume, config, overrides)
             _fit(cfg, run, config_name=resume.name, resume=True, quiet=quiet)
         finally:
             run.close()
@@ -112,17 +98,12 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
 
 
 def _fit(cfg, run, config_name, resume, quiet, trainer=None):
-    import copy
-
-    from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
-    from cnncli.config import absolute_data_path, config_diff, dump_config
-    from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
-    from cnncli.run import metrics_csv, train_epochs
+    from cnncli.errors import CnnError, ConfigError, TrainingError
+    from cnncli.run import EpochsBelowTrained, resume as resume_run, train_epochs
     from cnncli.train import Interrupted, Trainer
 
     out = console()
     interactive = out.is_terminal and not quiet
-    trainer = trainer if trainer is not None else Trainer(cfg)
 
     def say(text: str, always: bool = False):
         run.log(text)
@@ -130,56 +111,25 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             out.print(text, markup=False, highlight=False, soft_wrap=True)
 
     if resume:
-        last = run.path / "last.npz"
-        if last.exists():
-            arrays, meta = load_checkpoint(last)
-            try:  # re-validated, so that keys added to cnncli since get their defaults
-                stored = checkpoint_config(last, meta)
-            except CheckpointError:
-                stored = meta["config"]  # as it is: the checks below name what does not fit
-            # an older cnncli saved data.path as given, relative to the current directory
-            stored = absolute_data_path(copy.deepcopy(stored), Path.cwd())
-            diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
-            if diff:
-                raise CheckpointError(f"{last}: was written by another run (its config differs in "
-                                      + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
-                                      + "); it is left as it is")
-            shape = tuple(trainer.data.input_shape)
-            if tuple(meta["input_shape"]) != shape or len(meta["class_names"]) != trainer.data.n_classes:
-                raise CheckpointError(
-                    f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
-                    f"{len(meta['class_names'])} classes, but this run's data has "
-                    f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
-            recorded = meta.get("data_fingerprint")
-            if recorded is not None and recorded != trainer.data_fingerprint:
-                raise CheckpointError(
-                    f"{last}: this run's data ({cfg['data']['name']}, now "
-                    f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test "
-                    "samples) is not the data it was trained on: files were changed, added or "
-                    "removed since; resuming would not continue the same run. Restore the data, "
-                    "or start a new run")
-            check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
-            try:
-                trainer.load_state(arrays, meta)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{last}: does not fit this run's network: {exc}") from None
-            if trainer.epochs < trainer.epoch:
-                raise ConfigError(f"--epochs {trainer.epochs} is below the {trainer.epoch} epochs "
-                                  f"{run.path} has already trained")
-            run.write("metrics.csv", metrics_csv(trainer.history))
-            if trainer.epoch >= trainer.epochs:
-                say(f"{run.path} is already complete: all {trainer.epochs} epochs are trained. "
-                    f"To train longer, resume with more epochs: cnn train --resume {run.path} "
-                    f"--epochs {trainer.epochs + 10}", always=True)
-            elif trainer.should_stop_early():
-                say(f"{run.path} already stopped early after epoch {trainer.epoch} (the test loss "
-                    f"stopped improving); nothing to resume", always=True)
-            else:
-                say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
-        else:
+        try:
+            trainer, loaded = resume_run(run, cfg, trainer)
+        except EpochsBelowTrained as exc:
+            raise ConfigError(f"--epochs {exc.epochs} is below the {exc.trained} epochs "
+                              f"{exc.path} has already trained") from None
+        if not loaded:
             say(f"Resuming {run.path}: no epoch had finished, starting at epoch 1")
-        run.write("config.yaml", dump_config(cfg))
+        elif trainer.epoch >= trainer.epochs:
+            say(f"{run.path} is already complete: all {trainer.epochs} epochs are trained. "
+                f"To train longer, resume with more epochs: cnn train --resume {run.path} "
+                f"--epochs {trainer.epochs + 10}", always=True)
+        elif trainer.should_stop_early():
+            say(f"{run.path} already stopped early after epoch {trainer.epoch} (the test loss "
+                f"stopped improving); nothing to resume", always=True)
+        else:
+            say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
+        run.write_config(cfg)
     else:
+        trainer = trainer if trainer is not None else Trainer(cfg)
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "
             f"-> {run.path}")
