@@ -20,6 +20,7 @@ from cnncli import __version__
 from cnncli.atomic import atomic_file
 from cnncli.errors import CheckpointError, CnnError
 from cnncli.schema import short_repr
+from cnncli.text import one_line
 
 FORMAT_VERSION = 2
 INPUT_KEYS = ("input_shape", "class_names", "dtype", "input_scale", "pixel_max")
@@ -76,10 +77,10 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         if "pickle" in str(exc).lower():
             raise CheckpointError(f"{path}: holds object arrays (pickled Python objects), which "
                                   "cnncli never loads") from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: zip, npy
         # header (even a tokenize error), zlib, a huge announced shape (MemoryError)
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({one_line(exc)})") from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
         raise CheckpointError(f"{path}: not a cnncli checkpoint (no 'meta' entry)")
@@ -88,7 +89,7 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         meta = json.loads(str(meta_arr))
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: 'meta' is not valid JSON ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: 'meta' is not valid JSON ({one_line(exc)})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{path}: not a cnncli checkpoint ('meta' has no format_version)")
     version = meta["format_version"]
@@ -123,11 +124,6 @@ def _is_num(v) -> bool:
 def _name(key: str) -> str:
     """An archive member's name as printed: as is, or quoted when it holds odd characters."""
     return key if key.isprintable() and len(key) <= 100 else short_repr(key, 100)
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _meta_problem(meta: dict) -> str | None:

@@ -27,6 +27,7 @@ from cnncli.schema import (
     unknown_key_message,
     validate_section,
 )
+from cnncli.text import one_line
 
 MAX_CONFIG_BYTES = 100_000  # the shipped configs are under 1 KB; parsing 100 KB of YAML takes ~1 s
 SECTIONS = ("seed", "data", "network", "training")
@@ -82,26 +83,21 @@ def parse_yaml(text: str, source: str | None = None):
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", source) from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigError(f"invalid YAML: {_one_line(exc)}", source) from None
+        raise ConfigError(f"invalid YAML: {_problem_line(exc)}", source) from None
     except (AttributeError, IndexError, KeyError, TypeError) as exc:
         # PyYAML's constructors of explicit tags fail so on values they cannot read
         # (``!!bool x``, ``!!timestamp 1``, ``!!int ''``)
         raise ConfigError(f"invalid YAML: a tagged value cannot be read ({type(exc).__name__}: "
-                          f"{_one_line(exc)})", source) from None
+                          f"{_problem_line(exc)})", source) from None
 
 
-_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
-
-
-def _one_line(text) -> str:
-    """A problem as one line of bounded length (keys and values may hold line breaks)."""
-    text = str(text).translate(_LINE_BREAKS).strip()
-    return text if len(text) <= MAX_PROBLEM_CHARS else text[:MAX_PROBLEM_CHARS - 3] + "..."
+def _problem_line(text) -> str:
+    return one_line(text, MAX_PROBLEM_CHARS, squeeze=False)
 
 
 def _report(problems: list[str], limit: int = 20) -> list[str]:
     """Problems as reported: each one line, at most ``limit`` of them (then a count)."""
-    out = [_one_line(p) for p in problems[:limit]]
+    out = [_problem_line(p) for p in problems[:limit]]  # keys and values may hold line breaks
     if len(problems) > limit:
         out.append(f"and {len(problems) - limit:,} more")
     return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import DataError
+from cnncli.text import one_line
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 100_000  # labels run 0 .. n_classes - 1; a label beyond this is a broken file
@@ -49,9 +50,9 @@ def load_npz(path: Path):
         if "pickle" in str(exc).lower():
             raise DataError(f"{path}: holds object arrays (pickled Python objects), which cnncli "
                             "never loads; save plain numeric arrays") from None
-        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: not a readable .npz file ({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
-        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: not a readable .npz file ({one_line(exc)})") from None
     names = _class_names(path, arrays.pop("class_names", None))
 
     x_tr, x_te = (_images(path, k, arrays[k]) for k in ("x_train", "x_test"))
@@ -82,11 +83,6 @@ def load_npz(path: Path):
 
 def _names(keys) -> str:
     return ", ".join(k if k.isprintable() else repr(k) for k in list(keys)[:20])
-
-
-def _one_line(exc) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def _class_names(path, a):
