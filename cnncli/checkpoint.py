@@ -19,6 +19,7 @@ import numpy as np
 from cnncli import __version__
 from cnncli.atomic import atomic_file
 from cnncli.errors import CheckpointError, CnnError
+from cnncli.npzfile import NpzReadError, read_npz
 from cnncli.schema import short_repr
 from cnncli.text import one_line
 
@@ -63,24 +64,16 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(f"{path}: not a cnncli checkpoint: corrupt or truncated, or not an "
                               ".npz archive at all")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise CheckpointError(f"{path}: not a cnncli checkpoint (a single array, not an .npz)")
-            arrays = {k: f[k] for k in f.files}
-        odd = [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]
-        if odd:
-            raise CheckpointError(f"{path}: not a cnncli checkpoint: {short_repr(odd[0])} in the "
-                                  "archive is not a NumPy array (.npy)")
-    except CheckpointError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path}: holds object arrays (pickled Python objects), which "
-                                  "cnncli never loads") from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({one_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: zip, npy
-        # header (even a tokenize error), zlib, a huge announced shape (MemoryError)
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({one_line(exc)})") from None
+        arrays = read_npz(path)
+    except NpzReadError as exc:
+        raise CheckpointError(f"{path}: " + {
+            "single": "not a cnncli checkpoint (a single array, not an .npz)",
+            "not_array": f"not a cnncli checkpoint: {short_repr(exc.key)} in the archive is not a "
+                         "NumPy array (.npy)",
+            "pickled": "holds object arrays (pickled Python objects), which cnncli never loads",
+            "value": f"corrupt checkpoint ({exc.detail})",
+            "broken": f"corrupt or truncated checkpoint ({exc.detail})",
+        }[exc.reason]) from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
         raise CheckpointError(f"{path}: not a cnncli checkpoint (no 'meta' entry)")

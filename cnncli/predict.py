@@ -16,6 +16,7 @@ import numpy as np
 
 from cnncli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image, resize_stored
 from cnncli.errors import CheckpointError, DataError
+from cnncli.npzfile import NpzReadError, read_npz
 
 NPZ_KEYS = ("x", "x_test")  # the array an .npz of images is read from, in this order
 MISSING_HINT = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
@@ -165,18 +166,22 @@ def _images_below(folder: Path, extensions) -> tuple[list[Path], int]:
 
 
 def _npz_images(path: Path, shape) -> np.ndarray:
+    def pick(files):
+        key = next((k for k in NPZ_KEYS if k in files), None)
+        if key is None:
+            raise DataError(f"{path}: holds no image array named {' or '.join(NPZ_KEYS)} "
+                            f"(it has: {', '.join(files) or 'nothing'})")
+        return [key]
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            key = next((k for k in NPZ_KEYS if k in f.files), None)
-            if key is None:
-                raise DataError(f"{path}: holds no image array named {' or '.join(NPZ_KEYS)} "
-                                f"(it has: {', '.join(f.files) or 'nothing'})")
-            x = f[key]
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:160]})") from None
+        (key, x), = read_npz(path, pick).items()
+    except NpzReadError as exc:
+        if exc.reason == "not_array":
+            raise DataError(f"{path}: '{exc.key}' in the archive is not a NumPy array (.npy)") from None
+        if exc.cause is None:
+            raise DataError(f"{path}: not a readable .npz (a single .npy array, not an archive)") from None
+        raise DataError(f"{path}: not a readable .npz ({type(exc.cause).__name__}: "
+                        f"{' '.join(str(exc.cause).split())[:160]})") from None
     if x.ndim == 3 and shape[0] == 1:
         x = x[:, None]
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape) or x.dtype.kind not in "uif":
