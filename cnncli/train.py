@@ -14,6 +14,7 @@ from cnncli.errors import ConfigError, TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
 from cnncli.network import Network, build_network
 from cnncli.optim import OPTIMIZERS
+from cnncli.seeds import rng_stream
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
                   "learning_rate"]
@@ -106,7 +107,7 @@ class Trainer:
         t = cfg["training"]
         self.dtype = np.dtype(t["dtype"])
         self.data = data if data is not None else load_dataset(cfg["data"], cfg["seed"])
-        init_rng = np.random.default_rng([cfg["seed"], 1])
+        init_rng = rng_stream(cfg["seed"], "init")
         self.net = build_network(cfg["network"], self.data.input_shape, init_rng, self.dtype,
                                  impl=t["impl"])
         self.loss = make_loss(t, self.net)
@@ -119,10 +120,10 @@ class Trainer:
         if reference:
             self.net.layers[0].needs_input_grad = True
         self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
-        self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        self.shuffle_rng = rng_stream(cfg["seed"], "shuffle")
         self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
-        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
-        self.noise_rng = np.random.default_rng([cfg["seed"], 4])
+        self.augment_rng = rng_stream(cfg["seed"], "augment")
+        self.noise_rng = rng_stream(cfg["seed"], "noise")
         self.net.set_rng(self.noise_rng)
         self._check_batches()
         self.epoch = 0

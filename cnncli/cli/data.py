@@ -199,12 +199,11 @@ def preview(
     with cli_errors():
         from functools import partial
 
-        import numpy as np
-
         from cnncli.config import load_config
         from cnncli.data import load_dataset
         from cnncli.data.augment import augment, is_active
         from cnncli.plots import plot_dataset_preview
+        from cnncli.seeds import rng_stream
 
         cfg = load_config(config, list(sets or []))
         ds = load_dataset(cfg["data"], cfg["seed"])
@@ -212,7 +211,7 @@ def preview(
         for note in ds.notes:
             err.print(escape(note), soft_wrap=True)
         spec = cfg["data"]["augment"]
-        rng = np.random.default_rng([cfg["seed"], 3])  # the training's augmentation stream
+        rng = rng_stream(cfg["seed"], "augment")  # the training's augmentation stream
         transform = partial(augment, rng=rng, spec=spec) if is_active(spec) else None
         path = plot_dataset_preview(out, ds, per_class, transform)
         console().print(f"Wrote {escape(str(path))}", soft_wrap=True)

@@ -82,14 +82,15 @@ def gradcheck(
         from cnncli.data import load_dataset, one_hot
         from cnncli.gradcheck import JITTER, LAYER_NUDGE, TOLERANCE, check_network, move_off_kinks
         from cnncli.network import build_network
+        from cnncli.seeds import rng_stream
         from cnncli.train import make_loss
 
         overrides = ([f"seed={seed}"] if seed is not None else []) + list(sets or [])
         cfg = load_config(config, overrides)
         ds = load_dataset(cfg["data"], cfg["seed"])
-        net = build_network(cfg["network"], ds.input_shape, np.random.default_rng([cfg["seed"], 1]),
+        net = build_network(cfg["network"], ds.input_shape, rng_stream(cfg["seed"], "init"),
                             np.float64, impl=impl)
-        net.set_rng(np.random.default_rng([cfg["seed"], 4]))  # dropout masks: training's stream
+        net.set_rng(rng_stream(cfg["seed"], "noise"))  # dropout masks: training's stream
         if batch < 2 and any(layer.type_name == "batch_norm" for layer in net.layers):
             fail("--batch 1: batch_norm is checked in train mode, where a batch of one sample "
                  "has no variance; use --batch 2 or more", code=2)

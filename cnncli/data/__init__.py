@@ -14,6 +14,7 @@ from cnncli.data.images import IMAGE_EXTENSIONS
 from cnncli.errors import DataError
 from cnncli.schema import (REQUIRED, SHAPES_MAX_N, SHAPES_MAX_NOISE, Field, SchemaError, boolean,
                            choice, integer, number, optional, string)
+from cnncli.seeds import rng_stream
 
 
 @dataclass
@@ -96,7 +97,7 @@ class DatasetKind:
 
 
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 0])  # stream 0: data; 1: initialisation; 2: shuffling
+    return rng_stream(seed, "data")
 
 
 # ---------------------------------------------------------------- shapes
