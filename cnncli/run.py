@@ -329,7 +329,7 @@ def resume_config(path, config=None, overrides=()) -> dict:
     return wanted
 
 
-def resume(run: RunDir, cfg: dict, trainer=None):
+def resume(run: RunDir, cfg: dict, trainer=None, offline: bool = False):
     """Continue ``run`` with config ``cfg`` (see ``resume_config``): a Trainer (``trainer``, or a
     new one) holding the state of the run's last.npz, after checking that the checkpoint is this
     run's (its config, input shape, classes and data fingerprint) and fits the network; then
@@ -337,14 +337,17 @@ def resume(run: RunDir, cfg: dict, trainer=None):
     is False when no epoch had finished (no last.npz: the run starts at epoch 1).
 
     Raises CheckpointError when last.npz is not this run's, ConfigError when ``cfg``'s epoch
-    count is below the epochs already trained. Does not write config.yaml (``run.write_config``)."""
+    count is below the epochs already trained. Does not write config.yaml (``run.write_config``).
+    ``offline``: a new trainer's dataset is never downloaded."""
     import copy
 
     from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
     from cnncli.config import absolute_data_path
+    from cnncli.data import load_dataset
     from cnncli.train import Trainer
 
-    trainer = trainer if trainer is not None else Trainer(cfg)
+    if trainer is None:
+        trainer = Trainer(cfg, data=load_dataset(cfg["data"], cfg["seed"], offline))
     last = run.path / "last.npz"
     if not last.exists():
         return trainer, False

@@ -1,4 +1,5 @@
-"""The root Typer app, the consoles and the one-line error handling every command shares.
+"""The root Typer app, the consoles, the options several commands share (``--set``,
+``--offline``, ``--storage``) and the one-line error handling every command shares.
 
 Command modules (``cnncli.cli.train``, ``.evaluate``, ...) import this module and register
 on ``app``; this module imports none of them, so no import runs back up. Only the ``cli``
@@ -7,18 +8,32 @@ package prints or exits; heavy modules load inside the commands.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 from typing_extensions import Annotated
 
 from cnncli import __version__
+from cnncli.sweep.storage import STORAGE_ENV
 
 HELP_OPTIONS = {"help_option_names": ["--help", "-h"]}  # -h is --help, in every command
+
+
+def set_option(example: str, what: str = "config key", metavar: str | None = "KEY=VALUE"):
+    """The type of ``--set KEY=VALUE`` (repeatable), its help showing ``example``."""
+    return Annotated[Optional[List[str]], typer.Option(
+        "--set", metavar=metavar, help=f"Override any {what}, e.g. --set {example} (repeatable).")]
+
+
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download datasets.")]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
+                      f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
+    show_default=False)]
 
 
 class PlainArgument(TyperArgument):
@@ -199,9 +214,3 @@ def _is_yaml_config(path: Path) -> bool:
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
-
-
-def offline_mode(offline: bool) -> None:
-    """``--offline``: never download datasets (read by cnncli.data)."""
-    if offline:
-        os.environ["CNNCLI_OFFLINE"] = "1"

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import HELP_OPTIONS, app, cli_errors, console, escape, fail, offline_mode
+from cnncli.cli.app import HELP_OPTIONS, OfflineOpt, app, cli_errors, console, escape, fail, set_option
 from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
+
+SetAugmentOpt = set_option("data.augment.flip=horizontal", metavar=None)
 
 data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mnist",
                        no_args_is_help=True, context_settings=HELP_OPTIONS)
@@ -131,7 +133,7 @@ def export(
                                                  "of each split (the first ones).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="The seed of the dataset's own split "
                                       "(shapes, digits), as a config's seed.")] = 0,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    offline: OfflineOpt = False,
 ):
     """Write a dataset as an image folder: OUT/train/<class>/<i>.png and OUT/test/<class>/<i>.png.
 
@@ -143,13 +145,12 @@ def export(
     """
     if dataset not in EXPORTABLE:
         fail(f"unknown dataset {dataset!r}; datasets to export: {', '.join(EXPORTABLE)}", code=2)
-    offline_mode(offline)
     with cli_errors():
         from cnncli.data import DATASETS, load_dataset
 
         cfg = {"name": dataset, **{k: f.default for k, f in DATASETS[dataset].fields.items()},
                "limit": None}
-        ds = load_dataset(cfg, seed)
+        ds = load_dataset(cfg, seed, offline)
         counts = _export_with_progress(ds, out, limit)
         from rich.table import Table
 
@@ -185,9 +186,8 @@ def preview(
     config: Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The picture to write.")] = Path("preview.png"),
     per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Images per class.")] = 8,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", help="Override any config key, e.g. "
-                                                      "--set data.augment.flip=horizontal (repeatable).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    sets: SetAugmentOpt = None,
+    offline: OfflineOpt = False,
 ):
     """Draw training images as the network sees them (resized, augmented), a row per class.
 
@@ -195,7 +195,6 @@ def preview(
 
     Example: cnn data preview configs/folder-example.yaml -o grid.png
     """
-    offline_mode(offline)
     with cli_errors():
         from functools import partial
 
@@ -206,7 +205,7 @@ def preview(
         from cnncli.seeds import rng_stream
 
         cfg = load_config(config, list(sets or []))
-        ds = load_dataset(cfg["data"], cfg["seed"])
+        ds = load_dataset(cfg["data"], cfg["seed"], offline)
         err = console(stderr=True)
         for note in ds.notes:
             err.print(escape(note), soft_wrap=True)

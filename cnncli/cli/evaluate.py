@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (app, cli_errors, console, escape, fail, load_checkpoint_network,
-                            offline_mode, pct)
+from cnncli.cli.app import (OfflineOpt, app, cli_errors, console, escape, fail, load_checkpoint_network,
+                            pct)
 
 @app.command("eval")
 def eval_(
@@ -19,7 +19,7 @@ def eval_(
     split: Annotated[str, typer.Option("--split", metavar="train|test", help="The split to score.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    offline: OfflineOpt = False,
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy and the confusion matrix.
 
@@ -29,12 +29,11 @@ def eval_(
     """
     if split not in ("train", "test"):
         fail(f"--split must be train or test, got {split!r}", code=2)
-    offline_mode(offline)
     with cli_errors():
-        _eval(checkpoint, data, split, as_json, plot)
+        _eval(checkpoint, data, split, as_json, plot, offline)
 
 
-def _eval(checkpoint, data, split, as_json, plot):
+def _eval(checkpoint, data, split, as_json, plot, offline):
     import numpy as np
 
     from cnncli.config import load_config
@@ -55,7 +54,7 @@ def _eval(checkpoint, data, split, as_json, plot):
                               f"(for arrays in an .npz, write one with data: {{name: npz, path: "
                               f"FILE}}); {exc}") from None
         data_cfg, seed = other["data"], other["seed"]
-    ds = load_dataset(data_cfg, seed)
+    ds = load_dataset(data_cfg, seed, offline)
     if tuple(ds.input_shape) != tuple(net.input_shape) or ds.n_classes != net.output_shape[0]:
         source = data if data is not None else f"{checkpoint} (its {data_cfg['name']} data)"
         raise DataError(f"{source}: its images are {'x'.join(map(str, ds.input_shape))} with "

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, fail, offline_mode
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, set_option
+
+SetLayerOpt = set_option("network.0.out_channels=8")
+SetDataOpt = set_option("data.path=DIR")
+
 
 @app.command()
 def summary(
     config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set network.0.out_channels=8 (repeatable).")] = None,
+    sets: SetLayerOpt = None,
 ):
     """Validate a config and show its layers as built: output shapes, trainable parameter
     counts and buffers (values saved with the model but not trained, such as batch norm's
@@ -60,8 +64,8 @@ def gradcheck(
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, metavar="INTEGER", help="Override the config's seed: another batch, initialisation and jitter.", show_default=False)] = None,
     impl: Annotated[str, typer.Option("--impl", metavar="NAME", help="Conv implementation: fast or reference.")] = "fast",
     max_entries: Annotated[int, typer.Option("--max-entries", min=1, metavar="INTEGER", help="Entries compared per array (sampled).")] = 200,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set data.path=DIR (repeatable).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    sets: SetDataOpt = None,
+    offline: OfflineOpt = False,
 ):
     """Check every layer's gradients against central finite differences in float64.
 
@@ -74,7 +78,6 @@ def gradcheck(
     """
     if impl not in ("fast", "reference"):
         fail(f"--impl must be fast or reference, got {impl!r}", code=2)
-    offline_mode(offline)
     with cli_errors():
         import numpy as np
 
@@ -87,7 +90,7 @@ def gradcheck(
 
         overrides = ([f"seed={seed}"] if seed is not None else []) + list(sets or [])
         cfg = load_config(config, overrides)
-        ds = load_dataset(cfg["data"], cfg["seed"])
+        ds = load_dataset(cfg["data"], cfg["seed"], offline)
         net = build_network(cfg["network"], ds.input_shape, rng_stream(cfg["seed"], "init"),
                             np.float64, impl=impl)
         net.set_rng(rng_stream(cfg["seed"], "noise"))  # dropout masks: training's stream

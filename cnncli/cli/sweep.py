@@ -10,9 +10,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail
+from cnncli.cli.app import STORAGE_ENV, StorageOpt, app, cli_errors, console, escape, fail
 
-STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
 sweep_app = typer.Typer(
     help="Hyperparameter sweeps on Optuna: many trainings of one config, sampled from a space.\n\n"
          "Example: cnn sweep run configs/sweeps/shapes-lr.yaml --workers 2",
@@ -21,10 +20,6 @@ app.add_typer(sweep_app, name="sweep")
 
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, max=256,
                                          help="Trials trained at once, each in its own process with one BLAS thread.")]
-StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
-                      f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
-    show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")]
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail, offline_mode, pct
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, escape, fail, pct, set_option
+
+SetOpt = set_option("training.epochs=3", what="key")
+
 
 def _overrides(epochs, lr, batch_size, seed, sets) -> list[str]:
     out = []
@@ -40,9 +43,9 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", metavar="FLOAT", help="Override training.learning_rate.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="INTEGER", help="Override training.batch_size.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", metavar="INTEGER", help="Override seed.")] = None,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any key, e.g. --set training.epochs=3 (repeatable).")] = None,
+    sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    offline: OfflineOpt = False,
 ):
     """Train a network from a YAML config and write a run directory.
 
@@ -57,13 +60,14 @@ def train(
 
       cnn train --resume runs/shapes-20260101-120000 --epochs 80
     """
-    offline_mode(offline)
     with cli_errors():
-        _train(config, resume, run_dir, _overrides(epochs, lr, batch_size, seed, sets), epochs, quiet)
+        _train(config, resume, run_dir, _overrides(epochs, lr, batch_size, seed, sets), quiet,
+               offline)
 
 
-def _train(config, resume, run_dir, overrides, epochs, quiet):
+def _train(config, resume, run_dir, overrides, quiet, offline):
     from cnncli.config import load_config
+    from cnncli.data import load_dataset
     from cnncli.run import RunDir, default_run_dir, resume_config
 
     if resume is None and config is None:
@@ -80,7 +84,7 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
         run = RunDir.open_existing(resume)
         try:
             cfg = resume_config(resume, config, overrides)
-            _fit(cfg, run, config_name=resume.name, resume=True, quiet=quiet)
+            _fit(cfg, run, config_name=resume.name, resume=True, quiet=quiet, offline=offline)
         finally:
             run.close()
         return
@@ -88,7 +92,8 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
     from cnncli.train import Trainer
 
     cfg = load_config(config, overrides)
-    trainer = Trainer(cfg)  # loads the data: a broken data file fails before any directory exists
+    # the data first: a broken data file fails before any directory exists
+    trainer = Trainer(cfg, data=load_dataset(cfg["data"], cfg["seed"], offline))
     path = run_dir if run_dir is not None else default_run_dir(config)
     run = RunDir.create(path, cfg)
     try:
@@ -97,10 +102,10 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
         run.close()
 
 
-def _fit(cfg, run, config_name, resume, quiet, trainer=None):
+def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
     from cnncli.errors import CnnError, ConfigError, TrainingError
     from cnncli.run import EpochsBelowTrained, resume as resume_run, train_epochs
-    from cnncli.train import Interrupted, Trainer
+    from cnncli.train import Interrupted
 
     out = console()
     interactive = out.is_terminal and not quiet
@@ -112,7 +117,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
 
     if resume:
         try:
-            trainer, loaded = resume_run(run, cfg, trainer)
+            trainer, loaded = resume_run(run, cfg, trainer, offline)
         except EpochsBelowTrained as exc:
             raise ConfigError(f"--epochs {exc.epochs} is below the {exc.trained} epochs "
                               f"{exc.path} has already trained") from None
@@ -129,7 +134,6 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
         run.write_config(cfg)
     else:
-        trainer = trainer if trainer is not None else Trainer(cfg)
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "
             f"-> {run.path}")

@@ -92,7 +92,7 @@ def _path(v):
 class DatasetKind:
     fields: dict[str, Field]
     describe: Callable[[dict], tuple[tuple, int]]  # (C, H, W) and the number of classes, cheaply
-    load: Callable[[dict, int], Dataset]
+    load: Callable[[dict, int, bool], Dataset]  # (section, seed, offline)
     help: str
 
 
@@ -101,7 +101,7 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------- shapes
-def _load_shapes(cfg: dict, seed: int) -> Dataset:
+def _load_shapes(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.shapes import CLASS_NAMES, make_shapes
     from cnncli.data.split import train_test_indices
 
@@ -112,7 +112,7 @@ def _load_shapes(cfg: dict, seed: int) -> Dataset:
 
 
 # ---------------------------------------------------------------- digits
-def _load_digits(cfg: dict, seed: int) -> Dataset:
+def _load_digits(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from sklearn.datasets import load_digits
 
     from cnncli.data.split import train_test_indices
@@ -125,10 +125,10 @@ def _load_digits(cfg: dict, seed: int) -> Dataset:
 
 
 # ---------------------------------------------------------------- mnist
-def _load_mnist(cfg: dict, seed: int) -> Dataset:
+def _load_mnist(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.mnist import load_mnist
 
-    x_tr, y_tr, x_te, y_te = load_mnist(cfg["path"])
+    x_tr, y_tr, x_te, y_te = load_mnist(cfg["path"], offline=offline)
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255, 255.0)
 
 
@@ -138,7 +138,7 @@ def _describe_npz(cfg: dict):
     return ds.input_shape, ds.n_classes
 
 
-def _load_npz(cfg: dict, seed: int) -> Dataset:
+def _load_npz(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.npz import load_npz
 
     return load_npz(Path(cfg["path"]))
@@ -172,7 +172,7 @@ def _describe_folder(cfg: dict):
     return tuple(d.x.shape[1:]), len(d.class_names)
 
 
-def _load_folder(cfg: dict, seed: int) -> Dataset:
+def _load_folder(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     """The decoded folder split: ``path/train`` and ``path/test`` when both exist, else a
     stratified split with ``test_size``; ``limit`` then draws a stratified subset of the
     training images (both from the seed's data stream)."""
@@ -226,10 +226,10 @@ def dataset_fields(name: str) -> dict[str, Field]:
     return {**DATASETS[name].fields, **COMMON_FIELDS}
 
 
-def load_dataset(cfg: dict, seed: int) -> Dataset:
+def load_dataset(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     """cfg: the resolved ``data:`` section. ``limit`` keeps the first N training samples (a
-    folder dataset draws a stratified subset itself)."""
-    ds = DATASETS[cfg["name"]].load(cfg, seed)
+    folder dataset draws a stratified subset itself). ``offline``: never download (MNIST)."""
+    ds = DATASETS[cfg["name"]].load(cfg, seed, offline)
     limit = cfg.get("limit")
     if limit is not None:
         ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]

@@ -156,9 +156,10 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "cnncli" / "mnist"
 
 
-def offline() -> bool:
-    """True when ``CNNCLI_OFFLINE`` is set to 1 (or true/yes): never touch the network."""
-    return os.environ.get("CNNCLI_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def is_offline(asked: bool = False) -> bool:
+    """True when ``asked`` (``--offline``) or when ``CNNCLI_OFFLINE`` is set to 1 (or
+    true/yes): never touch the network."""
+    return asked or os.environ.get("CNNCLI_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def find_file(folder: Path, name: str) -> Path | None:
@@ -182,7 +183,7 @@ def _where_to_put(folder: Path, missing: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def load_mnist(path: str | None = None):
+def load_mnist(path: str | None = None, offline: bool = False):
     """The MNIST train and test splits.
 
     Returns (x_train, y_train, x_test, y_test):
@@ -191,7 +192,7 @@ def load_mnist(path: str | None = None):
         x_test:  (10000, 1, 28, 28) uint8
         y_test:  (10000,) int64
     ``path``: a folder holding the four IDX files (used as is, never downloaded into); None
-    uses the cache and downloads what is missing there.
+    uses the cache and downloads what is missing there (unless ``offline``).
     """
     if path is not None:
         folder = Path(path).expanduser()
@@ -207,7 +208,7 @@ def load_mnist(path: str | None = None):
                             "with and without .gz)")
     else:
         folder = cache_dir()
-        ensure_downloaded(folder)
+        ensure_downloaded(folder, offline=offline)
         try:
             return read_folder(folder)
         except DataError as exc:
@@ -245,17 +246,17 @@ def _split(folder: Path, images_name: str, labels_name: str):
 
 
 # --------------------------------------------------------------------------- downloading
-def ensure_downloaded(folder: Path, progress: bool | None = None) -> list[str]:
+def ensure_downloaded(folder: Path, progress: bool | None = None, offline: bool = False) -> list[str]:
     """Download the files missing in ``folder`` (as .gz). Returns the names downloaded.
 
     Raises DataError when offline or when a file could not be had from any mirror; the message
     lists what is missing and where to put it. ``progress``: draw a Rich bar on stderr
-    (default: when stderr is a terminal).
+    (default: when stderr is a terminal). ``offline``: never download (see ``is_offline``).
     """
     missing = missing_files(folder)
     if not missing:
         return []
-    if offline():
+    if is_offline(offline):
         raise DataError(f"MNIST is not downloaded and CNNCLI_OFFLINE is set (--offline), so "
                         f"nothing was fetched; {_where_to_put(folder, missing)}")
     try:

@@ -18,10 +18,9 @@ import uuid
 from pathlib import Path
 
 from cnncli.errors import SweepError
-from cnncli.sweep.storage import mask_url, open_storage, open_study
+from cnncli.sweep.storage import STORAGE_ENV, mask_url, open_storage, open_study
 from cnncli.sweep.worker import LOCK_FILE, SWEEP_FILE, read_sweep, sweep_lock
 
-STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
 STOP_WAIT_SECONDS = 60  # after Ctrl-C, how long workers get to record their trial before a kill
 RESPAWN_SECONDS = 30  # while other processes run the last trials, how often to check with workers
 # What a start of this sweep (perhaps one that is racing us, or was killed) puts in the directory

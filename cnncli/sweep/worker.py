@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cnncli.errors import CnnError
 from cnncli.run import lock_is_held
-from cnncli.sweep.storage import retry_trial
+from cnncli.sweep.storage import STORAGE_ENV, retry_trial
 
 SWEEP_FILE = "sweep.yaml"
 LOCK_FILE = ".sweep.lock"
@@ -374,7 +374,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        worker = Worker(Path(args.sweep_dir), os.environ.get("CNNCLI_SWEEP_STORAGE") or None)
+        worker = Worker(Path(args.sweep_dir), os.environ.get(STORAGE_ENV) or None)
         worker.loop()
     except CnnError as exc:
         print(f"worker {args.index}: {exc}", file=sys.stderr)
