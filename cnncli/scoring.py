@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.modes import eval_mode
+
 SCORE_RULES = {"softmax": "identity", "sigmoid": "normalise"}  # any other last layer: "softmax"
 
 
@@ -49,18 +51,13 @@ def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250) -> np.n
     dtype = np.dtype(meta["dtype"]) if "dtype" in meta else _dtype(net)
     scale = np.asarray(info["input_scale"], dtype=dtype)
     rule = score_rule(net)
-    was_training = net.training
-    net.eval()
-    try:
-        outs = []
+    outs = []
+    with eval_mode(net):
         for i in range(0, len(x_stored), batch_size):
             xb = np.asarray(x_stored[i:i + batch_size]).astype(dtype, copy=False)
             if info["input_scale"] != 1.0:
                 xb = xb * scale
             outs.append(outputs_to_scores(net.forward(xb), rule))
-    finally:
-        if was_training:
-            net.train()
     n_out = net.output_shape[0] if net.input_shape is not None else 0
     return np.concatenate(outs) if outs else np.zeros((0, n_out), dtype=dtype)
 

@@ -12,6 +12,7 @@ from cnncli.data import Dataset, load_dataset, one_hot
 from cnncli.data.augment import augment, is_active
 from cnncli.errors import ConfigError, TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
+from cnncli.modes import eval_mode
 from cnncli.network import Network, build_network
 from cnncli.optim import OPTIMIZERS
 from cnncli.seeds import rng_stream
@@ -68,18 +69,13 @@ def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
     in eval mode (the network's mode is restored afterwards)."""
     x, y = data.split(split)
     total, preds = 0.0, np.empty(len(y), dtype=np.int64)
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         for i in range(0, len(y), EVAL_BATCH):
             xb = data.images(x[i:i + EVAL_BATCH], dtype)
             yb = y[i:i + EVAL_BATCH]
             out = net.forward(xb)
             total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
             preds[i:i + len(yb)] = out.argmax(axis=1)
-    finally:
-        if was_training:
-            net.train()
     return {"loss": total / len(y), "accuracy": float((preds == y).mean()), "predictions": preds}
 
 
