@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from cnncli.errors import ConfigError
+from cnncli.errors import ConfigError, about_value
 from cnncli.schema import (
     Field,
     SchemaError,
@@ -165,28 +165,34 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=3")
+            raise _override_error(repr(item), "expected KEY=VALUE, e.g. training.epochs=3")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {short_repr(item)}: the key must be dotted names like "
-                              "training.epochs")
+            raise _override_error(short_repr(item), "the key must be dotted names like training.epochs")
         node = raw
         for p in parts[:-1]:
             if isinstance(node, list) and p.isascii() and p.isdigit() and int(p) < len(node):
                 node = node[int(p)]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {short_repr(item)}: {short_repr(p)} is not a section")
+                raise _override_error(short_repr(item), f"{short_repr(p)} is not a section")
             if node.get(p) is None:  # a missing section, or one left empty (``training:``)
                 node[p] = {}
             node = node[p]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {short_repr(item)}: cannot set a key inside a "
-                              f"{type(node).__name__}")
-        node[parts[-1]] = parse_yaml(value, f"--set {key_name(key.strip())}")
+            raise _override_error(short_repr(item), f"cannot set a key inside a {type(node).__name__}")
+        try:
+            node[parts[-1]] = parse_yaml(value, f"override {key_name(key.strip())}")
+        except ConfigError as exc:
+            raise _override_error(key_name(key.strip()), exc.problems) from None
         _one_learning_rate(raw, parts)
     return raw
+
+
+def _override_error(shown: str, problem) -> ConfigError:
+    """A bad ``KEY=VALUE`` override: "override <shown>: <problem>" (``cnn``: "--set <shown>")."""
+    return about_value(ConfigError(problem, f"override {shown}"), "override", shown, problem)
 
 
 def _one_learning_rate(raw: dict, parts: list[str]) -> None:

@@ -124,7 +124,7 @@ def cli_errors():
     except CnnError as exc:
         if STATE["debug"]:
             raise
-        fail(escape(str(exc)))
+        fail(escape(with_option(exc)))
     except OSError as exc:
         if STATE["debug"]:
             raise
@@ -139,6 +139,25 @@ def cli_errors():
             raise
         fail(escape(f"unexpected {type(exc).__name__}: {exc} (a bug in cnncli; run with --debug "
                      "for the traceback)"))
+
+
+OPTION_OF = {"override": "--set", "size": "--size", "channels": "--channels",
+             "pixel_max": "--pixel-max", "input_scale": "--input-scale"}
+"""The command-line option that gives each library parameter a library error may be about."""
+
+
+def with_option(exc) -> str:
+    """An error's message as the user sees it: a problem with a value a library call was given
+    (``cnncli.errors.about_value``) names the option that gave it."""
+    from cnncli.errors import ConfigError
+
+    option = OPTION_OF.get(getattr(exc, "param", None))
+    if option is None:
+        return str(exc)
+    where = f"{option} {exc.shown}" if exc.shown else option
+    if isinstance(exc, ConfigError):
+        return str(ConfigError(exc.problem, where))
+    return f"{where}: {exc.problem}" if exc.shown else f"{where} {exc.problem}"
 
 
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
