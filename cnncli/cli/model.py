@@ -79,35 +79,20 @@ def gradcheck(
     if impl not in ("fast", "reference"):
         fail(f"--impl must be fast or reference, got {impl!r}", code=2)
     with cli_errors():
-        import numpy as np
-
         from cnncli.config import load_config
-        from cnncli.data import load_dataset, one_hot
-        from cnncli.gradcheck import JITTER, LAYER_NUDGE, TOLERANCE, check_network, move_off_kinks
-        from cnncli.network import build_network
-        from cnncli.seeds import rng_stream
-        from cnncli.train import make_loss
+        from cnncli.gradcheck import JITTER, LAYER_NUDGE, TOLERANCE, BatchTooSmall, check_config
 
         overrides = ([f"seed={seed}"] if seed is not None else []) + list(sets or [])
         cfg = load_config(config, overrides)
-        ds = load_dataset(cfg["data"], cfg["seed"], offline)
-        net = build_network(cfg["network"], ds.input_shape, rng_stream(cfg["seed"], "init"),
-                            np.float64, impl=impl)
-        net.set_rng(rng_stream(cfg["seed"], "noise"))  # dropout masks: training's stream
-        if batch < 2 and any(layer.type_name == "batch_norm" for layer in net.layers):
-            fail("--batch 1: batch_norm is checked in train mode, where a batch of one sample "
-                 "has no variance; use --batch 2 or more", code=2)
-        rng = np.random.default_rng(cfg["seed"])
-        picked = np.sort(rng.choice(len(ds.y_train), min(batch, len(ds.y_train)), replace=False))
-        x = ds.images(ds.x_train[picked], np.float64)
-        y = one_hot(ds.y_train[picked], ds.n_classes, np.float64)
-        x = move_off_kinks(net, x, rng)
-        results = check_network(net, make_loss(cfg["training"], net), x, y, rng,
-                                max_entries=max_entries)
+        try:
+            results, n = check_config(cfg, batch, impl, max_entries, offline)
+        except BatchTooSmall:
+            fail(f"--batch {batch}: batch_norm is checked in train mode, where a batch of one "
+                 "sample has no variance; use --batch 2 or more", code=2)
         from rich.table import Table
 
         table = Table(title=f"{config}: gradients vs central finite differences "
-                            f"(float64, {impl} conv, batch {len(x)}, seed {cfg['seed']}, tolerance "
+                            f"(float64, {impl} conv, batch {n}, seed {cfg['seed']}, tolerance "
                             f"{TOLERANCE:g}; inputs and biases jittered by {JITTER:g}, each layer's "
                             f"input by {LAYER_NUDGE:g}, to stay off ReLU/max-pool kinks; entries "
                             f"still on a kink are skipped)")
