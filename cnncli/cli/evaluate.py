@@ -39,7 +39,7 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
     from cnncli.config import load_config
     from cnncli.data import load_dataset
     from cnncli.errors import ConfigError, DataError
-    from cnncli.metrics import confusion_matrix
+    from cnncli.metrics import confusion_matrix, per_class_accuracy
     from cnncli.train import blas_threads, evaluate, make_loss
 
     net, cfg, meta, _ = load_checkpoint_network(checkpoint)
@@ -66,7 +66,7 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
     _, y = ds.split(split)
     cm = confusion_matrix(y, res["predictions"], ds.n_classes)
     totals = cm.sum(axis=1)
-    per_class = [float(cm[i, i] / totals[i]) if totals[i] else None for i in range(ds.n_classes)]
+    per_class = per_class_accuracy(cm)
     if plot is not None:
         from cnncli.plots import plot_evaluation
 
