@@ -154,6 +154,37 @@ def resume_url(sweep: dict, given: str | None, env: str | None = None) -> str | 
     return url
 
 
+def read_sweep_dir(sweep_dir: Path) -> dict:
+    """The sweep record of sweep directory ``sweep_dir`` (its sweep.yaml), checked to be one."""
+    if not (sweep_dir / SWEEP_FILE).is_file():
+        raise SweepError(f"{sweep_dir}: not a sweep directory (no sweep.yaml)")
+    try:
+        spec = read_sweep(sweep_dir)
+    except Exception as exc:
+        raise SweepError(f"{sweep_dir / SWEEP_FILE}: cannot read ({exc})") from None
+    if not isinstance(spec, dict) or "sweep_id" not in spec or "space" not in spec:
+        raise SweepError(f"{sweep_dir / SWEEP_FILE}: is not a cnn sweep file")
+    return spec
+
+
+def storage_url(given: str | None = None) -> str | None:
+    """The database URL given (``--storage``), else the one in ``STORAGE_ENV``, else None (the
+    study embedded in the sweep directory)."""
+    return given or os.environ.get(STORAGE_ENV) or None
+
+
+def sweep_by_url(url: str, study: str) -> tuple[dict, list]:
+    """A sweep found by its storage's URL and its study's name alone, with no sweep directory:
+    its record as a sweep spec (no ``sweep_id``; ``storage`` the masked URL) and its trials. A
+    SweepError when no such study exists or cnn sweep did not make it."""
+    st = open_study(open_storage(url), study, "maximize", create=False, url=url)
+    record = st.user_attrs.get("cnncli_sweep")
+    if not isinstance(record, dict):
+        raise SweepError(f"the study {study!r} in {mask_url(url)} was not made by cnn sweep")
+    spec = {**record, "name": study, "study": study, "storage": mask_url(url), "sweep_id": None}
+    return spec, st.get_trials(deepcopy=False)
+
+
 def open_sweep_study(sweep_dir: Path, sweep: dict, url: str | None):
     return open_study(open_storage(url, sweep_dir), sweep["study"], sweep["direction"],
                       create=False, url=url)
