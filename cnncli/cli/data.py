@@ -82,9 +82,7 @@ def generate_shapes(
     if not 0.0 < test_size < 1.0:
         fail(f"--test-size must be between 0 and 1 (exclusive), got {test_size}", code=2)
     with cli_errors():
-        import numpy as np
-
-        from cnncli.data import load_dataset
+        from cnncli.data.shapes import write_shapes_npz
 
         if out.is_dir():
             fail(f"{out}: is a directory; give a file name such as {out / 'shapes.npz'}")
@@ -92,16 +90,7 @@ def generate_shapes(
             fail(f"{out}: exists; pass --force to overwrite it")
         if not out.parent.is_dir():
             fail(f"{out}: cannot write: the directory {out.parent} does not exist")
-        ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
-                           "stratify": False, "limit": None}, seed)
-        from cnncli.atomic import atomic_file
-
-        try:
-            with atomic_file(out) as f:
-                np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
-                         y_test=ds.y_test, class_names=np.array(ds.class_names))
-        except OSError as exc:
-            fail(escape(f"{out}: cannot write ({exc.strerror or exc})"))
+        ds = write_shapes_npz(out, n, noise, test_size, seed)
         if preview is not None:
             from cnncli.plots import plot_dataset_preview
 
