@@ -338,7 +338,7 @@ def blas_lines():
     """One line per BLAS/OpenMP library in the process: kernel and thread count in use."""
     from threadpoolctl import threadpool_info
 
-    owners = {"numpy.libs": "NumPy's: matrix products", "scipy.libs": "SciPy's: the in-place SGD updates", "torch": "PyTorch's OpenMP"}
+    owners = {"numpy.libs": "NumPy's: matrix products", "scipy.libs": "SciPy's: the axpy updates", "torch": "PyTorch's OpenMP"}
     lines = []
     for lib in sorted(threadpool_info(), key=lambda lib: lib.get("filepath", "")):
         path = Path(lib.get("filepath", "?"))
@@ -382,11 +382,8 @@ def child(spec: dict) -> dict:
         else:
             runner = CnncliRunner(cfg, spec["impl"], data, warm, threads)
         runner.warm_up()
-        from cnncli import parallel
-
         with cnncli.threads(threads):  # what cnncli's own calls run with
-            out["blas"] = blas_lines() + [
-                f"  cnncli's pool: {parallel.pool_workers(threads)} thread(s) beside the caller"]
+            out["blas"] = blas_lines()
     times = []
     for _ in range(spec["chunks"]):
         times.append(runner.run() / steps)

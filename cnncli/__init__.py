@@ -6,8 +6,8 @@ The Python API (imported lazily, so that ``cnn --help`` stays fast)::
     net, meta = cnncli.load_checkpoint("runs/x/best.npz")   # the model, in eval mode
     probs = cnncli.scores(net, stored_images, meta)          # (N, n_classes) probabilities
 
-Every call into cnncli's arithmetic runs under one thread policy; ``with cnncli.threads(n):``
-chooses another (``cnncli.parallel``).
+Every call into cnncli's arithmetic runs under one thread policy (single-threaded BLAS by
+default); ``with cnncli.threads(n):`` chooses another (``cnncli.blas``).
 """
 
 __version__ = "0.1.0"
@@ -24,7 +24,7 @@ _API = {
     "CnnError": "cnncli.errors",
     "load_checkpoint": ("cnncli.checkpoint", "load_model"),
     "scores": "cnncli.scoring",
-    "threads": "cnncli.parallel",
+    "threads": "cnncli.blas",
 }
 
 __all__ = ["__version__", *_API]

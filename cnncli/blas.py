@@ -1,143 +1,160 @@
-"""The two in-place BLAS updates NumPy has no function for.
+"""Threads and BLAS: how many threads cnncli's arithmetic runs on, and the in-place update.
 
-``axpy``: ``y += a * x`` in one pass over y (NumPy's ``y += a * x`` makes two, plus a temporary).
-``add_product``: ``c += alpha * a.T @ b`` written straight into c (GEMM with beta = 1), so the
-dense layer's SGD update never stores its weight gradient: one pass over the weights, not three.
+The policy, chosen with ``with cnncli.threads(n):`` or ``training.threads: n`` in a config:
 
-Both run in SciPy's own copy of OpenBLAS (its wheels ship one beside NumPy's; it always runs
-with 1 thread, ``cnncli.parallel``), through SciPy's wrappers (``scipy.linalg.blas``). Two
-threads calling those at once take turns, so a large ``add_product`` (from ``CTYPES_MIN``
-entries of c: the blocks cnncli's pool runs side by side) calls the library's CBLAS function
-through ctypes instead, which lets go of Python's GIL as NumPy's own products do. The seed
-network's two update blocks in two threads at once, against one after the other
-(``benchmarks/bench_threads.py``, idle machine): SciPy's wrappers 0.77x (slower than in turn),
-ctypes 1.92x. Both give the same bits (tested); ctypes costs ~4 us more per call (reading
-three array addresses), which is why small products keep the wrappers.
+- ``None`` (the default) and ``1``: every BLAS library in the process runs single-threaded.
+- ``n >= 2``: NumPy's BLAS runs ``n`` threads of its own.
+
+Why single-threaded by default: OpenBLAS's threads busy-wait for work. With 2 BLAS threads a
+training step of the seed's MNIST network ran 30x slower than with 1 while another process kept
+the second core busy, and NumPy's and SciPy's two OpenBLAS copies (SciPy's wheels ship their
+own) busy-waiting against each other made a step 4-35x slower. SciPy's copy, which runs only
+``axpy`` below, therefore always gets 1 thread.
+
+Every entry point into cnncli's arithmetic (the trainer, ``Network``'s public calls, the
+optimizers' ``step``, every command, each sweep worker) is wrapped with ``@applied``: the
+outermost such call sets the libraries' thread counts and puts the previous counts back when
+it returns, so the rest of a program keeps its own settings. The libraries are found once, with
+threadpoolctl, on the first call; after that an outermost call costs a few microseconds and a
+nested one a counter increment. The policy is one setting for the whole process.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
+import threading
+from pathlib import Path
 
 import numpy as np
 
-from cnncli.parallel import applied
-
-# (BLAS name, dtype character) -> fn; gemm(alpha, a, b, c): c += alpha * a.T @ b for C-ordered
-# a (K, M), b (K, N), c (M, N); axpy(a, x, y): y += a * x for contiguous x, y of one size.
-_FUNCS: dict[tuple[str, str], object] = {}  # SciPy's wrappers
-_CBLAS: dict[tuple[str, str], object] = {}  # gemm through ctypes, when the library has CBLAS
-CTYPES_MIN = 1 << 15  # entries of c from which add_product goes through ctypes
-CBLAS_SOURCE = ""  # the library file _CBLAS calls into ("" if none was found)
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS enum values
+_lock = threading.RLock()
+_policy: int | None = None  # None (the default) or n >= 1
+_depth = 0  # nesting of applied calls and threads() blocks; the outermost applies the policy
+_saved: list = []  # (library controller, count before) to put back
+_libs: list | None = None  # (threadpoolctl library controller, is SciPy's own copy)
+_axpy: dict = {}  # dtype character -> SciPy's axpy wrapper
 
 
-def load_scipy() -> None:
-    """Import SciPy's BLAS wrappers, which loads SciPy's copy of OpenBLAS into the process."""
-    from scipy.linalg import blas  # noqa: F401
+def check_threads(n) -> int | None:
+    """``n`` if it is a valid policy (None or an integer >= 1); a ConfigError otherwise."""
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        from cnncli.errors import ConfigError
+
+        raise ConfigError(f"threads must be an integer >= 1 or None (cnncli's default), got {n!r}")
+    return n
 
 
-def load() -> None:
-    """Find the BLAS functions now (a thread limit set afterwards then covers them too)."""
-    global CBLAS_SOURCE
-    if _FUNCS:
-        return
-    from cnncli import parallel
-
-    for dynlib, filepath in parallel.blas_dynlibs():
-        funcs = _cblas(dynlib)
-        if funcs is not None:
-            _CBLAS.update(funcs)
-            CBLAS_SOURCE = filepath
-            break
-    _FUNCS.update(_scipy_wrappers())
+def is_scipy_vendored(filepath: str) -> bool:
+    """A library inside SciPy's wheel (``scipy.libs/``, ``scipy/.dylibs/``), not NumPy's."""
+    parts = Path(filepath).parts
+    return "scipy.libs" in parts or ("scipy" in parts and ".dylibs" in parts)
 
 
-def _cblas(dynlib) -> dict | None:
-    """ctypes calls of ``dynlib``'s cblas_sgemm and cblas_dgemm, or None if it has none.
-    OpenBLAS names them with a prefix ("scipy_" in SciPy's and NumPy's wheels) and, when its
-    integers are 64-bit, a suffix ("64_")."""
-    for prefix in ("scipy_", ""):
-        for suffix, int_t in (("", ctypes.c_int), ("64_", ctypes.c_int64), ("_64", ctypes.c_int64)):
-            found = {("gemm", char): getattr(dynlib, f"{prefix}cblas_{blas_char}gemm{suffix}", None)
-                     for char, blas_char in (("f", "s"), ("d", "d"))}
-            if all(f is not None for f in found.values()):
-                return {key: _typed_gemm(key[1], f, int_t) for key, f in found.items()}
-    return None
+def _find_libs() -> list:
+    global _libs
+    if _libs is None:
+        from scipy.linalg import blas  # noqa: F401  (loads SciPy's copy, so that it is found)
+        from threadpoolctl import ThreadpoolController
+
+        _libs = [(lib, is_scipy_vendored(lib.filepath))
+                 for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+    return _libs
 
 
-def _typed_gemm(char, f, int_t):
-    """Give cblas_?gemm its argument types; wrap it in the gemm convention above."""
-    real = ctypes.c_float if char == "f" else ctypes.c_double
-    ptr = ctypes.c_void_p
-    # order, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-    f.argtypes = [ctypes.c_int] * 3 + [int_t] * 3 + [real, ptr, int_t, ptr, int_t, real, ptr, int_t]
-    f.restype = None
-
-    def gemm(alpha, a, b, c):
-        (k, m), n = a.shape, b.shape[1]
-        if m and n and k:
-            f(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, k, alpha, a.ctypes.data, m,
-              b.ctypes.data, n, 1.0, c.ctypes.data, n)
-    return gemm
+def _apply(n: int | None) -> list:
+    """Set every BLAS library for policy ``n``; returns what to put back."""
+    saved = []
+    for lib, scipy_own in _find_libs():
+        want = 1 if scipy_own or n is None else n
+        have = lib.get_num_threads()
+        if have is not None and have != want:
+            lib.set_num_threads(want)
+            saved.append((lib, have))
+    return saved
 
 
-def _scipy_wrappers() -> dict:
-    """The two calls through SciPy's f2py wrappers."""
-    from scipy.linalg import blas
-
-    funcs = {}
-    for char in "fd":
-        gemm_fn = blas.get_blas_funcs("gemm", dtype=np.dtype(char))
-        axpy_fn = blas.get_blas_funcs("axpy", dtype=np.dtype(char))
-
-        def gemm(alpha, a, b, c, _fn=gemm_fn):
-            # Column-major BLAS sees each C-ordered array as its transpose, so ask it for
-            # c.T += alpha * b.T @ (a.T).T: every operand is then read in place, without a copy.
-            z = _fn(alpha, b.T, a.T, beta=1.0, c=c.T, trans_b=1, overwrite_c=1)
-            if not np.shares_memory(z, c):  # pragma: no cover - SciPy had to copy
-                c[...] = z.T
-
-        def axpy(a, x, y, _fn=axpy_fn):
-            yf = y.reshape(-1)
-            z = _fn(x.reshape(-1), yf, a=a)  # SciPy writes into y itself and returns it ...
-            if z is not yf:  # pragma: no cover - ... unless it had to copy
-                yf[...] = z
-
-        funcs["gemm", char], funcs["axpy", char] = gemm, axpy
-    return funcs
+def _enter(n: int | None = None, set_policy: bool = False) -> int | None:
+    """One level deeper; the outermost level applies the policy. Returns the previous policy."""
+    global _depth, _saved, _policy
+    with _lock:
+        before = _policy
+        if set_policy:
+            _policy = n
+        if _depth == 0:
+            _saved = _apply(_policy)
+        elif set_policy and n != before:
+            _apply(n)  # what to put back was saved by the outermost level
+        _depth += 1
+        return before
 
 
-@applied
+def _exit(before: int | None = None, set_policy: bool = False) -> None:
+    global _depth, _saved, _policy
+    with _lock:
+        _depth -= 1
+        if set_policy:
+            if _depth and before != _policy:
+                _apply(before)
+            _policy = before
+        if _depth == 0:
+            for lib, have in reversed(_saved):
+                lib.set_num_threads(have)
+            _saved = []
+
+
+def applied(fn):
+    """Decorator: run ``fn`` under cnncli's thread policy."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        _enter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _exit()
+
+    return run
+
+
+class threads:
+    """Context manager: cnncli's arithmetic inside the block runs with policy ``n``
+    (``None``: the default, single-threaded BLAS; ``n``: NumPy's BLAS with ``n`` threads).
+    The libraries are set for the whole block and put back when it ends."""
+
+    def __init__(self, n: int | None):
+        self.n = check_threads(n)
+        self._before: list[int | None] = []
+
+    def __enter__(self):
+        self._before.append(_enter(self.n, set_policy=True))
+        return self
+
+    def __exit__(self, *exc):
+        _exit(self._before.pop(), set_policy=True)
+        return False
+
+
+def current() -> int | None:
+    """The policy in force: None (the default) or n."""
+    return _policy
+
+
 def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
-    """``y += a * x`` in place. BLAS runs it when x and y are contiguous arrays of one shape
-    and dtype that do not overlap; anything else goes through NumPy (broadcasting included)."""
-    load()
-    fn = _FUNCS.get(("axpy", y.dtype.char))
+    """``y += a * x`` in place, in one pass over y (NumPy's ``y += a * x`` makes two and a
+    temporary). SciPy's BLAS runs it for contiguous, non-overlapping arrays of one shape and
+    dtype (float32 or float64); anything else goes through NumPy."""
+    fn = _axpy.get(y.dtype.char)
+    if fn is None and y.dtype.char in "fd":
+        from scipy.linalg import blas
+
+        fn = _axpy[y.dtype.char] = blas.get_blas_funcs("axpy", dtype=y.dtype)
     if (fn is not None and x.dtype == y.dtype and x.shape == y.shape and y.flags.c_contiguous
-            and x.flags.c_contiguous and y.flags.writeable
-            and (x is y or not np.may_share_memory(x, y))):
-        fn(a, x, y)
+            and x.flags.c_contiguous and y.flags.writeable and not np.may_share_memory(x, y)):
+        yf = y.reshape(-1)
+        z = fn(x.reshape(-1), yf, a=a)  # SciPy writes into y and returns it ...
+        if z is not yf:  # pragma: no cover - ... unless it had to copy
+            yf[...] = z
         return
     y += a * x
-
-
-@applied
-def add_product(alpha: float, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> None:
-    """``c += alpha * a.T @ b`` in place.
-
-    a: (K, M), b: (K, N), c: (M, N). BLAS runs it for contiguous float32/float64 arrays of one
-    dtype when c overlaps neither a nor b; anything else goes through NumPy.
-    """
-    load()
-    key = ("gemm", c.dtype.char)
-    fn = _CBLAS.get(key) if c.size >= CTYPES_MIN else None
-    fn = fn or _FUNCS.get(key)
-    if (fn is not None and a.dtype == b.dtype == c.dtype and c.flags.c_contiguous
-            and a.flags.c_contiguous and b.flags.c_contiguous and c.flags.writeable
-            and a.ndim == b.ndim == c.ndim == 2 and a.shape[1] == c.shape[0]
-            and b.shape[1] == c.shape[1] and a.shape[0] == b.shape[0]
-            and not np.may_share_memory(a, c) and not np.may_share_memory(b, c)):
-        fn(alpha, a, b, c)
-        return
-    c += alpha * (a.T @ b)

@@ -7,16 +7,14 @@ import numpy as np
 from cnncli.errors import CheckpointError, ConfigError
 from cnncli.layers import LAYERS, Layer, layer_class
 from cnncli.layers.base import check_keys
-from cnncli.parallel import applied
+from cnncli.blas import applied
 
 
 class Network:
     """A stack of layers run in order.
 
     ``forward(x)`` returns the last layer's output; ``backward(dout)`` gives every layer its
-    ``grads`` (the first layer skips the input gradient nobody uses; dense layers compute the
-    weight gradient when it is first read); ``backward_sgd(dout, lr)`` also applies the plain
-    SGD step.
+    ``grads`` (the first layer skips the input gradient nobody uses: ``input_grad``).
     A network starts in train mode; ``eval()`` switches batch norm to its running statistics
     and dropout off, ``train()`` back.
     """
@@ -26,8 +24,18 @@ class Network:
         self.layers = list(layers)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.specs = specs
+        self.input_grad = False
+
+    @property
+    def input_grad(self) -> bool:
+        """Whether ``backward`` computes the gradient of the network's input too (False by
+        default: training never uses it; the seed's reference path and gradient checks do)."""
+        return bool(self.layers) and self.layers[0].needs_input_grad
+
+    @input_grad.setter
+    def input_grad(self, value: bool) -> None:
         for i, layer in enumerate(self.layers):
-            layer.needs_input_grad = i > 0
+            layer.needs_input_grad = i > 0 or bool(value)
 
     @applied
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -36,29 +44,14 @@ class Network:
         return x
 
     @applied
-    def backward(self, dout: np.ndarray) -> None:
+    def backward(self, dout: np.ndarray) -> np.ndarray | None:
+        """dout: the loss gradient of the output, (N, n_outputs). Fills every layer's ``grads``;
+        returns the input gradient when ``input_grad`` is set, else None."""
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
             if dout is None:
                 break
-
-    @applied
-    def backward_sgd(self, dout: np.ndarray, lr: float) -> None:
-        """Backward fused with the plain SGD step ``p -= lr * grad``: each layer updates its
-        parameters as soon as it has passed its input gradient on (``Layer.backward_sgd``).
-        The same bits as ``backward`` then ``SGD(lr).step`` when no ``grads`` were read in
-        between (``Dense``)."""
-        for layer in reversed(self.layers):
-            dout = layer.backward_sgd(dout, lr)
-            if dout is None:
-                break
-
-    def store_grads(self) -> None:
-        """Compute and store every gradient of the last backward now (dense layers otherwise
-        compute their weight gradient when ``grads`` is read, and a plain SGD step never
-        stores it)."""
-        for layer in self.layers:
-            layer.store_grads()
+        return dout
 
     @applied
     def predict(self, x: np.ndarray, batch_size: int = 500) -> np.ndarray:

@@ -1,17 +1,11 @@
-"""Optimizers: they update a network's parameters in place from the gradients of its last backward.
-
-With plain SGD the trainer skips ``SGD.step`` and runs ``Network.backward_sgd``, which applies the
-same update inside the backward pass (``SGD.plain`` tells when); after a plain ``backward``,
-``SGD.step`` runs each layer's ``sgd_step``: the same update with the same bits.
-"""
+"""Optimizers: they update a network's parameters in place from the gradients of its last
+backward (``Network.parameters()`` yields each parameter with its gradient)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from cnncli.blas import axpy, load as load_blas
-from cnncli.network import Network
-from cnncli.parallel import applied
+from cnncli.blas import applied, axpy
 
 
 class SGD:
@@ -19,9 +13,7 @@ class SGD:
 
     Plain: ``p -= lr * g``. With momentum mu: ``v = mu * v + g``, then ``p -= lr * v``
     (Nesterov: ``p -= lr * (g + mu * v)``). ``weight_decay`` adds ``wd * p`` to g first.
-    Each update of p is one in-place pass over it (BLAS axpy: ``p += (-lr) * d``), except
-    that plain SGD on a ``Network`` lets each layer update itself (``Layer.sgd_step``): a dense
-    layer whose weight gradient has not been read adds ``-lr * x.T @ dout`` into W directly.
+    Each update of p is one in-place pass over it (BLAS axpy: ``p += (-lr) * d``).
     """
 
     name = "sgd"
@@ -33,21 +25,11 @@ class SGD:
         self.weight_decay = float(weight_decay)
         self.velocity: dict[str, np.ndarray] = {}
         self._buf: dict[str, np.ndarray] = {}
-        load_blas()  # now, so that a thread limit set after this covers SciPy's BLAS too
-
-    @property
-    def plain(self) -> bool:
-        """No momentum, no weight decay: ``p -= lr * g``, which layers can fuse into their
-        backward pass (``Network.backward_sgd``)."""
-        return not self.momentum and not self.weight_decay
 
     @applied
     def step(self, network) -> None:
+        """Update every parameter of ``network`` in place from its gradient."""
         lr, mu, wd = self.learning_rate, self.momentum, self.weight_decay
-        if self.plain and isinstance(network, Network):  # each layer's own update (Dense
-            for layer in network.layers:                    # adds x.T @ dout into W)
-                layer.sgd_step(lr)
-            return
         for key, p, g in network.parameters():
             if wd:
                 buf = self._scratch(key, p)

@@ -25,11 +25,10 @@ EVAL_BATCH = 250  # samples per forward pass when evaluating (bounds memory)
 def blas_threads(threads: int | None):
     """A context running cnncli's arithmetic with thread policy ``threads`` (``training.threads``).
 
-    None (unset) is cnncli's default: single-threaded BLAS, the largest products split into
-    fixed blocks that cnncli's own pool runs on up to two cores; 1 keeps everything on one
-    core; n gives NumPy's BLAS n threads. See ``cnncli.parallel``, which also explains why.
+    None (unset) is cnncli's default, single-threaded BLAS, as 1 is; n gives NumPy's BLAS n
+    threads. See ``cnncli.blas``, which also explains why.
     """
-    from cnncli.parallel import threads as policy
+    from cnncli.blas import threads as policy
 
     return policy(threads)
 
@@ -109,13 +108,9 @@ class Trainer:
         self.loss = make_loss(t, self.net)
         self.optimizer = make_optimizer(t)
         # impl "reference" runs the seed's algorithm step for step: per-sample SciPy loops in
-        # every conv layer, every gradient (the first layer's input gradient too, which nobody
-        # uses), then a separate update. The fast path skips that gradient and, for plain SGD,
-        # fuses each layer's update into its backward pass (Network.backward_sgd).
-        self.reference = reference = t["impl"] == "reference"
-        if reference:
-            self.net.layers[0].needs_input_grad = True
-        self.fused_sgd = not reference and getattr(self.optimizer, "plain", False)
+        # every conv layer and every gradient (the first layer's input gradient too, which
+        # nobody uses); the fast path skips that gradient.
+        self.net.input_grad = t["impl"] == "reference"
         self.shuffle_rng = rng_stream(cfg["seed"], "shuffle")
         self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
         self.augment_rng = rng_stream(cfg["seed"], "augment")
@@ -207,13 +202,8 @@ class Trainer:
                     f"used {lr:g})")
             correct += int((out.argmax(axis=1) == yb).sum())
             loss_sum += batch_loss * len(yb)
-            if self.fused_sgd:
-                self.net.backward_sgd(self.loss.gradient(out, target), lr)
-            else:
-                self.net.backward(self.loss.gradient(out, target))
-                if self.reference:  # the seed's order: every gradient stored, then the update
-                    self.net.store_grads()
-                self.optimizer.step(self.net)
+            self.net.backward(self.loss.gradient(out, target))
+            self.optimizer.step(self.net)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)
         test = evaluate(self.net, self.loss, self.data, "test", self.dtype)

@@ -1,89 +1,179 @@
-"""The in-place BLAS updates (cnncli.blas) against plain NumPy, over random shapes and layouts."""
+"""Threads and BLAS (cnncli.blas): the thread policy each entry point applies and puts back, and
+the in-place axpy against plain NumPy."""
+
+import ast
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from threadpoolctl import threadpool_info, threadpool_limits
 
+import cnncli
 from cnncli import blas
+from cnncli.errors import ConfigError
+from cnncli.losses import MSELoss
+from cnncli.network import build_network
+from cnncli.optim import SGD, Adam
 
-dims = st.integers(1, 40)
-
-
-def _layout(x, kind):
-    """The same values in C order, Fortran order, or as a strided view of a larger array."""
-    if kind == "F":
-        return np.asfortranarray(x)
-    if kind == "strided":
-        big = np.zeros((x.shape[0], 2 * x.shape[1]), dtype=x.dtype)
-        big[:, ::2] = x
-        return big[:, ::2]
-    return x
+PACKAGE = Path(cnncli.__file__).parent
 
 
-@settings(max_examples=80, deadline=None)
-@given(k=dims, m=dims, n=dims, alpha=st.floats(-3, 3), dtype=st.sampled_from(["float64", "float32"]),
-       layouts=st.tuples(*[st.sampled_from(["C", "F", "strided"])] * 3), seed=st.integers(0, 2**32 - 1))
-def test_add_product_adds_alpha_a_transpose_b_into_c_in_place(k, m, n, alpha, dtype, layouts, seed):
-    rng = np.random.default_rng(seed)
-    a, b, c = (_layout(rng.standard_normal(s).astype(dtype), kind)
-               for s, kind in zip(((k, m), (k, n), (m, n)), layouts))
-    expected = c.astype(np.float64) + alpha * (a.astype(np.float64).T @ b.astype(np.float64))
-    view = c[...]  # another view of c's memory: it must see the result
-    blas.add_product(alpha, a, b, c)
-    assert c.dtype == dtype
-    tol = 1e-12 if dtype == "float64" else 2e-5
-    np.testing.assert_allclose(view, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
+def numpy_blas_threads() -> int:
+    """The thread count of NumPy's BLAS (not SciPy's own copy) right now."""
+    counts = {lib["num_threads"] for lib in threadpool_info()
+              if lib["user_api"] == "blas" and not blas.is_scipy_vendored(lib["filepath"])}
+    assert len(counts) == 1, counts
+    return counts.pop()
 
 
-def test_add_product_uses_blas_for_contiguous_arrays(monkeypatch):
-    blas.load()
-    used = []
-    fn = blas._FUNCS["gemm", "d"]
-    monkeypatch.setitem(blas._FUNCS, ("gemm", "d"), lambda *a, **k: used.append(1) or fn(*a, **k))
-    rng = np.random.default_rng(0)
-    a, b, c = rng.standard_normal((5, 3)), rng.standard_normal((5, 4)), rng.standard_normal((3, 4))
-    expected = c - 0.5 * a.T @ b
-    blas.add_product(-0.5, a, b, c)
-    assert used == [1]
-    np.testing.assert_allclose(c, expected, rtol=1e-14)
+def scipy_blas_threads() -> set[int]:
+    return {lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas" and blas.is_scipy_vendored(lib["filepath"])}
 
 
-def test_add_product_and_axpy_are_right_when_arrays_overlap():
-    rng = np.random.default_rng(2)
-    c = rng.standard_normal((6, 6))
-    a = c  # c += a.T @ c with a and b the very array being written
-    expected = c + 0.25 * (c.T @ c)
-    blas.add_product(0.25, a, c, c)
-    np.testing.assert_allclose(c, expected, rtol=1e-13)
-    buf = rng.standard_normal(10)
-    x, y = buf[:6], buf[4:]  # overlapping views
-    expected = y + 2.0 * x
-    blas.axpy(2.0, x, y)
-    np.testing.assert_allclose(buf[4:], expected, rtol=1e-14)
-    y = rng.standard_normal(5)
-    expected = 3 * y
-    blas.axpy(2.0, y, y)  # x is y
-    np.testing.assert_allclose(y, expected, rtol=1e-14)
+def _net():
+    specs = [{"type": "conv2d", "out_channels": 2, "kernel_size": 2}, {"type": "flatten"},
+             {"type": "dense", "out_features": 3}, {"type": "sigmoid"}]
+    return build_network(specs, (1, 4, 4), np.random.default_rng(0))
 
 
-def test_axpy_broadcasts_like_numpy_when_shapes_differ():
-    y = np.ones((2, 3))
-    blas.axpy(2.0, np.arange(3.0), y)
-    np.testing.assert_array_equal(y, [[1, 3, 5], [1, 3, 5]])
+class Spy:
+    """A layer-like probe: records NumPy's BLAS thread count whenever the network calls it."""
+
+    def __init__(self, layer, seen):
+        self.layer, self.seen = layer, seen
+
+    def __getattr__(self, name):
+        return getattr(self.layer, name)
+
+    def forward(self, x):
+        self.seen.append(numpy_blas_threads())
+        return self.layer.forward(x)
+
+    def backward(self, dout):
+        self.seen.append(numpy_blas_threads())
+        return self.layer.backward(dout)
 
 
-def test_add_product_falls_back_to_numpy_for_views_and_other_dtypes():
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((6, 8))[:, ::2]  # not contiguous
-    b = rng.standard_normal((6, 3))
-    c = rng.standard_normal((4, 3))
-    expected = c + 0.5 * a.T @ b
-    blas.add_product(0.5, a, b, c)
-    np.testing.assert_allclose(c, expected, rtol=1e-14)
-    ci = np.zeros((2, 2), dtype=np.int64)
-    blas.add_product(2, np.ones((3, 2), np.int64), np.ones((3, 2), np.int64), ci)
-    np.testing.assert_array_equal(ci, np.full((2, 2), 6))
+@pytest.mark.parametrize("policy, expected", [(None, 1), (1, 1), (2, 2)])
+def test_every_entry_point_runs_under_the_policy_and_puts_the_users_setting_back(policy, expected):
+    net, seen = _net(), []
+    net.layers[-1] = Spy(net.layers[-1], seen)
+    x, y = np.random.default_rng(1).random((4, 1, 4, 4)), np.eye(3)[[0, 1, 2, 0]]
+    loss = MSELoss()
+    with threadpool_limits(limits=3, user_api="blas"):  # the user's own setting
+        assert numpy_blas_threads() == 3
+        with cnncli.threads(policy):
+            out = net.forward(x)
+            net.backward(loss.gradient(out, y))
+            net.predict(x, batch_size=2)
+        assert numpy_blas_threads() == 3
+        if policy is None:  # without a threads() block too: each call applies the default
+            net.forward(x)
+        assert numpy_blas_threads() == 3
+    assert set(seen) == {expected}
+
+
+def test_optimizers_step_under_the_policy():
+    net = _net()
+    net.forward(np.ones((2, 1, 4, 4)))
+    net.backward(np.ones((2, 3)))
+    seen = []
+    real = blas.axpy
+
+    def spy(*args):
+        seen.append((numpy_blas_threads(), scipy_blas_threads()))
+        return real(*args)
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        import cnncli.optim as optim
+        old = optim.axpy
+        optim.axpy = spy
+        try:
+            SGD(0.1).step(net)
+        finally:
+            optim.axpy = old
+        Adam().step(net)
+    assert seen and all(n == 1 and s <= {1} for n, s in seen)
+
+
+def test_nested_threads_blocks_apply_the_inner_policy_and_restore_the_outer_one():
+    with cnncli.threads(2):
+        _net().forward(np.ones((1, 1, 4, 4)))
+        assert numpy_blas_threads() == 2
+        with cnncli.threads(None):
+            assert numpy_blas_threads() == 1 and blas.current() is None
+        assert numpy_blas_threads() == 2 and blas.current() == 2
+    assert blas.current() is None
+
+
+def test_scipys_own_blas_copy_always_runs_one_thread():
+    blas._find_libs()
+    with cnncli.threads(2):
+        assert scipy_blas_threads() <= {1}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_bad_thread_count_is_refused_in_one_line(bad):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+        cnncli.threads(bad)
+
+
+def _imports(path: Path) -> set[str]:
+    """The cnncli modules ``path`` imports (at any depth of the file)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("cnncli"):
+                found.add(node.module)
+                for alias in node.names:  # "from cnncli import blas" imports a module
+                    sub = f"{node.module}.{alias.name}"
+                    if (PACKAGE.parent / (sub.replace(".", "/") + ".py")).exists() or \
+                            (PACKAGE.parent / sub.replace(".", "/")).is_dir():
+                        found.add(sub)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("cnncli")}
+    return found
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def test_no_import_cycle_in_the_package():
+    graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
+    # importing a.b.c also imports a.b: count a package's __init__ as a dependency
+    graph = {m: {d for dep in deps for d in [dep] if d in graph and d != m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycle = path[path.index(d):] + [d] if d in path else [m, d]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_nothing_in_the_package_uses_ctypes():
+    users = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "ctypes" in p.read_text()]
+    assert users == []
+
+
+def test_no_layer_knows_a_learning_rate():
+    for path in (PACKAGE / "layers").glob("*.py"):
+        assert not re.search(r"learning_rate|\blr\b", path.read_text()), path
 
 
 @settings(max_examples=40, deadline=None)
@@ -98,59 +188,28 @@ def test_axpy_adds_a_times_x_into_y_in_place(size, a, dtype, seed):
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * (1 + np.abs(expected).max()))
 
 
-@settings(max_examples=40, deadline=None)
-@given(k=dims, m=dims, n=dims, alpha=st.floats(-3, 3), dtype=st.sampled_from(["float64", "float32"]),
-       seed=st.integers(0, 2**32 - 1))
-def test_the_cblas_call_gives_the_same_bits_as_scipys_wrapper(k, m, n, alpha, dtype, seed):
-    blas.load()
-    assert blas.CBLAS_SOURCE, "SciPy's wheel ships CBLAS symbols"
-    rng = np.random.default_rng(seed)
-    a, b, c = (rng.standard_normal(s).astype(dtype) for s in ((k, m), (k, n), (m, n)))
-    mine, theirs = c.copy(), c.copy()
-    blas._CBLAS["gemm", c.dtype.char](alpha, a, b, mine)
-    blas._FUNCS["gemm", c.dtype.char](alpha, a, b, theirs)
-    assert mine.tobytes() == theirs.tobytes()
+def test_axpy_is_right_when_arrays_overlap_and_for_views_and_other_dtypes():
+    y = np.arange(5.0)
+    blas.axpy(2.0, y, y)  # x is y
+    np.testing.assert_array_equal(y, 3 * np.arange(5.0))
+    big = np.arange(10.0)
+    blas.axpy(1.0, big[:9], big[1:])  # overlapping views
+    np.testing.assert_array_equal(big, np.concatenate([[0.0], np.arange(1.0, 10.0) + np.arange(9.0)]))
+    strided = np.zeros(8)[::2]
+    blas.axpy(2.0, np.ones(4), strided)
+    np.testing.assert_array_equal(strided, np.full(4, 2.0))
+    ints = np.ones(3, np.int64)
+    blas.axpy(2, np.ones(3, np.int64), ints)
+    np.testing.assert_array_equal(ints, np.full(3, 3))
 
 
-def test_large_products_go_through_ctypes_and_small_ones_through_scipy(monkeypatch):
-    blas.load()
-    used = []
-    for table, name in ((blas._CBLAS, "ctypes"), (blas._FUNCS, "scipy")):
-        fn = table["gemm", "d"]
-        monkeypatch.setitem(table, ("gemm", "d"), lambda *a, _fn=fn, _name=name: used.append(_name) or _fn(*a))
-    rng = np.random.default_rng(4)
-    for m in (blas.CTYPES_MIN // 64 - 1, blas.CTYPES_MIN // 64):  # c just below, then at the bar
-        a, b, c = rng.standard_normal((16, m)), rng.standard_normal((16, 64)), rng.standard_normal((m, 64))
-        expected = c - 0.1 * a.T @ b
-        blas.add_product(-0.1, a, b, c)
-        np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
-    assert used == ["scipy", "ctypes"]
-
-
-def test_without_a_cblas_library_scipys_wrappers_do_it_all(monkeypatch):
-    from cnncli import parallel
-
-    monkeypatch.setattr(blas, "_FUNCS", {})
-    monkeypatch.setattr(blas, "_CBLAS", {})
-    monkeypatch.setattr(blas, "CBLAS_SOURCE", "")
-    monkeypatch.setattr(parallel, "blas_dynlibs", lambda: [])
-    blas.load()
-    assert blas.CBLAS_SOURCE == "" and not blas._CBLAS
-    rng = np.random.default_rng(5)
-    a, b = rng.standard_normal((16, 1152)), rng.standard_normal((16, 256))
-    c = rng.standard_normal((1152, 256))  # above CTYPES_MIN
-    expected = c - 0.1 * a.T @ b
-    blas.add_product(-0.1, a, b, c)
-    np.testing.assert_allclose(c, expected, rtol=1e-12, atol=1e-12)
-
-
-def test_add_product_refuses_mismatched_shapes_instead_of_writing_past_c():
-    a, b, c = np.ones((3, 4)), np.ones((3, 5)), np.zeros((4, 6))  # c should be (4, 5)
-    with pytest.raises(ValueError):
-        blas.add_product(1.0, a, b, c)
+def test_axpy_broadcasts_like_numpy_and_refuses_what_numpy_refuses():
+    y = np.zeros((2, 3))
+    blas.axpy(2.0, np.arange(3.0), y)
+    np.testing.assert_array_equal(y, [[0, 2, 4], [0, 2, 4]])
     with pytest.raises(ValueError):
         blas.axpy(1.0, np.ones(4), np.zeros(3))
-    frozen = np.zeros((4, 5))
+    frozen = np.zeros(3)
     frozen.flags.writeable = False
     with pytest.raises(ValueError):
-        blas.add_product(1.0, a, b, frozen)
+        blas.axpy(1.0, np.ones(3), frozen)

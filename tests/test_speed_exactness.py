@@ -211,13 +211,13 @@ def test_training_runs_blas_with_the_configured_threads_and_one_by_default(threa
     numpy_blas = {n for libs in seen for path, n in libs.items() if "scipy.libs" not in path}
     assert numpy_blas == {threads or 1}
     scipy_own = {n for libs in seen for path, n in libs.items() if "scipy.libs" in path}
-    assert scipy_own <= {1}  # SciPy's own OpenBLAS (the in-place updates) never gets a second thread
+    assert scipy_own <= {1}  # SciPy's own OpenBLAS (the axpy updates) never gets a second thread
 
 
 PLAIN_SGD = {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
 
 
-def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
+def _trainer_after_steps(impl, steps, optimizer, dtype="float64", network=SEED_MNIST_NET):
     """A Trainer on the seed's MNIST network after ``steps`` steps over random digits-sized data."""
     from cnncli.data import Dataset
 
@@ -226,7 +226,7 @@ def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
     y = rng.integers(0, 10, 16 * steps)
     data = Dataset("random", x, y, x[:16], y[:16], [str(i) for i in range(10)], 1 / 255)
     cfg = load_config(ROOT / "configs" / "shapes.yaml")
-    cfg["network"] = SEED_MNIST_NET
+    cfg["network"] = network
     cfg["training"].update(impl=impl, batch_size=16, learning_rate=0.1, dtype=dtype,
                            optimizer=optimizer)
     trainer = Trainer(cfg, data=data)
@@ -235,43 +235,45 @@ def _trainer_after_steps(impl, steps, optimizer, dtype="float64"):
 
 
 def test_trainer_fast_and_reference_paths_reach_the_same_parameters_after_20_steps():
-    # The fast path fuses plain SGD into the backward pass; the reference path runs the seed's
-    # algorithm step for step (SciPy loops, every gradient, then the update).
+    # The reference path runs the seed's algorithm step for step (SciPy loops, the first
+    # layer's input gradient too); the fast path skips that gradient.
     fast = _trainer_after_steps("fast", 20, PLAIN_SGD)
     ref = _trainer_after_steps("reference", 20, PLAIN_SGD)
-    assert fast.fused_sgd and not ref.fused_sgd
-    assert ref.net.layers[0].needs_input_grad and not fast.net.layers[0].needs_input_grad
+    assert ref.net.input_grad and not fast.net.input_grad
     assert_same_params(fast.net, ref.net, 1e-10)
     start = build_network(SEED_MNIST_NET, (1, 28, 28), np.random.default_rng([0, 1]))
     for key, p in start.params.items():  # every parameter moved
         assert not np.allclose(fast.net.params[key], p), key
 
 
-@pytest.mark.parametrize("specs,loss,dtype", [
-    (SEED_MNIST_NET, MSELoss(), np.float64),  # its 2304x256 layer runs in blocks
-    (SEED_MNIST_NET, MSELoss(), np.float32),
-    (LENET_NET[:-1] + [{"type": "dense", "out_features": 10}], CrossEntropyLoss(), np.float64),
+@pytest.mark.parametrize("network,optimizer", [
+    (SEED_MNIST_NET, PLAIN_SGD),
+    (LENET_NET[:-1] + [{"type": "dense", "out_features": 10}, {"type": "sigmoid"}],
+     {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3}),
 ])
-def test_the_readme_api_loop_gives_the_same_bits_as_the_fused_trainer_step(specs, loss, dtype):
-    a = build_network(specs, (1, 28, 28), np.random.default_rng(3), dtype)
-    b = build_network(specs, (1, 28, 28), np.random.default_rng(3), dtype)
-    rng = np.random.default_rng(8)
-    opt = SGD(0.05)
-    for _ in range(5):
-        x = rng.random((5, 1, 28, 28)).astype(dtype)
-        y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 5)]
-        a.backward_sgd(loss.gradient(a.forward(x), y), 0.05)  # what cnn train runs
-        b.backward(loss.gradient(b.forward(x), y))           # the README's loop
-        opt.step(b)
-    for key, p in a.params.items():
-        np.testing.assert_array_equal(p, b.params[key], err_msg=key)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_readme_api_loop_gives_the_same_bits_as_cnn_train(network, optimizer, dtype):
+    trainer = _trainer_after_steps("fast", 4, optimizer, dtype, network)
+    data, t = trainer.data, trainer.cfg["training"]
+    # the README's loop, from the trainer's initial weights, over the same batches
+    net = build_network(network, (1, 28, 28), np.random.default_rng([0, 1]), dtype)
+    loss = MSELoss()
+    opt = SGD(t["learning_rate"], **{k: v for k, v in optimizer.items() if k != "name"})
+    for b in range(4):
+        x = data.images(data.x_train[16 * b:16 * (b + 1)], dtype)
+        y = np.eye(10, dtype=dtype)[data.y_train[16 * b:16 * (b + 1)]]
+        out = net.forward(x)
+        net.backward(loss.gradient(out, y))
+        opt.step(net)
+    for key, p in trainer.net.params.items():
+        assert p.tobytes() == net.params[key].tobytes(), key
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_dense_grads_read_after_backward_are_the_gradient_and_the_step_applies_them_as_changed(dtype):
+def test_dense_grads_after_backward_are_the_gradient_and_the_step_applies_them_as_changed(dtype):
     net = build_network(SEED_MNIST_NET, (1, 28, 28), np.random.default_rng(3), dtype)
     big, relu = net.layers[2], net.layers[3]
-    assert big.type_name == "dense" and (big.blocks() is not None) == (dtype == np.float64)
+    assert big.type_name == "dense"
     seen = {}
     relu_backward = relu.backward
     relu.backward = lambda d: seen.setdefault("dout", relu_backward(d))  # the big layer's dout
@@ -293,139 +295,24 @@ def test_dense_grads_read_after_backward_are_the_gradient_and_the_step_applies_t
                                    atol=2 * np.spacing(np.abs(before[key]).max()), err_msg=key)
 
 
-def test_dense_grads_stay_readable_after_the_step_and_after_the_fused_backward():
+def test_grads_stay_the_gradient_of_the_last_backward_after_the_step():
     specs = SEED_MNIST_NET[2:5]  # dense 50 -> 256, relu, dense -> 128
-    nets = [build_network(specs, (50,), np.random.default_rng(3)) for _ in range(3)]
+    net = build_network(specs, (50,), np.random.default_rng(3))
     rng = np.random.default_rng(8)
     x, dout = rng.standard_normal((4, 50)), rng.standard_normal((4, 128))
-    for net in nets:
-        net.forward(x)
-    nets[0].backward(dout)
-    expected = {k: g.copy() for k, g in nets[0].grads.items()}  # read before any step
-    nets[1].backward_sgd(dout, 0.1)  # cnn train's fused step: the gradient is never stored
-    nets[2].backward(dout)
-    SGD(0.1).step(nets[2])
-    for net in nets[1:]:  # yet read now, it is the gradient at the step's start
-        for key, g in net.grads.items():
-            np.testing.assert_array_equal(g, expected[key], err_msg=key)
-        assert not np.array_equal(net.params["layers.0.W"], nets[0].params["layers.0.W"])
+    net.forward(x)
+    net.backward(dout)
+    expected = {k: g.copy() for k, g in net.grads.items()}
+    SGD(0.1).step(net)
+    for key, g in net.grads.items():
+        np.testing.assert_array_equal(g, expected[key], err_msg=key)
 
 
-def test_momentum_adam_and_weight_decay_do_not_take_the_fused_path():
-    for opt in ({"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
-                {"name": "sgd", "momentum": 0.0, "nesterov": False, "weight_decay": 1e-4},
-                {"name": "adam", "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}):
-        assert not _trainer_after_steps("fast", 1, opt).fused_sgd, opt
-
-
-def test_trainer_float32_fused_path_is_close_to_float64():
+def test_trainer_float32_is_close_to_float64():
     t = _trainer_after_steps("fast", 5, PLAIN_SGD, "float32")
     t64 = _trainer_after_steps("fast", 5, PLAIN_SGD)
-    assert t.fused_sgd
     for key, p in t.net.params.items():
         np.testing.assert_allclose(p, t64.net.params[key], rtol=0, atol=2e-5 * np.abs(p).max())
-
-
-def test_fused_and_unfused_trainers_agree_under_a_step_schedule_with_shuffling():
-    over = ["training.epochs=3", "training.shuffle=true", "training.batch_size=7",
-            "training.schedule={name: step, step_size: 1, gamma: 0.5}"]
-    cfg = load_config(ROOT / "configs" / "shapes.yaml", over)
-    fused, plain = Trainer(cfg), Trainer(cfg)
-    plain.fused_sgd = False  # backward, then SGD.step
-    assert fused.fused_sgd
-    for _ in range(3):
-        a, b = fused.train_epoch(), plain.train_epoch()
-        assert a["learning_rate"] == b["learning_rate"]
-    assert fused.history[-1]["learning_rate"] == cfg["training"]["learning_rate"] / 4
-    assert_same_params(fused.net, plain.net, 1e-12)
-
-
-def test_the_fused_path_runs_one_gemm_update_per_dense_layer_and_step(monkeypatch):
-    calls = _count_blas_calls(monkeypatch)
-    trainer = _trainer_after_steps("fast", 3, PLAIN_SGD)
-    # 4 dense layers x 3 steps: one GEMM into W each (one per block in the 2304x256 layer,
-    # whose products run in fixed blocks), one axpy on b each, and the conv's two
-    # parameters through the default backward_sgd (2 axpys a step).
-    dense = [layer for layer in trainer.net.layers if layer.type_name == "dense"]
-    gemms = sum(1 if layer.blocks() is None else len(layer.blocks()[1]) for layer in dense)
-    assert gemms == 3 + 2
-    assert calls == {"gemm": gemms * 3, "axpy": 4 * 3 + 2 * 3}, calls
-    assert trainer.fused_sgd
-
-
-def _count_blas_calls(monkeypatch):
-    from cnncli import blas
-
-    blas.load()
-    calls = {"gemm": 0, "axpy": 0}
-    for table in (blas._FUNCS, blas._CBLAS):  # SciPy's wrappers; large products through ctypes
-        for (name, char), fn in list(table.items()):
-            def counted(*args, _fn=fn, _name=name, **kwargs):
-                calls[_name] += 1
-                return _fn(*args, **kwargs)
-            monkeypatch.setitem(table, (name, char), counted)
-    return calls
-
-
-def test_the_reference_trainer_stores_every_gradient_then_updates_separately(monkeypatch):
-    calls = _count_blas_calls(monkeypatch)
-    trainer = _trainer_after_steps("reference", 3, PLAIN_SGD)
-    # the seed's order: no product accumulates into a weight matrix; each of the 10
-    # parameters gets one axpy update a step, from its stored gradient
-    assert calls == {"gemm": 0, "axpy": 10 * 3}, calls
-    assert not trainer.fused_sgd
-
-
-def test_reading_parameters_does_not_compute_a_pending_weight_gradient(monkeypatch):
-    net = build_network(SEED_MNIST_NET[2:5], (50,), np.random.default_rng(3))
-    rng = np.random.default_rng(8)
-    net.forward(rng.standard_normal((4, 50)))
-    net.backward(rng.standard_normal((4, 128)))
-    products = []
-    monkeypatch.setattr(np, "matmul", lambda *a, **k: products.append(a) or np.dot(*a[:2]))
-    net.params, net.state_dict(), net.num_params()
-    assert products == []  # the step can still add x.T @ dout into W directly
-    monkeypatch.undo()
-    calls = _count_blas_calls(monkeypatch)
-    SGD(0.1).step(net)
-    assert calls == {"gemm": 2, "axpy": 2}, calls
-
-
-def test_a_weight_gradient_whose_product_failed_is_still_pending(monkeypatch):
-    from cnncli.layers import Dense
-
-    layer = Dense(6, 3, rng=np.random.default_rng(1))
-    rng = np.random.default_rng(0)
-    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 3))
-    layer.forward(x)
-    layer.backward(dout)
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "matmul", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        layer.grads
-    monkeypatch.undo()
-    np.testing.assert_allclose(layer.grads["W"], x.T @ dout, rtol=1e-13)
-
-
-def test_a_dense_subclass_with_its_own_backward_is_honoured_on_the_fused_path():
-    from cnncli.layers import Dense
-
-    class HalfGradient(Dense):  # a user's layer: scales its weight gradient
-        def backward(self, dout):
-            dx = super().backward(dout)
-            self.grads["W"] *= 0.5
-            return dx
-
-    rng = np.random.default_rng(0)
-    x, dout = rng.standard_normal((4, 6)), rng.standard_normal((4, 3))
-    layer = HalfGradient(6, 3, rng=np.random.default_rng(1))
-    before = layer.params["W"].copy()
-    layer.forward(x)
-    layer.backward_sgd(dout, 0.1)
-    np.testing.assert_allclose(layer.params["W"], before - 0.1 * 0.5 * (x.T @ dout), rtol=1e-13)
 
 
 def test_the_reference_trainer_computes_the_first_layers_input_gradient_as_the_seed_does():

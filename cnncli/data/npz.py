@@ -17,7 +17,7 @@ MAX_CLASSES = 100_000  # labels run 0 .. n_classes - 1; a label beyond this is a
 def load_npz(path: Path):
     """Load and check the arrays; images (N, H, W) gain a channel axis, one-hot labels become
     integers. Raises DataError naming the file and the problem."""
-    from cnncli.data import Dataset
+    from cnncli.data.dataset import Dataset
 
     path = Path(path)
     if not path.exists():

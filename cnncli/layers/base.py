@@ -7,7 +7,6 @@ import numbers
 
 import numpy as np
 
-from cnncli.blas import axpy
 from cnncli.errors import ConfigError
 from cnncli.text import did_you_mean
 
@@ -41,10 +40,10 @@ def layer_class(name) -> type["Layer"]:
 class Layer:
     """One step of the network.
 
-    ``params`` and ``grads`` have the same keys and shapes; ``backward`` gives the layer its
-    ``grads`` (Dense computes its weight gradient when ``grads`` is read: ``store_grads``)
-    and the optimizer updates ``params`` in place, or ``backward_sgd`` does both in one pass
-    (what training with plain SGD runs). ``buffers`` hold state that is saved and restored but
+    ``params`` and ``grads`` are plain dicts with the same keys and shapes: ``backward(dout)``
+    returns the input gradient and writes the gradient of every parameter into ``grads``;
+    optimizers read ``grads`` and update ``params`` in place. Layers know nothing of learning
+    rates or optimizers. ``buffers`` hold state that is saved and restored but
     never trained (batch norm's running statistics): optimizers and weight decay never see
     them. ``training`` is the mode (``Network.train()`` / ``Network.eval()``): layers such as
     batch norm and dropout behave differently in the two. Shapes given without the batch axis
@@ -52,8 +51,8 @@ class Layer:
     """
 
     type_name = "layer"
-    # Set to False by the network on its first layer: nobody uses that input gradient
-    # (the trainer's reference path sets it back to True, as the seed computes it).
+    # False on a network's first layer, whose input gradient nobody uses
+    # (``Network.input_grad``).
     needs_input_grad: bool = True
     training: bool = True
 
@@ -87,27 +86,6 @@ class Layer:
 
     def backward(self, dout: np.ndarray) -> np.ndarray | None:
         raise NotImplementedError
-
-    def backward_sgd(self, dout: np.ndarray, lr: float) -> np.ndarray | None:
-        """``backward``, then the plain SGD step ``p -= lr * grad`` on every parameter.
-
-        Returns the input gradient, computed with the parameters from before the step. Layers
-        that can update in place without storing a gradient override this (Dense).
-        """
-
-        dx = self.backward(dout)
-        self.sgd_step(lr)
-        return dx
-
-    def store_grads(self) -> None:
-        """Make sure ``grads`` holds the last backward's gradients (Dense computes its weight
-        gradient only when asked; every other layer has written them already)."""
-
-    def sgd_step(self, lr: float) -> None:
-        """The plain SGD step ``p -= lr * grad`` on every parameter, with the gradients of the
-        last ``backward`` (what ``SGD.step`` runs without momentum or weight decay)."""
-        for name, p in self.params.items():
-            axpy(-lr, self.grads[name], p)
 
     def config(self) -> dict:
         """The spec that rebuilds this layer (hyperparameters only)."""

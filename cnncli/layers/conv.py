@@ -6,7 +6,6 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from cnncli.errors import ConfigError
-from cnncli.parallel import applied
 from cnncli.layers.base import (
     Layer,
     check_init,
@@ -119,7 +118,6 @@ class Conv2D(Layer):
     #       layout with only the K horizontal shifts copied, X (N, C*K, Hp*Wp); kernel row i
     #       reads X at offset i*Wp, so K products replace one, over a K times smaller copy.
     #       Small column matrices stay in cache and one product over them is faster.
-    @applied
     def forward(self, x):
         """x: (N, C_in, H, W) -> (N, C_out, P, Q)"""
         if self.impl == "reference":
@@ -154,7 +152,6 @@ class Conv2D(Layer):
         np.add(out_full.reshape(n, o, p, wp)[..., :q], bias, out=out)  # drop the wrap-around
         return out
 
-    @applied
     def backward(self, dout):
         """dout: (N, C_out, P, Q) -> dx: (N, C_in, H, W), or None for the first layer"""
         if self.impl == "reference":

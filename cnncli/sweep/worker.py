@@ -271,7 +271,7 @@ class Worker:
         try:
             run.log(f"Sweep {sweep['name']}, trial {trial.number}: "
                     + ", ".join(f"{k}={v}" for k, v in trial.params.items()))
-            self.trainer = Trainer(one_core(cfg), data=self._dataset(cfg))
+            self.trainer = Trainer(cfg, data=self._dataset(cfg))
             if self.stop:
                 self.trainer.stop_requested = True
             train_epochs(self.trainer, run, name, on_epoch=on_epoch, cfg=cfg)
@@ -317,38 +317,19 @@ class Worker:
         self.trainer = None
 
 
-def one_core(cfg: dict) -> dict:
-    """The config a worker trains with: thread policy 1 (everything on the worker's own thread,
-    ``cnncli.parallel``) when the config leaves ``training.threads`` unset, so N workers use N
-    cores. Results are bit-identical under either policy, so the run directory records the
-    config as it was (``cnn train best.yaml`` gives the same metrics)."""
-    import copy
-
-    if cfg["training"].get("threads") is not None:
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg["training"]["threads"] = 1
-    return cfg
-
-
 def _frozen(study, trial):
     return study._storage.get_trial(trial._trial_id)
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this worker if the sweep's main process dies (SIGKILL included),
-    so no worker outlives it. Elsewhere a thread checks the parent every second."""
-    try:
-        import ctypes
+    """End this worker when the sweep's main process dies (SIGKILL included), so no worker
+    outlives it: a thread checks the parent every second."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        def watch():
-            while os.getppid() == parent:
-                time.sleep(1)
-            os._exit(1)
-        threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=watch, daemon=True).start()
     if os.getppid() != parent:
         os._exit(1)
 
