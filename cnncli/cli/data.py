@@ -82,7 +82,8 @@ def generate_shapes(
     if not 0.0 < test_size < 1.0:
         fail(f"--test-size must be between 0 and 1 (exclusive), got {test_size}", code=2)
     with cli_errors():
-        from cnncli.data.shapes import write_shapes_npz
+        from cnncli.data import load_dataset
+        from cnncli.data.npz import write_npz
 
         if out.is_dir():
             fail(f"{out}: is a directory; give a file name such as {out / 'shapes.npz'}")
@@ -90,7 +91,9 @@ def generate_shapes(
             fail(f"{out}: exists; pass --force to overwrite it")
         if not out.parent.is_dir():
             fail(f"{out}: cannot write: the directory {out.parent} does not exist")
-        ds = write_shapes_npz(out, n, noise, test_size, seed)
+        ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
+                           "stratify": False, "limit": None}, seed)
+        write_npz(out, ds)
         if preview is not None:
             from cnncli.plots import plot_dataset_preview
 

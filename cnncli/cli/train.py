@@ -104,7 +104,8 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
 
 def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
     from cnncli.errors import CnnError, ConfigError, TrainingError
-    from cnncli.run import EpochsBelowTrained, resume as resume_run, train_epochs
+    from cnncli.fit import train_epochs
+    from cnncli.run import EpochsBelowTrained, resume as resume_run
     from cnncli.train import Interrupted
 
     out = console()

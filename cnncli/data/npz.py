@@ -78,6 +78,20 @@ def load_npz(path: Path):
                    255.0 if eight_bit else 1.0)
 
 
+def write_npz(path, ds) -> None:
+    """Write dataset ``ds`` to ``path`` atomically as the .npz ``load_npz`` reads (x_train,
+    y_train, x_test, y_test, class_names): ``cnn generate-shapes``. A DataError when it cannot
+    be written."""
+    from cnncli.atomic import atomic_file
+
+    try:
+        with atomic_file(path) as f:
+            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                     y_test=ds.y_test, class_names=np.array(ds.class_names))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 def _names(keys) -> str:
     return ", ".join(k if k.isprintable() else repr(k) for k in list(keys)[:20])
 

@@ -24,23 +24,3 @@ def make_shapes(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndar
     y = rng.integers(0, len(TEMPLATES), size=n)
     x = TEMPLATES[y][:, None] + rng.uniform(-noise, noise, size=(n, 1, 3, 3))
     return x, y.astype(np.int64)
-
-
-def write_shapes_npz(out, n: int, noise: float, test_size: float, seed: int):
-    """``cnn generate-shapes``: the shapes dataset of ``seed`` (as a config's ``data: {name:
-    shapes}`` with these values gives it, not stratified) written atomically to the .npz ``out``,
-    with x_train, y_train, x_test, y_test and class_names. Returns the Dataset; a DataError when
-    the file cannot be written."""
-    from cnncli.atomic import atomic_file
-    from cnncli.data import load_dataset
-    from cnncli.errors import DataError
-
-    ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
-                       "stratify": False, "limit": None}, seed)
-    try:
-        with atomic_file(out) as f:
-            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
-                     y_test=ds.y_test, class_names=np.array(ds.class_names))
-    except OSError as exc:
-        raise DataError(f"{out}: cannot write ({exc.strerror or exc})") from None
-    return ds

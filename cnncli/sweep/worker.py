@@ -251,7 +251,7 @@ class Worker:
 
         from cnncli.errors import TrainingError
         from cnncli.plots import plot_run_curves
-        from cnncli.run import train_epochs
+        from cnncli.fit import train_epochs
         from cnncli.train import Interrupted, Trainer
 
         sweep, metric = self.sweep, self.sweep["metric"]
