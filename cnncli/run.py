@@ -259,8 +259,16 @@ def _refuse_used(path: Path) -> None:
     """A new run needs a missing or empty directory (the leftovers of a killed start count as
     empty)."""
     if path.is_dir() and any(not _leftover(p.name) for p in path.iterdir()):
-        raise RunDirError(f"{path}: run directory exists and is not empty; choose another "
-                          f"--run-dir, or continue that run with: cnn train --resume {path}")
+        raise RunDirUsed(path)
+
+
+class RunDirUsed(RunDirError):
+    """A new run's directory holds files already (``path``: that directory)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"{path}: run directory exists and is not empty; choose another "
+                         "directory, or continue the run it holds")
 
 
 def _leftover(name: str) -> bool:

@@ -68,7 +68,8 @@ def train(
 def _train(config, resume, run_dir, overrides, quiet, offline):
     from cnncli.config import load_config
     from cnncli.data import load_dataset
-    from cnncli.run import RunDir, default_run_dir, resume_config
+    from cnncli.errors import RunDirError
+    from cnncli.run import RunDir, RunDirUsed, default_run_dir, resume_config
 
     if resume is None and config is None:
         fail("give a CONFIG file to train, or --resume RUN_DIR to continue a run", code=2)
@@ -95,7 +96,11 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
     # the data first: a broken data file fails before any directory exists
     trainer = Trainer(cfg, data=load_dataset(cfg["data"], cfg["seed"], offline))
     path = run_dir if run_dir is not None else default_run_dir(config)
-    run = RunDir.create(path, cfg)
+    try:
+        run = RunDir.create(path, cfg)
+    except RunDirUsed as exc:
+        raise RunDirError(f"{exc.path}: run directory exists and is not empty; choose another "
+                          f"--run-dir, or continue that run with: cnn train --resume {exc.path}") from None
     try:
         _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet, trainer=trainer)
     finally:
