@@ -70,6 +70,13 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def read_run_config(run_path) -> dict:
+    """The raw mapping in ``RUN_DIR/config.yaml`` (not validated), or a ConfigError."""
+    from cnncli.config import read_config_file
+
+    return read_config_file(Path(run_path) / "config.yaml")
+
+
 CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
@@ -294,12 +301,12 @@ def resume_config(path, config=None, overrides=()) -> dict:
     """The config to continue the run in directory ``path`` with: its config.yaml with
     ``overrides`` applied, or config file ``config`` with ``overrides``. A ConfigError when it
     differs from the run's in anything but the epoch count."""
-    from cnncli.config import absolute_data_path, apply_overrides, load_config, read_config_file, validate
+    from cnncli.config import absolute_data_path, apply_overrides, load_config, validate
 
     path = Path(path)
     # A run's config.yaml holds an absolute data.path; one written by an older cnncli may hold
     # a relative one, which was read from the current directory: still is.
-    stored_raw = absolute_data_path(read_config_file(path / "config.yaml"), Path.cwd())
+    stored_raw = absolute_data_path(read_run_config(path), Path.cwd())
     stored = validate(stored_raw, str(path / "config.yaml"))
     raw = dict(stored)
     wanted = load_config(config, overrides) if config is not None \

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from cnncli.errors import RunDirError
-from cnncli.run import lock_is_held, read_metrics
+from cnncli.errors import ConfigError, RunDirError
+from cnncli.run import lock_is_held, read_metrics, read_run_config
 
 RUN_FILES = ("config.yaml", "metrics.csv", "last.npz", "best.npz")
 COLUMNS = ("name", "kind", "dataset", "epochs_done", "epochs_planned", "best_test_accuracy",
@@ -83,10 +83,13 @@ def run_row(root: Path, path: Path, names: set) -> dict:
                    note="a start that never wrote config.yaml" if only_leftovers else "no config.yaml")
         return row
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        cfg = read_run_config(path)
         row["dataset"] = cfg["data"]["name"]
         row["epochs_planned"] = int(cfg["training"]["epochs"])
-    except Exception as exc:  # any damage: an unreadable or hand-edited file
+    except ConfigError as exc:  # its message begins with the file's path
+        row.update(state="damaged", note=f"config.yaml: {_short('; '.join(exc.problems))}")
+        return row
+    except Exception as exc:  # any other damage: a hand-edited file
         row.update(state="damaged", note=f"config.yaml: {_short(exc)}")
         return row
     try:
