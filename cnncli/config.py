@@ -169,7 +169,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise _override_error(short_repr(item), "the key must be dotted names like training.epochs")
+            raise _override_error(short_repr(item),
+                                  "the key must be dotted names like training.epochs")
         node = raw
         for p in parts[:-1]:
             if isinstance(node, list) and p.isascii() and p.isdigit() and int(p) < len(node):
@@ -181,7 +182,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 node[p] = {}
             node = node[p]
         if not isinstance(node, dict):
-            raise _override_error(short_repr(item), f"cannot set a key inside a {type(node).__name__}")
+            raise _override_error(short_repr(item),
+                                  f"cannot set a key inside a {type(node).__name__}")
         try:
             node[parts[-1]] = parse_yaml(value, f"override {key_name(key.strip())}")
         except ConfigError as exc:

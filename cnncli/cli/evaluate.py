@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (OfflineOpt, app, cli_errors, console, escape, fail, load_checkpoint_network,
-                            pct)
+from cnncli.cli.app import (OfflineOpt, app, cli_errors, console, escape, fail,
+                            load_checkpoint_network, pct)
 
 @app.command("eval")
 def eval_(

@@ -100,7 +100,8 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
         run = RunDir.create(path, cfg)
     except RunDirUsed as exc:
         raise RunDirError(f"{exc.path}: run directory exists and is not empty; choose another "
-                          f"--run-dir, or continue that run with: cnn train --resume {exc.path}") from None
+                          f"--run-dir, or continue that run with: cnn train --resume "
+                          f"{exc.path}") from None
     try:
         _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet, trainer=trainer)
     finally:

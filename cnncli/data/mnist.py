@@ -246,7 +246,8 @@ def _split(folder: Path, images_name: str, labels_name: str):
 
 
 # --------------------------------------------------------------------------- downloading
-def ensure_downloaded(folder: Path, progress: bool | None = None, offline: bool = False) -> list[str]:
+def ensure_downloaded(folder: Path, progress: bool | None = None,
+                      offline: bool = False) -> list[str]:
     """Download the files missing in ``folder`` (as .gz). Returns the names downloaded.
 
     Raises DataError when offline or when a file could not be had from any mirror; the message

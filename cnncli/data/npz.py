@@ -45,11 +45,13 @@ def load_npz(path: Path):
         arrays = read_npz(path, pick)
     except NpzReadError as exc:
         if exc.reason == "not_array":
-            raise DataError(f"{path}: {exc.key} in the archive is not a NumPy array (.npy)") from None
+            raise DataError(f"{path}: {exc.key} in the archive is not a NumPy array "
+                            "(.npy)") from None
         if exc.reason == "pickled":
             raise DataError(f"{path}: holds object arrays (pickled Python objects), which cnncli "
                             "never loads; save plain numeric arrays") from None
-        raise DataError(f"{path}: not a readable .npz file ({exc.detail or 'a single array'})") from None
+        raise DataError(f"{path}: not a readable .npz file "
+                        f"({exc.detail or 'a single array'})") from None
     names = _class_names(path, arrays.pop("class_names", None))
 
     x_tr, x_te = (_images(path, k, arrays[k]) for k in ("x_train", "x_test"))
