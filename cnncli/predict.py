@@ -19,7 +19,8 @@ from cnncli.errors import CheckpointError, DataError, about_value
 from cnncli.npzfile import NpzReadError, read_npz
 
 NPZ_KEYS = ("x", "x_test")  # the array an .npz of images is read from, in this order
-MISSING_HINT = {"input_shape": "size and channels", "pixel_max": "pixel_max", "input_scale": "input_scale"}
+MISSING_HINT = {"input_shape": "size and channels", "pixel_max": "pixel_max",
+                "input_scale": "input_scale"}  # what supplies each missing key
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,12 @@ def model_input(path, meta: dict, net, size: tuple[int, int] | None = None,
     if len(recorded) == 3:
         shape = recorded
         if size is not None and tuple(size) != shape[1:]:
-            _bad_value("size", f"{size[0]} {size[1]}", f"the model takes {shape[1]}x{shape[2]} "
-                       "images; give that size, or no size (images are resized to the model's size)")
+            raise _bad_value("size", f"{size[0]} {size[1]}",
+                             f"the model takes {shape[1]}x{shape[2]} images; give that size, or "
+                             "no size (images are resized to the model's size)")
         if channels is not None and channels != shape[0]:
-            _bad_value("channels", str(channels), f"the model takes {shape[0]}-channel images")
+            raise _bad_value("channels", str(channels),
+                             f"the model takes {shape[0]}-channel images")
     elif size is not None and channels is not None:
         shape = (int(channels), int(size[0]), int(size[1]))
     else:
@@ -91,8 +94,8 @@ def model_input(path, meta: dict, net, size: tuple[int, int] | None = None,
     return ModelInput(shape, [str(n) for n in names], float(pm), float(scale))
 
 
-def _bad_value(param: str, shown: str, problem: str):
-    raise about_value(DataError(f"{param} {shown}: {problem}"), param, shown, problem)
+def _bad_value(param: str, shown: str, problem: str) -> DataError:
+    return about_value(DataError(f"{param} {shown}: {problem}"), param, shown, problem)
 
 
 # ---------------------------------------------------------------- what to predict
