@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -49,6 +50,24 @@ SEED_MNIST_NET = [  # the seed post's MNIST network: 1x28x28 -> 10
 
 # Rich wraps long lines at the terminal width; tests read whole lines.
 os.environ.setdefault("COLUMNS", "200")
+
+
+def run_cnn(*args, env: dict | None = None, input: str | None = None):
+    """``cnn ARGS...`` in this process: the Typer app invoked through typer.testing.CliRunner,
+    each argument passed through str() (so paths and numbers may be given as they are).
+    Returns the click Result (exit_code, output, stdout, stderr, exception). For module-level
+    helpers; tests and fixtures take the ``cnn`` fixture."""
+    from cnncli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env=env, input=input)
+
+
+@pytest.fixture(scope="session")
+def cnn():
+    """The command line as a function: ``cnn("train", config, "--epochs", 2)`` runs
+    ``cnn train CONFIG --epochs 2`` in-process and returns the click Result (see run_cnn).
+    Session-scoped (it holds no state), so fixtures of any scope may use it."""
+    return run_cnn
 
 
 @pytest.fixture

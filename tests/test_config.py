@@ -3,14 +3,11 @@
 import textwrap
 
 import pytest
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import apply_overrides, load_config, validate
 from cnncli.errors import ConfigError
 from conftest import ROOT
 
-runner = CliRunner()
 
 GOOD = """\
 seed: 0
@@ -100,10 +97,10 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_broken_config_gives_one_line(tmp_path, case):
+def test_broken_config_gives_one_line(cnn, tmp_path, case):
     text, phrase = BROKEN[case]
     path = write(tmp_path, text)
-    result = runner.invoke(app, ["train", str(path), "--run-dir", str(tmp_path / "run")])
+    result = cnn("train", str(path), "--run-dir", str(tmp_path / "run"))
     assert result.exit_code == 1, result.output
     out = result.stderr if hasattr(result, "stderr") else result.output
     assert phrase in out, out
@@ -113,21 +110,21 @@ def test_broken_config_gives_one_line(tmp_path, case):
     assert not (tmp_path / "run").exists()  # nothing written for an invalid config
 
 
-def test_missing_and_directory_config(tmp_path):
-    result = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+def test_missing_and_directory_config(cnn, tmp_path):
+    result = cnn("train", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 1 and "no such file" in result.output
-    result = runner.invoke(app, ["summary", str(tmp_path)])
+    result = cnn("summary", str(tmp_path))
     assert result.exit_code == 1 and "is a directory" in result.output
 
 
-def test_non_utf8_and_huge_configs(tmp_path):
+def test_non_utf8_and_huge_configs(cnn, tmp_path):
     p = tmp_path / "latin1.yaml"
     p.write_bytes(b"seed: 0\n# caf\xe9\n")
-    result = runner.invoke(app, ["summary", str(p)])
+    result = cnn("summary", str(p))
     assert result.exit_code == 1 and "is not UTF-8 text" in result.output
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * 2_000_000 + "\n")
-    result = runner.invoke(app, ["summary", str(big)])
+    result = cnn("summary", str(big))
     assert result.exit_code == 1 and "a config may be at most" in result.output
 
 

@@ -2,15 +2,11 @@
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import load_config
 from cnncli.data import load_dataset
 from cnncli.train import Trainer
 from conftest import ROOT
-
-runner = CliRunner()
 
 
 def test_digits_config_reaches_95_percent():
@@ -68,13 +64,13 @@ BAD_NPZ = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_NPZ))
-def test_bad_npz_gives_one_line(tmp_path, case):
+def test_bad_npz_gives_one_line(cnn, tmp_path, case):
     changes, phrase = BAD_NPZ[case]
     data = make_npz(tmp_path / "data.npz", **changes)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"data: {{name: npz, path: '{data}'}}\nnetwork:\n  - {{type: flatten}}\n"
                    "  - {type: dense, out_features: 3}\ntraining: {epochs: 1}\n")
-    result = runner.invoke(app, ["train", str(cfg), "--run-dir", str(tmp_path / "run")])
+    result = cnn("train", str(cfg), "--run-dir", str(tmp_path / "run"))
     assert result.exit_code == 1, result.output
     assert phrase in result.output and str(data) in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

@@ -33,15 +33,12 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from cnncli.checkpoint import load_checkpoint, load_network, save_checkpoint
-from cnncli.cli import app
 from cnncli.config import apply_overrides, dump_config, load_config, parse_yaml, validate
 from cnncli.errors import CheckpointError, CnnError, DataError
 from conftest import ROOT
 
-runner = CliRunner()
 SHAPES = ROOT / "configs" / "shapes.yaml"
 COUNTS: collections.Counter = collections.Counter()  # "hostile" inputs tried, "faults" injected
 FUZZ = settings(derandomize=True, deadline=None, database=None,
@@ -79,10 +76,6 @@ def assert_one_line(message: str) -> None:
     assert len(message.splitlines()) == 1, repr(message)
     assert "Traceback" not in message
     assert "a bug in cnncli" not in message, message
-
-
-def cnn(*args) -> "object":
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def assert_cli_error(result, *phrases, code: int = 1) -> str:
@@ -460,7 +453,7 @@ HOSTILE_FILES = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_FILES))
-def test_hostile_config_files_give_one_line_exit_1(tmp_path, case):
+def test_hostile_config_files_give_one_line_exit_1(cnn, tmp_path, case):
     data, phrase = HOSTILE_FILES[case]
     path = tmp_path / "hostile.yaml"
     path.write_bytes(data)
@@ -474,7 +467,7 @@ def test_hostile_config_files_give_one_line_exit_1(tmp_path, case):
 
 @fuzz(60)
 @given(raw=mutated_configs())
-def test_mutated_configs_through_the_cli(raw):
+def test_mutated_configs_through_the_cli(cnn, raw):
     """The same mutations through ``cnn summary``: exit 0 with a table, or exit 1 with one line."""
     import tempfile
 
@@ -497,7 +490,7 @@ MOMENTUM = "training.optimizer={name: sgd, momentum: 0.9}"
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(cnn, tmp_path_factory):
     """A 3-epoch shapes run with momentum (so last.npz holds optimizer state)."""
     run = tmp_path_factory.mktemp("ckpt") / "run"
     result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 3, "--quiet", "--set", MOMENTUM)
@@ -550,7 +543,7 @@ def test_bit_flips_never_load_silently_wrong_data(finished_run, tmp_path):
     assert outcomes["refused"] > 500, outcomes
 
 
-def test_bit_flips_through_eval_and_resume(finished_run, tmp_path):
+def test_bit_flips_through_eval_and_resume(cnn, finished_run, tmp_path):
     good = (finished_run / "last.npz").read_bytes()
     rng = np.random.default_rng(99)
     for i in range(6):
@@ -574,7 +567,7 @@ def test_bit_flips_through_eval_and_resume(finished_run, tmp_path):
 
 
 @pytest.mark.parametrize("tenth", range(10))
-def test_truncated_checkpoints(finished_run, tmp_path, tenth):
+def test_truncated_checkpoints(cnn, finished_run, tmp_path, tenth):
     """last.npz cut at every tenth of its length (0: empty): eval and resume refuse it in one
     line, and the run directory is left exactly as it was."""
     good = (finished_run / "last.npz").read_bytes()
@@ -711,7 +704,7 @@ TAMPERED = {
 
 
 @pytest.mark.parametrize("kind", sorted(TAMPERED))
-def test_damaged_and_foreign_checkpoints(finished_run, tmp_path, kind):
+def test_damaged_and_foreign_checkpoints(cnn, finished_run, tmp_path, kind):
     """Each damaged checkpoint is refused by ``cnn eval`` and by ``cnn train --resume`` in one
     line naming the file and the problem; the run directory is left exactly as it was."""
     eval_phrase, resume_phrase = TAMPERED[kind]
@@ -759,7 +752,7 @@ def _npy_bytes(a) -> bytes:
     ("huge announced array shape", "corrupt or truncated checkpoint"),
     ("encrypted-flag zip", "corrupt or truncated checkpoint"),
 ])
-def test_files_that_are_not_checkpoints(finished_run, tmp_path, kind, phrase):
+def test_files_that_are_not_checkpoints(cnn, finished_run, tmp_path, kind, phrase):
     bad = tmp_path / "not-a-checkpoint.npz"
     good = (finished_run / "last.npz").read_bytes()
     if kind == "zip of text":
@@ -802,7 +795,7 @@ def test_files_that_are_not_checkpoints(finished_run, tmp_path, kind, phrase):
     assert snapshot(run) == before
 
 
-def test_resume_refuses_another_runs_checkpoint(finished_run, tmp_path):
+def test_resume_refuses_another_runs_checkpoint(cnn, finished_run, tmp_path):
     """A last.npz copied from another run: another network, or the same network trained with
     another seed. --resume refuses it (its config differs from the run's), touching nothing."""
     for name, sets in [("other-network", ["--set", "network.0.out_channels=6", "--set",
@@ -956,7 +949,7 @@ NPZ_CASES = {
 
 
 @pytest.mark.parametrize("kind", sorted(NPZ_CASES))
-def test_broken_npz_data(tmp_path, kind):
+def test_broken_npz_data(cnn, tmp_path, kind):
     """``cnn train`` on a broken .npz: one line naming the data file and the problem, exit 1,
     and no run directory."""
     data = _bad_npz(kind, tmp_path / "my data.npz")
@@ -1005,7 +998,7 @@ def test_npz_fuzzed_bytes(tmp_path):
             assert np.array_equal(getattr(ds, k), getattr(ref, k))
 
 
-def test_batch_larger_than_the_training_set_trains_one_smaller_batch(tmp_path):
+def test_batch_larger_than_the_training_set_trains_one_smaller_batch(cnn, tmp_path):
     run = tmp_path / "run"
     result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2, "--batch-size", 1000,
                  "--set", "data.n=30", "--quiet")
@@ -1021,7 +1014,7 @@ def test_batch_larger_than_the_training_set_trains_one_smaller_batch(tmp_path):
     assert batches == [(1, 1)]  # 20 training samples, batch_size 1000: one batch of 20
 
 
-def test_data_limit_zero_and_one(tmp_path):
+def test_data_limit_zero_and_one(cnn, tmp_path):
     assert_cli_error(cnn("train", SHAPES, "--run-dir", tmp_path / "r0", "--set", "data.limit=0"),
                      SHAPES, "data.limit: must be an integer >= 1, got 0")
     assert not (tmp_path / "r0").exists()
@@ -1134,7 +1127,7 @@ IDX_CASES = {
 
 
 @pytest.mark.parametrize("kind", sorted(IDX_CASES))
-def test_broken_idx_files(tmp_path, kind):
+def test_broken_idx_files(cnn, tmp_path, kind):
     """MNIST from a data.path folder whose files are damaged: read_idx/load_mnist raise a
     one-line DataError naming the file; ``cnn train`` exits 1 with that line and creates no run
     directory. (IDX pixels are bytes: they cannot be NaN or infinite.)"""
@@ -1155,7 +1148,7 @@ def test_broken_idx_files(tmp_path, kind):
     assert not run.exists()
 
 
-def test_good_idx_files_train(tmp_path):
+def test_good_idx_files_train(cnn, tmp_path):
     """The control: the undamaged small MNIST folder trains."""
     folder = tmp_path / "mnist"
     write_mnist(folder)
@@ -1201,18 +1194,18 @@ def test_read_idx_fuzzed_headers(tmp_path):
     (["generate-shapes", "--n", "1"], "Invalid value for '--n'"),
     (["eval"], "Missing argument"),
 ])
-def test_usage_mistakes_exit_2_with_the_option_named(args, phrase):
+def test_usage_mistakes_exit_2_with_the_option_named(cnn, args, phrase):
     """Click's usage errors: exit 2 (the usage convention), the usage line and one 'Error:' line
     naming the option; never a traceback."""
     COUNTS["hostile"] += 1
-    result = runner.invoke(app, args)
+    result = cnn(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1 and phrase in errors[0], result.stderr
 
 
-def test_bad_option_values_are_config_errors(tmp_path):
+def test_bad_option_values_are_config_errors(cnn, tmp_path):
     for args, phrase in [
         (["--epochs", "0"], "training.epochs: must be an integer >= 1, got 0"),
         (["--lr", "-1"], "training.learning_rate: must be a number > 0, got -1.0"),
@@ -1232,7 +1225,7 @@ def test_bad_option_values_are_config_errors(tmp_path):
         assert not run.exists()
 
 
-def test_missing_files_and_directories_where_files_belong(tmp_path, finished_run):
+def test_missing_files_and_directories_where_files_belong(cnn, tmp_path, finished_run):
     missing = tmp_path / "nope"
     d = tmp_path / "a directory"
     d.mkdir()
@@ -1262,7 +1255,7 @@ def test_missing_files_and_directories_where_files_belong(tmp_path, finished_run
     assert not (tmp_path / "r").exists()
 
 
-def test_run_directory_that_cannot_be_created(tmp_path):
+def test_run_directory_that_cannot_be_created(cnn, tmp_path):
     """Root ignores permission bits, so "no write permission" is made with a path under a
     regular file (and, in test_read_only_file_system, a read-only mount)."""
     blocker = tmp_path / "file.txt"
@@ -1308,7 +1301,7 @@ def tmpfs(tmp_path):
         _umount(where)
 
 
-def test_read_only_file_system(tmp_path, tmpfs, finished_run):
+def test_read_only_file_system(cnn, tmp_path, tmpfs, finished_run):
     """A run directory on a file system remounted read-only: a new run and a resume both fail
     in one line before training, and the run's files are untouched."""
     mnt = tmpfs("4m")
@@ -1324,7 +1317,7 @@ def test_read_only_file_system(tmp_path, tmpfs, finished_run):
     assert snapshot(run) == before
 
 
-def test_paths_with_spaces_and_non_ascii(tmp_path):
+def test_paths_with_spaces_and_non_ascii(cnn, tmp_path):
     """Config, data, run directory and checkpoint paths with spaces and non-ASCII characters
     work end to end, and errors about them stay one line."""
     base = tmp_path / "dir with spaces" / "données 数据"
@@ -1473,7 +1466,7 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert epochs_seen == sorted(epochs_seen)  # a kill never loses a finished epoch
 
 
-def test_kill_during_the_first_moments_leaves_a_restartable_directory(tmp_path):
+def test_kill_during_the_first_moments_leaves_a_restartable_directory(cnn, tmp_path):
     """Killed before config.yaml exists, the directory holds at most the lock and temporary
     files: a new ``cnn train --run-dir`` into it is allowed."""
     run = tmp_path / "run"
@@ -1486,7 +1479,7 @@ def test_kill_during_the_first_moments_leaves_a_restartable_directory(tmp_path):
     no_temporary_files(run)
 
 
-def test_resume_removes_temporary_files_of_a_killed_run(tmp_path, finished_run):
+def test_resume_removes_temporary_files_of_a_killed_run(cnn, tmp_path, finished_run):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     for name in (".last.npz.999.tmp", ".metrics.csv.999.tmp", ".curves.png.42.tmp"):
@@ -1622,7 +1615,7 @@ def test_full_tmpfs_mid_run_then_resume(tmp_path, tmpfs, reference_run):
     same_run(moved, reference_run)
 
 
-def test_two_trainings_in_one_run_directory(tmp_path, reference_run):
+def test_two_trainings_in_one_run_directory(cnn, tmp_path, reference_run):
     """While one ``cnn train`` runs, a second one in the same directory (a new run or a
     --resume) refuses in one line; the first finishes unharmed, equal to the uninterrupted run.
     Two starts racing for one empty directory: exactly one trains."""
@@ -1654,7 +1647,7 @@ def test_two_trainings_in_one_run_directory(tmp_path, reference_run):
     assert rows == strip_seconds(read_metrics(reference_run))[:3]  # the winner trained alone
 
 
-def test_nan_mid_run_keeps_the_last_good_checkpoints(tmp_path, monkeypatch):
+def test_nan_mid_run_keeps_the_last_good_checkpoints(cnn, tmp_path, monkeypatch):
     """The learning rate jumps to 1e6 at epoch 3 (a fault injected into the schedule): training
     stops with the non-finite-loss message, naming the last good epoch; last.npz and best.npz
     hold epochs <= 2 with finite parameters, metrics.csv has 2 rows. --resume after the fault

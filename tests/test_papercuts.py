@@ -10,18 +10,12 @@ import signal
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from cnncli.cli import app
 from cnncli.cli.train import BLOCKS, accuracy_line, sparkline
 from conftest import ROOT, find_mnist, mnist_candidates
 
-runner = CliRunner()
 SHAPES = ROOT / "configs" / "shapes.yaml"
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def error_line(result, code=1) -> str:
@@ -47,7 +41,7 @@ def all_commands():
 
 
 # ---------------------------------------------------------------- help
-def test_help_shows_plain_placeholders_and_h_works_everywhere():
+def test_help_shows_plain_placeholders_and_h_works_everywhere(cnn):
     commands = all_commands()
     assert ("eval",) in commands and ("data", "download") in commands
     for path in [(), ("data",), *commands]:
@@ -66,7 +60,7 @@ def test_help_shows_plain_placeholders_and_h_works_everywhere():
     assert "--epochs INTEGER" in cnn("train", "-h").output
 
 
-def test_the_one_file_a_command_writes_is_o_out():
+def test_the_one_file_a_command_writes_is_o_out(cnn):
     for command in ["plot", "show-kernels", "generate-shapes"]:
         assert "-o, --out FILE" in cnn(command, "-h").output, command
     assert "-q, --quiet" in cnn("train", "-h").output
@@ -118,7 +112,7 @@ def _interrupt_in_epoch(monkeypatch, epoch: int):
     monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
 
 
-def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(monkeypatch, tmp_path):
+def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(cnn, monkeypatch, tmp_path):
     _interrupt_in_epoch(monkeypatch, 1)
     run = tmp_path / "run"
     result = cnn("train", SHAPES, "--run-dir", run)
@@ -131,7 +125,7 @@ def test_ctrl_c_in_the_first_epoch_says_nothing_was_saved(monkeypatch, tmp_path)
     assert resumed.exit_code == 0, resumed.output
 
 
-def test_ctrl_c_later_keeps_the_epoch_and_curves_png_is_drawn_after_epoch_1_and_on_ctrl_c(monkeypatch, tmp_path):
+def test_ctrl_c_later_keeps_the_epoch_and_curves_png_is_drawn_after_epoch_1_and_on_ctrl_c(cnn, monkeypatch, tmp_path):
     from cnncli import plots
 
     _interrupt_in_epoch(monkeypatch, 4)
@@ -169,14 +163,14 @@ def test_sparkline_fits_the_terminal_width():
 
 
 # ---------------------------------------------------------------- the wrong kind of file
-def test_eval_of_a_config_says_it_is_a_config_and_suggests_train():
+def test_eval_of_a_config_says_it_is_a_config_and_suggests_train(cnn):
     line = error_line(cnn("eval", SHAPES))
     assert "is a YAML config, not a checkpoint" in line and f"cnn train {SHAPES}" in line
     assert "corrupt" not in line
     assert "cnn train" in error_line(cnn("show-kernels", SHAPES))
 
 
-def test_resume_of_a_checkpoint_file_suggests_its_folder(tmp_path):
+def test_resume_of_a_checkpoint_file_suggests_its_folder(cnn, tmp_path):
     run = tmp_path / "run"
     assert cnn("train", SHAPES, "--run-dir", run, "--epochs", 1, "--quiet").exit_code == 0
     line = error_line(cnn("train", "--resume", run / "last.npz"))
@@ -184,7 +178,7 @@ def test_resume_of_a_checkpoint_file_suggests_its_folder(tmp_path):
     assert "no such run directory" not in line
 
 
-def test_eval_data_that_is_not_a_config_says_data_takes_a_yaml_config(tmp_path):
+def test_eval_data_that_is_not_a_config_says_data_takes_a_yaml_config(cnn, tmp_path):
     run = tmp_path / "run"
     assert cnn("train", SHAPES, "--run-dir", run, "--epochs", 1, "--quiet").exit_code == 0
     png = tmp_path / "seven.png"
@@ -211,7 +205,7 @@ training: {{epochs: 1, loss: cross_entropy}}
 """
 
 
-def test_relative_data_path_in_a_config_is_relative_to_the_config_folder(tmp_path, monkeypatch):
+def test_relative_data_path_in_a_config_is_relative_to_the_config_folder(cnn, tmp_path, monkeypatch):
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
     _npz(project / "data" / "d.npz")
@@ -234,7 +228,7 @@ def test_relative_data_path_in_a_config_is_relative_to_the_config_folder(tmp_pat
     assert str(project / "data" / "missing.npz") in line
 
 
-def test_data_path_given_with_set_is_relative_to_the_current_folder(tmp_path, monkeypatch):
+def test_data_path_given_with_set_is_relative_to_the_current_folder(cnn, tmp_path, monkeypatch):
     (tmp_path / "here").mkdir()
     _npz(tmp_path / "here" / "d.npz")
     config = tmp_path / "configs" / "exp.yaml"
@@ -247,7 +241,7 @@ def test_data_path_given_with_set_is_relative_to_the_current_folder(tmp_path, mo
     assert saved["data"]["path"] == str(tmp_path / "here" / "d.npz")
 
 
-def test_old_runs_with_a_relative_data_path_still_eval_and_resume(tmp_path, monkeypatch):
+def test_old_runs_with_a_relative_data_path_still_eval_and_resume(cnn, tmp_path, monkeypatch):
     """Runs written before: config.yaml and the checkpoints hold the path as given, relative to
     the folder training ran in; from that folder they still evaluate and resume."""
     monkeypatch.chdir(tmp_path)
@@ -272,7 +266,7 @@ def test_old_runs_with_a_relative_data_path_still_eval_and_resume(tmp_path, monk
 
 
 # ---------------------------------------------------------------- validation
-def test_every_problem_is_reported_at_once(tmp_path):
+def test_every_problem_is_reported_at_once(cnn, tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("data: {name: shapes, nosie: 0.1}\nnetwork:\n  - {type: conv2d, out_channels: 4, kernel_size: 2}\n"
                       "  - {type: flaten}\n  - {type: dense, out_features: 4}\n"
@@ -286,13 +280,13 @@ def test_every_problem_is_reported_at_once(tmp_path):
     assert "data.name" in line and "'flaten'" in line and "'out_featurs'" in line
 
 
-def test_cosine_min_lr_must_be_below_the_learning_rate(tmp_path):
+def test_cosine_min_lr_must_be_below_the_learning_rate(cnn, tmp_path):
     line = error_line(cnn("summary", SHAPES, "--set", "training.schedule={name: cosine, min_lr: 5}"))
     assert "training.schedule.min_lr: must be below training.learning_rate (0.1)" in line
     assert cnn("summary", SHAPES, "--set", "training.schedule={name: cosine, min_lr: 0.01}").exit_code == 0
 
 
-def test_hostile_shapes_values_get_the_same_limits_by_every_door(tmp_path):
+def test_hostile_shapes_values_get_the_same_limits_by_every_door(cnn, tmp_path):
     line = error_line(cnn("summary", SHAPES, "--set", "data.noise=1e308"))
     assert "data.noise: must be a number >= 0 and <= 1000" in line and "OverflowError" not in line
     line = error_line(cnn("train", SHAPES, "--set", "data.n=100000000", "--run-dir", tmp_path / "r"))
@@ -304,14 +298,14 @@ def test_hostile_shapes_values_get_the_same_limits_by_every_door(tmp_path):
     assert not (tmp_path / "s.npz").exists()
 
 
-def test_summary_takes_set():
+def test_summary_takes_set(cnn):
     result = cnn("summary", SHAPES, "--set", "network.0.out_channels=8")
     assert result.exit_code == 0, result.output
     assert "8x2x2" in result.output
 
 
 # ---------------------------------------------------------------- resume of a finished run
-def test_resuming_a_finished_run_says_it_is_complete_and_how_to_train_longer(tmp_path):
+def test_resuming_a_finished_run_says_it_is_complete_and_how_to_train_longer(cnn, tmp_path):
     run = tmp_path / "run"
     assert cnn("train", SHAPES, "--run-dir", run, "--epochs", 2, "--quiet").exit_code == 0
     result = cnn("train", "--resume", run)
@@ -321,7 +315,7 @@ def test_resuming_a_finished_run_says_it_is_complete_and_how_to_train_longer(tmp
 
 
 # ---------------------------------------------------------------- pictures say where they went
-def test_every_command_that_writes_a_picture_prints_where(tmp_path):
+def test_every_command_that_writes_a_picture_prints_where(cnn, tmp_path):
     run = tmp_path / "run"
     result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2)
     assert result.exit_code == 0, result.output
