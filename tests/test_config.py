@@ -7,6 +7,7 @@ import pytest
 from cnncli.config import apply_overrides, load_config, validate
 from cnncli.errors import ConfigError
 from conftest import ROOT
+from helpers import SHAPES
 
 
 GOOD = """\
@@ -151,3 +152,15 @@ def test_a_layers_own_impl_is_used_unless_training_impl_is_set():
     assert Trainer(cfg).net.layers[0].impl == "reference"
     cfg = load_config(ROOT / "configs" / "shapes.yaml", ["network.0.impl=reference", "training.impl=fast"])
     assert Trainer(cfg).net.layers[0].impl == "fast"
+
+
+def test_overrides_fill_an_empty_section():
+    """``training:`` left empty in a file is None: --set must still land in it."""
+    raw = apply_overrides({"training": None, "seed": 1}, ["training.epochs=3"])
+    assert raw == {"training": {"epochs": 3}, "seed": 1}
+
+
+def test_summary_takes_set(cnn):
+    result = cnn("summary", SHAPES, "--set", "network.0.out_channels=8")
+    assert result.exit_code == 0, result.output
+    assert "8x2x2" in result.output

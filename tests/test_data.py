@@ -7,6 +7,7 @@ from cnncli.config import load_config
 from cnncli.data import load_dataset
 from cnncli.train import Trainer
 from conftest import ROOT
+from helpers import COUNTS, SHAPES, read_metrics
 
 
 def test_digits_config_reaches_95_percent():
@@ -91,3 +92,19 @@ def test_batch_larger_than_training_set_gives_one_smaller_batch(tmp_path):
                                                           "training.epochs=1"])
     row = Trainer(cfg).train_epoch()
     assert 0 <= row["train_accuracy"] <= 1
+
+
+def test_batch_larger_than_the_training_set_trains_one_smaller_batch(cnn, tmp_path):
+    run = tmp_path / "run"
+    result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2, "--batch-size", 1000,
+                 "--set", "data.n=30", "--quiet")
+    COUNTS["hostile"] += 1
+    assert result.exit_code == 0, result.output
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    from cnncli.train import Trainer
+
+    trainer = Trainer(load_config(run / "config.yaml"))
+    batches = []
+    trainer.train_epoch(lambda b, n, loss: batches.append((b, n)))
+    assert batches == [(1, 1)]  # 20 training samples, batch_size 1000: one batch of 20

@@ -18,7 +18,7 @@ from cnncli.data import mnist
 from cnncli.data.mnist import load_mnist, read_idx
 from cnncli.errors import DataError
 
-from conftest import MNIST_DIR, needs_mnist  # noqa: E402  (the shared folder, CNNCLI_DATA_DIR or the cache)
+from conftest import MNIST_DIR, find_mnist, mnist_candidates, needs_mnist  # noqa: E402  (the shared folder, CNNCLI_DATA_DIR or the cache)
 
 SHARED_MNIST = MNIST_DIR
 needs_shared = needs_mnist
@@ -471,3 +471,19 @@ def test_gradcheck_passes_for_the_mnist_configs(cnn, config):
     result = cnn("gradcheck", str(root / "configs" / config), "--max-entries", "20", "--set", f"data.path={SHARED_MNIST}", "--set", "data.limit=100")
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output and "gradients pass" in result.output
+
+
+def test_tests_find_mnist_in_cnncli_data_dir_and_the_cache(tmp_path, monkeypatch):
+    from cnncli.data.mnist import FILES
+
+    monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folders = mnist_candidates()
+    assert tmp_path / "data" / "mnist" in folders and tmp_path / "cache" / "cnncli" / "mnist" in folders
+    assert find_mnist([tmp_path / "data" / "mnist"]) is None
+    for folder in (tmp_path / "data" / "mnist", tmp_path / "cache" / "cnncli" / "mnist"):
+        folder.mkdir(parents=True)
+        for name in FILES:
+            (folder / f"{name}.gz").write_bytes(b"")
+    assert find_mnist([tmp_path / "nowhere", *folders[1:]]) == tmp_path / "data" / "mnist"
+    assert find_mnist([tmp_path / "cache" / "cnncli" / "mnist"]) == tmp_path / "cache" / "cnncli" / "mnist"

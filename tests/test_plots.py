@@ -363,3 +363,17 @@ def test_pictures_need_no_display_even_with_a_gui_backend_set(tmp_path):
                              str(tmp_path / "p.png")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     check_picture(tmp_path / "p.png", size=(880, 450))
+
+
+def test_every_command_that_writes_a_picture_prints_where(cnn, tmp_path):
+    run = tmp_path / "run"
+    result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert f"Curves: {run / 'curves.png'}" in result.output
+    for args, out in [(["eval", run / "best.npz", "--plot", tmp_path / "e.png"], tmp_path / "e.png"),
+                      (["generate-shapes", "-o", tmp_path / "s.npz", "--preview", tmp_path / "p.png"], tmp_path / "p.png"),
+                      (["plot", run, "-o", tmp_path / "c.png"], tmp_path / "c.png"),
+                      (["show-kernels", run / "best.npz", "-o", tmp_path / "k.png"], tmp_path / "k.png")]:
+        result = cnn(*args)
+        assert result.exit_code == 0, result.output
+        assert f"Wrote {out}" in result.output and out.is_file(), args
