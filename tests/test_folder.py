@@ -5,6 +5,7 @@ through the network, digits exported and trained as a folder, and the data comma
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -525,13 +526,35 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     assert label.get_text() == "$5 and $6" and not label.get_parse_math()
 
 
-def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path):
+def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path, monkeypatch):
     """A folder named with Latin-1 bytes trains, and the pictures that show class names draw
     it with a replacement character (matplotlib's fonts refused the undecodable name)."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    drawn = {}  # picture file name -> every text of the figure as it is written
+
+    def savefig(self, fname, *args, **kw):
+        name = Path(getattr(fname, "name", fname)).name  # the atomic write's .<name>.<pid>.tmp
+        drawn[name.split(".")[1] if name.startswith(".") else name] = [
+            t.get_text() for t in self.findobj(Text)]
+        return real_savefig(self, fname, *args, **kw)
+
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", savefig)
     root = make_folder(tmp_path / "pics", classes=("cat",))
     make_folder(tmp_path / "tmp", classes=("x",))
     os.rename(tmp_path / "tmp" / "x", os.fsencode(root) + b"/caf\xe9")
     _train_and_draw_every_picture(tmp_path, root)
+    assert {"e", "p", "v"} <= drawn.keys(), drawn.keys()  # eval --plot, predict --plot, preview
+    for name, texts in drawn.items():  # no surrogate reaches a font
+        assert not [t for t in texts if any("\ud800" <= c <= "\udfff" for c in t)], (name, texts)
+    # the confusion matrix and the preview show every class: caf\xe9 as caf + U+FFFD
+    assert "caf\ufffd" in drawn["e"] and "cat" in drawn["e"], drawn["e"]
+    assert "caf\ufffd" in drawn["v"] and "cat" in drawn["v"], drawn["v"]
+    # predict's tiles are titled with the predicted class: one of the two, as drawable text
+    titles = [t.split()[0] for t in drawn["p"] if t.endswith(".png")]
+    assert titles and set(titles) <= {"cat", "caf\ufffd"}, drawn["p"]
 
 
 def test_help_imports_no_pillow():
