@@ -23,7 +23,8 @@ import pytest
 
 from cnncli.checkpoint import load_checkpoint, load_network
 from cnncli.errors import CheckpointError
-from helpers import COUNTS, assert_cli_error, assert_one_line, nest, npy_bytes, snapshot
+from helpers import (COUNTS, assert_cli_error, assert_one_line, nest, npy_bytes, read_metrics,
+                     snapshot, strip_seconds)
 
 
 def save_raw(path: Path, arrays: dict, meta) -> Path:
@@ -72,7 +73,18 @@ def test_bit_flips_never_load_silently_wrong_data(finished_run, tmp_path):
 
 
 def test_bit_flips_through_eval_and_resume(cnn, finished_run, tmp_path):
+    """A byte of last.npz inverted: ``cnn eval`` and ``cnn train --resume`` refuse it in one
+    line naming the file (resume touching nothing), or, where the flip hit a byte nothing reads,
+    give exactly what the intact file gives."""
     good = (finished_run / "last.npz").read_bytes()
+
+    def evaluation(path):  # eval's --json result, without the checkpoint's own path
+        result = cnn("eval", path, "--json")
+        assert result.exit_code == 0, result.output
+        return {k: v for k, v in json.loads(result.stdout).items() if k != "checkpoint"}
+
+    expected = evaluation(finished_run / "last.npz")
+    refused = collections.Counter()
     rng = np.random.default_rng(99)
     for i in range(6):
         data = bytearray(good)
@@ -84,6 +96,9 @@ def test_bit_flips_through_eval_and_resume(cnn, finished_run, tmp_path):
         result = cnn("eval", bad)
         if result.exit_code != 0:
             assert_cli_error(result, bad)
+            refused["eval"] += 1
+        else:  # the flip hit a byte nothing reads: the very same evaluation
+            assert evaluation(bad) == expected
         run = tmp_path / f"run{i}"
         shutil.copytree(finished_run, run)
         (run / "last.npz").write_bytes(bytes(data))
@@ -92,6 +107,11 @@ def test_bit_flips_through_eval_and_resume(cnn, finished_run, tmp_path):
         if result.exit_code != 0:
             assert_cli_error(result, run / "last.npz")
             assert snapshot(run) == before  # nothing touched, the damaged file kept for inspection
+            refused["resume"] += 1
+        else:  # the 3-epoch run was complete: a resume that accepts the file trains nothing
+            assert "already complete" in result.output, result.output
+            assert strip_seconds(read_metrics(run)) == strip_seconds(read_metrics(finished_run))
+    assert refused["eval"] >= 1 and refused["resume"] >= 1, refused  # the refusals were tried
 
 
 @pytest.mark.parametrize("tenth", range(10))
