@@ -131,7 +131,9 @@ def test_non_utf8_and_huge_configs(cnn, tmp_path):
 
 def test_shipped_configs_are_valid(digits_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path))  # the folder dataset's decoding cache
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {"shapes.yaml", "digits.yaml", "mnist.yaml"} <= {p.name for p in paths}  # not vacuous
+    for path in paths:
         # folder-example.yaml trains on the folder `cnn data export digits` writes
         sets = [f"data.path={digits_folder}"] if path.name == "folder-example.yaml" else []
         cfg = load_config(path, sets)

@@ -163,3 +163,4 @@ def test_old_runs_with_a_relative_data_path_still_eval_and_resume(cnn, tmp_path,
     assert result.exit_code == 0, result.output
     result = cnn("train", "--resume", "run", "--epochs", 2, "--quiet")
     assert result.exit_code == 0, result.output
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == ["1", "2"]  # it trained on
