@@ -44,7 +44,7 @@ def summary(
         table.add_column("params", justify="right")
         table.add_column("buffers", justify="right")
         for row in net.summary():
-            table.add_row(str(row["index"]), row["type"], "x".join(map(str, row["output_shape"])),
+            table.add_row(str(row["index"]), "  " * row.get("depth", 0) + row["type"], "x".join(map(str, row["output_shape"])),
                           f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
         table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
