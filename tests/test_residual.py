@@ -68,9 +68,15 @@ def torch_module(layer, torch):
         return m
     if kind == "residual":
         return TorchResidual(layer, torch)
-    simple = {"relu": nn.ReLU, "tanh": nn.Tanh, "flatten": nn.Flatten}
+    simple = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "flatten": nn.Flatten}
     if kind == "max_pool2d":
         return nn.MaxPool2d(layer.kernel_size, layer.stride)
+    if kind == "avg_pool2d":
+        return nn.AvgPool2d(layer.kernel_size, layer.stride)
+    if kind == "global_avg_pool2d":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    if kind == "softmax":
+        return nn.Softmax(dim=-1)
     return simple[kind]()
 
 
