@@ -88,6 +88,10 @@ def single_value_batch_norm(net: Network, batch: int) -> str | None:
     for i, layer in enumerate(net.layers):
         if layer.type_name == "batch_norm" and batch * int(np.prod(shape[1:])) < 2:
             return f"network[{i}] (batch_norm)"
+        if layer.type_name == "residual":  # its inner layers, as a network of their own
+            inner = single_value_batch_norm(layer.block, batch)
+            if inner is not None:
+                return f"network[{i}] (residual) " + inner.replace("network[", "layers[", 1)
         shape = layer.output_shape(shape)
     return None
 

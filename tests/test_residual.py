@@ -308,3 +308,12 @@ def test_shipped_residual_example_is_valid():
     result = cnn("summary", ROOT / "configs" / "digits-residual.yaml")
     assert result.exit_code == 0, result.output
     assert "residual" in result.output
+
+
+def test_a_batch_of_one_for_an_inner_batch_norm_is_refused_before_training(tmp_path):
+    path = _config(tmp_path, [{"type": "flatten"}, {"type": "residual", "layers": [
+        {"type": "dense", "out_features": 64}, {"type": "batch_norm"}]}], batch_size=1347)
+    result = cnn("train", path, "--run-dir", tmp_path / "run", "--batch-size", 1346)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: network[1] (residual) layers[1] (batch_norm): a "
+                                    "training batch of 1 sample(s)"), result.stderr
