@@ -152,6 +152,8 @@ MINIMAL_SPECS = {
     "global_avg_pool2d": ({}, (3, 4, 5), (3,)),
     "batch_norm": ({}, (3, 4, 5), (3, 4, 5)),
     "dropout": ({"p": 0.3}, (5,), (5,)),
+    "residual": ({"layers": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3,
+                              "padding": 1}, {"type": "relu"}]}, (2, 4, 5), (2, 4, 5)),
 }
 
 

@@ -43,6 +43,7 @@ def train(
     sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any key, e.g. --set training.epochs=3 (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
 ):
     """Train a network from a YAML config and write a run directory.
 
@@ -56,10 +57,17 @@ def train(
       cnn train configs/mnist.yaml --epochs 5 --set data.limit=10000
 
       cnn train --resume runs/shapes-20260101-120000 --epochs 80
+
+      cnn train my-folder.yaml --init-from runs/digits/best.npz --set 'training.freeze=until 1'
     """
     offline_mode(offline)
+    overrides = _overrides(epochs, lr, batch_size, seed, sets)
+    if init_from is not None:
+        import json
+
+        overrides.append(f"training.init_from={json.dumps(str(init_from.absolute()))}")
     with cli_errors():
-        _train(config, resume, run_dir, _overrides(epochs, lr, batch_size, seed, sets), epochs, quiet)
+        _train(config, resume, run_dir, overrides, epochs, quiet)
 
 
 def _train(config, resume, run_dir, overrides, epochs, quiet):
@@ -185,6 +193,11 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             f"-> {run.path}")
         for note in trainer.data.notes:  # files a folder dataset ignored or skipped
             say(note)
+        if trainer.init_report is not None:
+            say(trainer.init_report.line())
+        if trainer.frozen:
+            say(f"Frozen (not trained, batch norm in eval mode): layer(s) "
+                f"{', '.join(map(str, trainer.frozen))}")
 
     stop = {"count": 0}
 
