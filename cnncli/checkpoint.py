@@ -210,7 +210,8 @@ def check_resumable(path, arrays: dict[str, np.ndarray], params: dict[str, np.nd
     for key, a in arrays.items():
         if not key.startswith("optimizer."):
             continue
-        owner = next((k for k in params if key.endswith("." + k)), None)
+        # the longest match: layers.1.W also ends layers.3.layers.1.W (a residual block's)
+        owner = max((k for k in params if key.endswith("." + k)), key=len, default=None)
         if owner is None:
             if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
                 raise CheckpointError(f"{path}: {_name(key)} belongs to no parameter and is not a "

@@ -24,6 +24,7 @@ from cnncli.schema import (
     number,
     optional,
     short_repr,
+    string,
     unknown_key_message,
     validate_section,
 )
@@ -224,7 +225,18 @@ TRAINING_FIELDS = {
     "early_stopping": Field(None, lambda v: v),
     "threads": Field(None, optional(integer(1))),
     "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
+    # fine-tuning (cnncli.finetune): a checkpoint to start from, how many leading layers to
+    # load from it (None: every leading layer that matches), the layers kept unchanged
+    "init_from": Field(None, optional(string)),
+    "init_from_layers": Field(None, optional(integer(1))),
+    "freeze": Field(None, optional(lambda v: _check_freeze(v))),
 }
+
+
+def _check_freeze(value):
+    from cnncli.finetune import check_freeze
+
+    return check_freeze(value)
 
 _unit = number(0.0, strict=False, maximum=1.0, max_strict=True)
 OPTIMIZER_FIELDS = {
@@ -343,6 +355,12 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
         training_ok = not any(p.startswith("training") for p in problems)
         if data_ok or known_data:
             cfg["network"] = _check_network(cfg, network, problems, known_data, training_ok)
+            if training_ok and cfg["network"]:
+                from cnncli.finetune import freeze_problem
+
+                problems.extend(freeze_problem(cfg["training"]["freeze"],
+                                               cfg["training"]["init_from_layers"],
+                                               len(cfg["network"])))
         else:  # no input shape to build against: check the layer types and keys
             problems.extend(_layer_spec_problems(network))
     if problems:
@@ -450,14 +468,27 @@ def absolute_data_path(raw: dict, base) -> dict:
     return raw
 
 
+def absolute_init_from(raw: dict, base) -> dict:
+    """``raw`` with a relative ``training.init_from`` made absolute against ``base``, as
+    ``data.path`` (absolute_data_path)."""
+    training = raw.get("training") if isinstance(raw, dict) else None
+    path = training.get("init_from") if isinstance(training, dict) else None
+    if isinstance(path, str) and path and "\0" not in path:
+        path = os.path.expanduser(path)
+        training["init_from"] = os.path.normpath(os.path.join(os.path.abspath(base), path))
+    return raw
+
+
 def read_config(path, overrides: list[str] = ()) -> dict:
     """The raw mapping of a config file with its overrides applied, and ``data.path`` absolute:
     a path written in the file is relative to the file's folder (as most tools read paths in
     their config files), a path given with ``--set data.path=...`` to the current directory (as
     a shell reads it)."""
     raw = absolute_data_path(read_config_file(path), Path(path).parent)
+    raw = absolute_init_from(raw, Path(path).parent)
     if overrides:
         raw = absolute_data_path(apply_overrides(raw, list(overrides)), Path.cwd())
+        raw = absolute_init_from(raw, Path.cwd())
     return raw
 
 

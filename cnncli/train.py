@@ -85,6 +85,10 @@ def single_value_batch_norm(net: Network, batch: int) -> str | None:
     for i, layer in enumerate(net.layers):
         if layer.type_name == "batch_norm" and batch * int(np.prod(shape[1:])) < 2:
             return f"network[{i}] (batch_norm)"
+        if layer.type_name == "residual":  # its inner layers, as a network of their own
+            inner = single_value_batch_norm(layer.block, batch)
+            if inner is not None:
+                return f"network[{i}] (residual) " + inner.replace("network[", "layers[", 1)
         shape = layer.output_shape(shape)
     return None
 
@@ -111,6 +115,19 @@ class Trainer:
         # every conv layer and every gradient (the first layer's input gradient too, which
         # nobody uses); the fast path skips that gradient.
         self.net.input_grad = t["impl"] == "reference"
+        # fine-tuning (cnncli.finetune): start from a checkpoint's leading layers; frozen
+        # layers run in eval mode and the optimizer sees only the others
+        from cnncli.finetune import (Trainable, frozen_indices, init_from_checkpoint,
+                                     skip_frozen_gradients)
+
+        self.frozen = frozen_indices(t.get("freeze"))
+        self.init_report = None
+        if t.get("init_from"):
+            self.init_report = init_from_checkpoint(self.net, t["init_from"],
+                                                    t.get("init_from_layers"))
+        if self.frozen and t["impl"] != "reference":
+            skip_frozen_gradients(self.net, self.frozen)
+        self._trainable = Trainable(self.net, self.frozen) if self.frozen else self.net
         self.shuffle_rng = rng_stream(cfg["seed"], "shuffle")
         self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
         self.augment_rng = rng_stream(cfg["seed"], "augment")
@@ -181,6 +198,8 @@ class Trainer:
         n = min(n, n_batches * bs)  # the samples trained on (drop_last may skip the last few)
         loss_sum, correct = 0.0, 0
         self.net.train()
+        for i in self.frozen:  # frozen layers: eval mode (batch norm keeps its statistics)
+            self.net.layers[i].training = False
         targets = np.eye(self.data.n_classes, dtype=self.dtype)  # row k: the one-hot target of class k
         for b in range(n_batches):
             if self.stop_requested:
@@ -203,7 +222,7 @@ class Trainer:
             correct += int((out.argmax(axis=1) == yb).sum())
             loss_sum += batch_loss * len(yb)
             self.net.backward(self.loss.gradient(out, target))
-            self.optimizer.step(self.net)
+            self.optimizer.step(self._trainable)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)
         test = evaluate(self.net, self.loss, self.data, "test", self.dtype)
@@ -242,6 +261,8 @@ class Trainer:
             "augment_rng_state": self.augment_rng.bit_generator.state,
             "noise_rng_state": self.noise_rng.bit_generator.state,
         }
+        if self.init_report is not None:
+            meta["init_from"] = self.init_report.meta()
         return arrays, meta
 
     @property

@@ -47,14 +47,22 @@ def summary(
         table.add_column("output shape")
         table.add_column("params", justify="right")
         table.add_column("buffers", justify="right")
+        from cnncli.finetune import frozen_indices
+
+        frozen = frozen_indices(cfg["training"].get("freeze"))
         for row in net.summary():
-            table.add_row(str(row["index"]), row["type"], "x".join(map(str, row["output_shape"])),
+            mark = " (frozen)" if row["index"] in frozen else ""
+            table.add_row(str(row["index"]), "  " * row.get("depth", 0) + row["type"] + mark, "x".join(map(str, row["output_shape"])),
                           f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
         table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
         console().print(table)
         console().print(f"{net.num_params():,} trainable parameters; {net.num_buffers():,} buffer "
                         "values (saved, not trained)", markup=False)
+        if frozen:
+            kept = sum(net.layers[i].num_params() for i in frozen)
+            console().print(f"frozen (training.freeze): layer(s) {', '.join(map(str, frozen))}, "
+                            f"{kept:,} of the parameters kept unchanged", markup=False)
 
 
 @app.command()

@@ -46,6 +46,7 @@ def train(
     sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
     offline: OfflineOpt = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
 ):
     """Train a network from a YAML config and write a run directory.
 
@@ -59,10 +60,16 @@ def train(
       cnn train configs/mnist.yaml --epochs 5 --set data.limit=10000
 
       cnn train --resume runs/shapes-20260101-120000 --epochs 80
+
+      cnn train my-folder.yaml --init-from runs/digits/best.npz --set 'training.freeze=until 1'
     """
+    overrides = _overrides(epochs, lr, batch_size, seed, sets)
+    if init_from is not None:
+        import json
+
+        overrides.append(f"training.init_from={json.dumps(str(init_from.absolute()))}")
     with cli_errors():
-        _train(config, resume, run_dir, _overrides(epochs, lr, batch_size, seed, sets), quiet,
-               offline)
+        _train(config, resume, run_dir, overrides, quiet, offline)
 
 
 def _train(config, resume, run_dir, overrides, quiet, offline):
@@ -146,6 +153,11 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
             f"-> {run.path}")
         for note in trainer.data.notes:  # files a folder dataset ignored or skipped
             say(note)
+        if trainer.init_report is not None:
+            say(trainer.init_report.line())
+        if trainer.frozen:
+            say(f"Frozen (not trained, batch norm in eval mode): layer(s) "
+                f"{', '.join(map(str, trainer.frozen))}")
 
     stop = {"count": 0}
 

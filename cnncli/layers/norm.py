@@ -91,10 +91,10 @@ class BatchNorm(Layer):
                 "channel, which has no variance; use batches of at least 2 samples (for a last "
                 "partial batch of 1, set training.drop_last: true)")
         mean = x.mean(axis=axes)  # (C,)
-        centred = x - self._per_channel(mean, x)
-        var = np.mean(centred * centred, axis=axes)  # biased: divided by m
+        xhat = np.subtract(x, self._per_channel(mean, x))  # centred now, normalised below
+        var = np.square(xhat).mean(axis=axes)  # biased: divided by m
         inv_std = 1.0 / np.sqrt(var + self.eps)
-        xhat = centred * self._per_channel(inv_std, x)
+        xhat *= self._per_channel(inv_std, x)
         mom = self.momentum
         rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
         rm *= 1 - mom
@@ -102,7 +102,9 @@ class BatchNorm(Layer):
         rv *= 1 - mom
         rv += mom * var * (m / (m - 1))  # unbiased
         self._cache = ("train", xhat, inv_std)
-        return xhat * self._per_channel(g, x) + self._per_channel(b, x)
+        out = np.multiply(xhat, self._per_channel(g, x))
+        out += self._per_channel(b, x)
+        return out
 
     def backward(self, dout):
         """With xhat the normalised input and m values per channel: dgamma = sum(dout * xhat),
@@ -113,7 +115,7 @@ class BatchNorm(Layer):
         axes = self._axes(dout)
         g = self.params["gamma"]
         sum_d = dout.sum(axis=axes)  # (C,)
-        sum_dx = (dout * xhat).sum(axis=axes)
+        sum_dx = np.multiply(dout, xhat).sum(axis=axes)
         self.grads["gamma"][...] = sum_dx
         self.grads["beta"][...] = sum_d
         if not self.needs_input_grad:
@@ -122,8 +124,12 @@ class BatchNorm(Layer):
         if mode == "eval":
             return dout * scale
         m = dout.size // dout.shape[1]
-        return (scale / m) * (m * dout - self._per_channel(sum_d, dout)
-                              - xhat * self._per_channel(sum_dx, dout))
+        # gamma * inv_std * (dout - sum_d / m - xhat * sum_dx / m), one array, in place
+        dx = np.multiply(xhat, self._per_channel(sum_dx / m, dout))
+        np.subtract(dout, dx, out=dx)
+        dx -= self._per_channel(sum_d / m, dout)
+        dx *= scale
+        return dx
 
 
 @register("dropout")

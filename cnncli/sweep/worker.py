@@ -271,7 +271,7 @@ class Worker:
         try:
             run.log(f"Sweep {sweep['name']}, trial {trial.number}: "
                     + ", ".join(f"{k}={v}" for k, v in trial.params.items()))
-            self.trainer = Trainer(cfg, data=self._dataset(cfg))
+            self.trainer = Trainer(one_core(cfg), data=self._dataset(cfg))
             if self.stop:
                 self.trainer.stop_requested = True
             train_epochs(self.trainer, run, name, on_epoch=on_epoch, cfg=cfg)
@@ -315,6 +315,16 @@ class Worker:
                 self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
         run.close()
         self.trainer = None
+
+
+def one_core(cfg: dict) -> dict:
+    """The config a worker trains with: thread policy 1 (no helper thread, single-threaded
+    BLAS: ``cnncli.workers``) when the config leaves ``training.threads`` unset, so that N
+    workers use N cores. Results are bit-identical under either policy, so the run directory
+    records the config as it was (``cnn train best.yaml`` gives the same metrics)."""
+    if cfg["training"].get("threads") is not None:
+        return cfg
+    return {**cfg, "training": {**cfg["training"], "threads": 1}}
 
 
 def _frozen(study, trial):
