@@ -22,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.blas import applied
-from cnncli.errors import CnnError
+from cnncli.errors import CnnError, about_value
+from cnncli.modes import eval_mode
+from cnncli.text import did_you_mean
 
 CAM_TYPES = ("conv2d", "residual")  # layers whose (C, H, W) output Grad-CAM can explain
 
@@ -75,29 +77,27 @@ def _passes(net, x: np.ndarray, class_index, capture: int | None):
     """Forward, then backward from the one-hot of the class scores, in eval mode (the mode and
     ``input_grad`` are restored). Returns (outputs (N, K), the captured layer's output and its
     gradient (None without ``capture``), the input gradient (N, C, H, W))."""
-    was_training, had_input_grad = net.training, net.input_grad
-    net.eval()
-    net.input_grad = True
-    try:
-        h, act = x, None
-        for i, layer in enumerate(net.layers):
-            h = layer.forward(h)
-            if i == capture:
-                act = h
-        out = h
-        c = _classes(class_index, len(x), out.shape[1])
-        d = np.zeros_like(out)
-        d[np.arange(len(x)), c] = 1  # d y_c / d out
-        grad_act = None
-        for i in range(len(net.layers) - 1, -1, -1):
-            if i == capture:
-                grad_act = d
-            d = net.layers[i].backward(d)
-        return out, act, grad_act, d
-    finally:
-        net.input_grad = had_input_grad
-        if was_training:
-            net.train()
+    had_input_grad = net.input_grad
+    with eval_mode(net):
+        net.input_grad = True
+        try:
+            h, act = x, None
+            for i, layer in enumerate(net.layers):
+                h = layer.forward(h)
+                if i == capture:
+                    act = h
+            out = h
+            c = _classes(class_index, len(x), out.shape[1])
+            d = np.zeros_like(out)
+            d[np.arange(len(x)), c] = 1  # d y_c / d out
+            grad_act = None
+            for i in range(len(net.layers) - 1, -1, -1):
+                if i == capture:
+                    grad_act = d
+                d = net.layers[i].backward(d)
+            return out, act, grad_act, d
+        finally:
+            net.input_grad = had_input_grad
 
 
 def saliency(net, x: np.ndarray, class_index) -> np.ndarray:
@@ -158,12 +158,9 @@ def class_index(name: str, class_names: list[str]) -> int:
     """The index of class ``name`` (``--class``); an ExplainError lists the known ones."""
     if name in class_names:
         return class_names.index(name)
-    import difflib
-
-    close = difflib.get_close_matches(name, class_names, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
     shown = ", ".join(class_names[:20]) + (", ..." if len(class_names) > 20 else "")
-    raise ExplainError(f"--class {name!r}: the model has no such class{hint}; its classes: {shown}")
+    problem = f"the model has no such class{did_you_mean(name, class_names)}; its classes: {shown}"
+    raise about_value(ExplainError(f"class {name!r}: {problem}"), "class_name", repr(name), problem)
 
 
 def figure(images: np.ndarray, maps: dict, titles: list[str], pixel_max: float,

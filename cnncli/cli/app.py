@@ -142,7 +142,7 @@ def cli_errors():
 
 
 OPTION_OF = {"override": "--set", "size": "--size", "channels": "--channels",
-             "pixel_max": "--pixel-max", "input_scale": "--input-scale"}
+             "pixel_max": "--pixel-max", "input_scale": "--input-scale", "class_name": "--class"}
 """The command-line option that gives each library parameter a library error may be about."""
 
 
