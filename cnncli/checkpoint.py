@@ -124,7 +124,7 @@ def _meta_problem(meta: dict) -> str | None:
     field a reader uses is checked here, so a damaged or hand-edited file fails on load, by name,
     and never later with a TypeError."""
     from cnncli.config import structure_problems
-    from cnncli.train import METRIC_COLUMNS
+    from cnncli.metrics import METRIC_COLUMNS
 
     if not isinstance(meta["config"], dict):
         return f"config must be a mapping, got {short_repr(meta['config'])}"

@@ -234,7 +234,7 @@ TRAINING_FIELDS = {
 
 
 def _check_freeze(value):
-    from cnncli.finetune import check_freeze
+    from cnncli.freeze import check_freeze
 
     return check_freeze(value)
 
@@ -356,7 +356,7 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
         if data_ok or known_data:
             cfg["network"] = _check_network(cfg, network, problems, known_data, training_ok)
             if training_ok and cfg["network"]:
-                from cnncli.finetune import freeze_problem
+                from cnncli.freeze import freeze_problem
 
                 problems.extend(freeze_problem(cfg["training"]["freeze"],
                                                cfg["training"]["init_from_layers"],

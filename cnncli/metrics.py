@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# The columns of a run's metrics.csv and of each checkpoint's meta["metrics"], in order.
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
+                  "learning_rate"]
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) counts; rows are true classes, columns predicted ones."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.errors import CheckpointError, ConfigError
-from cnncli.layers import LAYERS, Layer, layer_class
+from cnncli.layers.base import LAYERS, Layer, layer_class
 from cnncli.layers.base import check_keys
 from cnncli.blas import applied
 

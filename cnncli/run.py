@@ -19,7 +19,7 @@ from cnncli.atomic import atomic_file
 from cnncli.checkpoint import save_checkpoint
 from cnncli.config import dump_config
 from cnncli.errors import CheckpointError, ConfigError, RunDirError
-from cnncli.train import METRIC_COLUMNS
+from cnncli.metrics import METRIC_COLUMNS
 
 LOCK_NAME = ".lock"
 # The temporary files of atomic writes (``.<name>.<pid>.tmp``) a killed process may leave behind.

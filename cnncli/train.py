@@ -17,8 +17,6 @@ from cnncli.network import Network, build_network
 from cnncli.optim import OPTIMIZERS
 from cnncli.seeds import rng_stream
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
-                  "learning_rate"]
 EVAL_BATCH = 250  # samples per forward pass when evaluating (bounds memory)
 
 
@@ -117,8 +115,8 @@ class Trainer:
         self.net.input_grad = t["impl"] == "reference"
         # fine-tuning (cnncli.finetune): start from a checkpoint's leading layers; frozen
         # layers run in eval mode and the optimizer sees only the others
-        from cnncli.finetune import (Trainable, frozen_indices, init_from_checkpoint,
-                                     skip_frozen_gradients)
+        from cnncli.finetune import Trainable, init_from_checkpoint, skip_frozen_gradients
+        from cnncli.freeze import frozen_indices
 
         self.frozen = frozen_indices(t.get("freeze"))
         self.init_report = None

@@ -47,7 +47,7 @@ def summary(
         table.add_column("output shape")
         table.add_column("params", justify="right")
         table.add_column("buffers", justify="right")
-        from cnncli.finetune import frozen_indices
+        from cnncli.freeze import frozen_indices
 
         frozen = frozen_indices(cfg["training"].get("freeze"))
         for row in net.summary():

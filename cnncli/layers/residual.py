@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from cnncli.errors import ConfigError
 from cnncli.layers.base import Layer, check_keys, register
 
