@@ -394,6 +394,24 @@ def blas_lines():
     return lines
 
 
+def environment_lines(extra: str = "") -> list[str]:
+    """Versions, cores, load, and a note for each thread or kernel variable that is set."""
+    import cnncli
+
+    lines = [f"cnncli {cnncli.__version__}, numpy {np.__version__}, Python "
+             f"{platform.python_version()}" + (f", {extra}" if extra else "")
+             + f", {os.cpu_count()} CPUs, load average "
+             + " ".join(f"{v:.2f}" for v in os.getloadavg())]
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS"):
+        if var in os.environ:
+            lines.append(f"  note: {var}={os.environ[var]} is set"
+                         + (" (it changes the OpenBLAS kernel: run with env -u OPENBLAS_CORETYPE "
+                            "-u OPENBLAS_L2_SIZE; see docs/benchmarks.md)"
+                            if var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") else ""))
+    return lines
+
+
 # ----------------------------------------------------------------------------- one process
 def child(spec: dict) -> dict:
     """One measurement in this (fresh) process: warm up, then ``chunks`` timed chunks of
@@ -460,7 +478,6 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    import cnncli
 
     cfg, in_shape, n_classes, n_train = load_setup(args.config, args.batch_size)
     bs = cfg["training"]["batch_size"]
@@ -488,15 +505,7 @@ def main(argv=None):
     print(f"config {args.config}: batch {bs}, input {'x'.join(map(str, in_shape))}, "
           f"{n_classes} classes, {steps_per_epoch} steps per epoch, loss {cfg['training']['loss']}, "
           f"optimizer {cfg['training']['optimizer']['name']}")
-    print(f"cnncli {cnncli.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
-          + (f", torch {torch_version}" if torch_version else "")
-          + f", {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS"):
-        if var in os.environ:
-            print(f"  note: {var}={os.environ[var]} is set"
-                  + (" (it changes the OpenBLAS kernel; see benchmarks/README.md)"
-                     if var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") else ""))
+    print("\n".join(environment_lines(f"torch {torch_version}" if torch_version else "")))
     print(f"{len(cases)} measurements x {args.repeat} rounds, each a fresh process: warm-up, then "
           f"{args.chunks} chunks of {args.steps} steps (the process reports their median)")
 
