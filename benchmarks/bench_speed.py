@@ -295,8 +295,10 @@ def measure(cases: dict, repeat: int, title: str, setups: dict) -> dict:
             results[key].append(res)
             if "times" in res:
                 shown = f"{1e3 * statistics.median(res['times']):.3f} ms"
+            elif "gflops" in res:
+                shown = ", ".join(f"{d} {v:.1f} GFLOP/s" for d, v in res["gflops"].items())
             else:
-                shown = f"{res.get('peak', 0) / 2**20:.0f} MB peak"
+                shown = f"{res['peak'] / 2**20:.0f} MiB peak"
             print(f"  {title} round {rnd + 1}/{repeat}: {' / '.join(map(str, key))}: {shown}",
                   file=sys.stderr, flush=True)
             if "blas" in res:
