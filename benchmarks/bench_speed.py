@@ -366,6 +366,15 @@ def train_tables(nets, args, peak, setups, have_torch):
             for t in args.torch_threads:
                 cases[(key, thread_label("torch", t))] = {**base, "impl": "torch", "threads": t}
     runs = [("idle", measure(cases, args.repeat, "train", setups))]
+    checks = []
+    if have_torch:  # both sides do the same work: 3 identical steps, parameters compared
+        for key, nw in nets.items():
+            spec = {"kind": "train", "impl": "check", "config": nw["config"],
+                    "batch_size": nw["batch_size"], "dtype": nw["dtype"],
+                    "input_shape": args.input_shape, "classes": args.classes}
+            checks.append(f"- {key}: cnncli's and PyTorch's parameters after 3 identical steps "
+                          f"differ by {run_child(spec)['check']:.1e} (relative to each layer's "
+                          "largest; dropout off)")
     if args.busy:
         with spinning(args.busy):
             runs.append((f"{args.busy} busy", measure(cases, args.repeat, "train busy", setups)))
@@ -401,7 +410,7 @@ def train_tables(nets, args, peak, setups, have_torch):
         title = ("Training, idle" if state == "idle" else
                  f"Training with {args.busy} other process(es) keeping a core busy (--busy)")
         lines += ["", f"### {title}", ""] + table(head, rows)
-    return lines + [""] + summary
+    return lines + [""] + summary + checks
 
 
 def infer_table(nets, args, setups, have_ort):
