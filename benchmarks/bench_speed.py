@@ -367,14 +367,19 @@ def train_tables(nets, args, peak, setups, have_torch):
                 cases[(key, thread_label("torch", t))] = {**base, "impl": "torch", "threads": t}
     runs = [("idle", measure(cases, args.repeat, "train", setups))]
     checks = []
-    if have_torch:  # both sides do the same work: 3 identical steps, parameters compared
+    if have_torch:  # both sides do the same work: 3 identical steps, parameters compared, in
+        # float64 (where rounding stays at ~1e-16) and in the row's dtype (float32's rounding
+        # differences grow with each step)
         for key, nw in nets.items():
-            spec = {"kind": "train", "impl": "check", "config": nw["config"],
-                    "batch_size": nw["batch_size"], "dtype": nw["dtype"],
-                    "input_shape": args.input_shape, "classes": args.classes}
+            found = []
+            for dtype in dict.fromkeys(("float64", nw["dtype"])):
+                spec = {"kind": "train", "impl": "check", "config": nw["config"],
+                        "batch_size": nw["batch_size"], "dtype": dtype,
+                        "input_shape": args.input_shape, "classes": args.classes}
+                found.append(f"{run_child(spec)['check']:.1e} in {dtype}")
             checks.append(f"- {key}: cnncli's and PyTorch's parameters after 3 identical steps "
-                          f"differ by {run_child(spec)['check']:.1e} (relative to each layer's "
-                          "largest; dropout off)")
+                          f"differ by {', '.join(found)} (relative to each layer's largest; "
+                          "dropout off)")
     if args.busy:
         with spinning(args.busy):
             runs.append((f"{args.busy} busy", measure(cases, args.repeat, "train busy", setups)))
