@@ -46,6 +46,17 @@ def split(n: int) -> list[tuple[int, int]]:
     return [(0, n // 2), (n // 2, n)]
 
 
+# Element-wise layers (ReLU, batch norm, max pooling) split arrays of at least this many
+# values: their passes over memory then run on two cores.
+SPLIT_VALUES = 2**20
+
+
+def parts(n: int, values: int) -> list[tuple[int, int]]:
+    """``split(n)`` when the work touches at least ``SPLIT_VALUES`` values, else the whole
+    range 0..n."""
+    return split(n) if values >= SPLIT_VALUES else [(0, n)]
+
+
 def helper_on() -> bool:
     """Whether ``run`` hands halves to the helper thread now."""
     return blas.current() is None and cores() >= 2 and not getattr(_local, "inside", False)

@@ -54,10 +54,11 @@ def _train(specs, in_shape, policy, dtype, loss, steps=20, batch=16):
 
 @pytest.fixture(params=["shapes decide", "flat", "rows"])
 def every_layer_in_halves(request, monkeypatch):
-    """As shipped, or every conv and dense layer in halves, with the flat or the rows layout."""
+    """As shipped, or every layer that can in halves, with the conv's flat or rows layout."""
     if request.param != "shapes decide":
         monkeypatch.setattr(conv, "SPLIT_FLOPS", 0)
         monkeypatch.setattr(dense, "SPLIT_BYTES", 0)
+        monkeypatch.setattr(workers, "SPLIT_VALUES", 0)  # ReLU, batch norm, max pooling
         monkeypatch.setattr(conv, "ROWS_MIN_BYTES", 0 if request.param == "rows" else 2**62)
     return request.param
 

@@ -24,7 +24,7 @@ IMPLS = ("fast", "reference")
 # K*K window entries (measured on an AVX-512 machine with 1 MB L2 and 32 MB L3 caches:
 # e.g. "rows" is ~25% faster for LeNet's 28x28 conv at batch 128, "flat" ~20% faster for the
 # seed's batch of 16).
-ROWS_MIN_BYTES = 8 * 2**20
+ROWS_MIN_BYTES = 64 * 2**20
 # From this many multiply-adds (x2) in a forward pass, the batch runs in two halves side by
 # side (cnncli.workers).
 SPLIT_FLOPS = 8_000_000
