@@ -32,6 +32,7 @@ BASES = {
     "shapes": yaml.safe_load(SHAPES.read_text()),
     "digits": yaml.safe_load((ROOT / "configs" / "digits.yaml").read_text()),
     "mnist": yaml.safe_load((ROOT / "configs" / "mnist.yaml").read_text()),
+    "residual": yaml.safe_load((ROOT / "configs" / "digits-residual.yaml").read_text()),
     "everything": {
         "seed": 3,
         "data": {"name": "shapes", "n": 60, "noise": 0.1, "test_size": 0.25, "stratify": True,
@@ -46,7 +47,7 @@ BASES = {
             {"type": "softmax"},
         ],
         "training": {"epochs": 2, "batch_size": 8, "learning_rate": 0.01, "loss": "cross_entropy",
-                     "dtype": "float32", "shuffle": True, "threads": 1,
+                     "dtype": "float32", "shuffle": True, "threads": 1, "freeze": [0],
                      "optimizer": {"name": "adam", "beta1": 0.8, "beta2": 0.99, "eps": 1e-7,
                                    "weight_decay": 0.001},
                      "schedule": {"name": "step", "step_size": 1, "gamma": 0.5},
