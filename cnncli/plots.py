@@ -140,10 +140,33 @@ def _literal_text(fig) -> None:
             text.set_text(_drawable(text.get_text()))
     for ax in fig.findobj(Axes):  # subfigures' axes too
         for axis in (ax.xaxis, ax.yaxis):
+            _plain_log_ticks(axis)
             labels = [t.get_text() for t in axis.get_majorticklabels()]
             drawable = [_drawable(t) for t in labels]
             if drawable != labels:  # names as tick labels (a confusion matrix)
                 axis.set_ticks(axis.get_majorticklocs(), drawable)
+
+
+def _plain_log_ticks(axis) -> None:
+    """A log axis labelled by plain numbers (0.01, 0.1, 1), its minor ticks labelled only when it
+    spans at most two decades: its default labels are TeX (``$\\mathdefault{10^{-2}}$``), which
+    _literal_text would show as raw text."""
+    from matplotlib.ticker import FuncFormatter, LogFormatterMathtext
+
+    if axis.get_scale() != "log":
+        return
+
+    def minor(x, pos):  # every minor tick within a decade, 2 and 5 within two
+        lo, hi = sorted(axis.get_view_interval())
+        if lo <= 0 or hi > 100 * lo:
+            return ""
+        lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
+        return f"{x:g}" if hi < 10 * lo or lead in (2, 5) else ""
+
+    if isinstance(axis.get_major_formatter(), LogFormatterMathtext):
+        axis.set_major_formatter(FuncFormatter(lambda x, pos: f"{x:g}"))
+    if isinstance(axis.get_minor_formatter(), LogFormatterMathtext):
+        axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def picture_format(path: Path) -> str:

@@ -127,8 +127,11 @@ def sweep_figure(path: Path, rows: list[dict], sweep: dict) -> Path:
             pts = [r for r in shown if r["state"] == state and r[key] is not None]
             if not pts:
                 continue
-            xv = [r[key] if entry["kind"] != "choice" else str(r[key]) for r in pts]
+            xv = [r[key] if entry["kind"] != "choice" else _choice_index(entry, r[key]) for r in pts]
             ax.scatter(xv, [r["value"] for r in pts], s=18, color=color)
+        if entry["kind"] == "choice":  # categories in the sweep file's order, not as text
+            ax.set_xticks(range(len(entry["choices"])), [str(c) for c in entry["choices"]])
+            ax.set_xlim(-0.5, len(entry["choices"]) - 0.5)
         if entry.get("log"):
             ax.set_xscale("log")
         ax.set_xlabel(key)
@@ -136,3 +139,10 @@ def sweep_figure(path: Path, rows: list[dict], sweep: dict) -> Path:
     for ax in axes[n:]:
         ax.set_visible(False)
     return save_figure(fig, path)
+
+
+def _choice_index(entry: dict, value) -> int:
+    for i, c in enumerate(entry["choices"]):
+        if c == value and type(c) is type(value):
+            return i
+    return next((i for i, c in enumerate(entry["choices"]) if str(c) == str(value)), 0)
