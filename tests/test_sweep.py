@@ -273,9 +273,18 @@ def test_optuna_dashboard_reads_the_study(six_trials, tmp_path):
             detail = json.load(r)
         assert sorted(t["number"] for t in detail["trials"]) == list(range(6))
         assert {t["state"] for t in detail["trials"]} == {"Complete"}
+        assert detail["objective_names"] == ["test_accuracy"]  # not "Objective 0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_study_names_its_objective(six_trials):
+    from cnncli.sweep.driver import open_sweep_study, read_sweep_dir
+
+    out, _ = six_trials
+    study = open_sweep_study(out, read_sweep_dir(out), None)
+    assert study.metric_names == ["test_accuracy"]
 
 
 def test_on_a_terminal_a_live_table_shows_the_trials(tmp_path):
