@@ -121,6 +121,8 @@ def cli_errors():
         yield
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader stopped early (cnn runs --json | head): not an error
+        reader_gone()
     except CnnError as exc:
         if STATE["debug"]:
             raise
@@ -139,6 +141,35 @@ def cli_errors():
             raise
         fail(escape(f"unexpected {type(exc).__name__}: {exc} (a bug in cnncli; run with --debug "
                      "for the traceback)"))
+
+
+def reader_gone():
+    """The reader of stdout closed it (``cnn runs --json | head -c 10``): exit 0 quietly, as
+    command-line tools do, with stdout pointed at /dev/null so that nothing left in its buffer
+    fails again at exit (Python's signal docs, "Note on SIGPIPE")."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's stream)
+        pass
+    raise typer.Exit(code=0)
+
+
+def main():
+    """The console-script entry point: the app, with a reader that closes the pipe early
+    (while printing or at the final flush) ending in exit 0 and nothing on stderr."""
+    try:
+        try:
+            app()
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            reader_gone()
+        except typer.Exit:
+            sys.exit(0)
 
 
 OPTION_OF = {"override": "--set", "size": "--size", "channels": "--channels",
