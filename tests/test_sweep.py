@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -415,6 +416,7 @@ def test_five_failures_in_a_row_stop_the_sweep(cnn, tmp_path):
     assert result.exit_code == 1
     assert "5 trials failed in a row, so the sweep stopped; the last: trial 4:" in result.output
     assert f"resume with: cnn sweep resume {out}" in result.output
+    assert "--workers" not in result.output  # one worker: the default
     assert [r["state"] for r in read_csv(out / "trials.csv")] == ["FAIL"] * 5
 
 
@@ -472,12 +474,21 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes(cnn, tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert f"Resume with: cnn sweep resume {out}" in stderr and "Traceback" not in stderr
+    assert f"Resume with: cnn sweep resume {out} --workers 2" in stderr and "Traceback" not in stderr
     assert not any(Path(f"/proc/{pid}").exists() and pid in children(proc.pid) for pid in workers)
     assert not processes_mentioning(str(out))
-    # a database URL in the environment does not apply to an embedded sweep
-    result = cnn("sweep", "resume", str(out), "--workers", "2", env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
+    # the hinted command, as printed, resumes with the same 2 workers; a database URL in the
+    # environment does not apply to an embedded sweep
+    hint = shlex.split(stderr.split("Resume with: ")[1].strip())
+    assert hint[:2] == ["cnn", "sweep"]
+    result = cnn(*hint[1:], env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
     assert result.exit_code == 0, result.output
+    assert ", 2 workers, study s (embedded)" in result.output
+    # resuming it again says it is complete, and runs nothing
+    again = cnn(*hint[1:])
+    assert again.exit_code == 0, again.output
+    assert f"{out} is already complete: all 4 trials are done" in again.output
+    assert "Sweep s: " in again.output and ", 2 workers," not in again.output
     rows = read_csv(out / "trials.csv")
     assert sum(r["state"] == "COMPLETE" for r in rows) == 4
     interrupted = [r for r in rows if r["state"] == "FAIL"]

@@ -52,7 +52,7 @@ def run(
         spec = load_sweep(sweep_file, trials)
         path = sweep_dir if sweep_dir is not None else default_run_dir(sweep_file)
         path, spec = prepare(spec, path, url, study)
-        _run(path, spec, url, workers, quiet)
+        _run(path, spec, url, workers, quiet, storage)
 
 
 @sweep_app.command("resume")
@@ -81,7 +81,44 @@ def resume(
         url = resume_url(spec, storage, storage_url())
         if trials is not None:
             spec = set_trial_count(sweep_dir, trials)
-        _run(sweep_dir, spec, url, workers, quiet)
+        if _already_complete(sweep_dir, spec, url):
+            return
+        _run(sweep_dir, spec, url, workers, quiet, storage)
+
+
+def _already_complete(sweep_dir: Path, spec: dict, url) -> bool:
+    """Say so, as cnn train --resume does, when the sweep has all its trials; True then."""
+    from cnncli.sweep.driver import open_sweep_study
+    from cnncli.sweep.report import best_row, trial_rows
+
+    rows = trial_rows(open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False), spec)
+    if _done(rows) < spec["trials"]:
+        return False
+    out = console()
+    out.print(f"{sweep_dir} is already complete: all {spec['trials']} trials are done. To run "
+              f"more, resume with a higher count: cnn sweep resume {sweep_dir} --trials "
+              f"{spec['trials'] + 10}", markup=False, soft_wrap=True)
+    out.print(summary_line(rows, spec, best_row(rows, spec["direction"]), sweep_dir),
+              markup=False, soft_wrap=True)
+    return True
+
+
+def resume_command(path: Path, spec: dict, workers: int, storage: str | None) -> str:
+    """The command that continues this sweep as it ran: its worker count and, when sweep.yaml
+    cannot give the storage's password, --storage from the environment variable (a password is
+    never printed). The study's name and storage are in sweep.yaml."""
+    import shlex
+
+    from cnncli.sweep.storage import STORAGE_ENV
+
+    command = f"cnn sweep resume {shlex.quote(str(path))}"
+    if workers > 1:
+        command += f" --workers {workers}"
+    if spec.get("storage") and "***" in spec["storage"]:
+        command += f' --storage "${STORAGE_ENV}"'
+        if storage:  # given as --storage, not in the environment
+            command += f" (with {STORAGE_ENV} set to the URL and its password)"
+    return command
 
 
 @sweep_app.command("show")
@@ -127,7 +164,7 @@ def show(
         out.print(summary_line(rows, spec, best), markup=False, soft_wrap=True)
 
 
-def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
+def _run(path: Path, spec: dict, url, workers: int, quiet: bool, storage: str | None = None):
     from cnncli.sweep.driver import run_workers
     from cnncli.sweep.report import best_row, trial_rows
 
@@ -165,7 +202,7 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
     finally:
         signal.signal(signal.SIGINT, previous)
     rows = trial_rows(result["trials"], spec)
-    command = f"cnn sweep resume {path}"
+    command = resume_command(path, spec, workers, storage)
     if result["outcome"] == "interrupted":
         err.print(f"Interrupted: {_done(rows)} of {spec['trials']} trials done; the running ones "
                   f"will be tried again. Resume with: {command}", markup=False, soft_wrap=True)
