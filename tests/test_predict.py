@@ -255,10 +255,39 @@ def test_other_sizes_and_colour_images_are_converted_with_a_note(cnn, folder_run
     rgb[:, 4:12, 7:9] = 255
     path = tmp_path / "big.png"
     write_png(path, rgb)
-    result = cnn("predict", run / "best.npz", path, "--json")
+    grey = tmp_path / "grey.png"
+    write_png(grey, rgb[:1, :8, :8])
+    result = cnn("predict", run / "best.npz", path, path, grey, "--json")
     assert result.exit_code == 0, result.output
-    assert "1 image(s) were resized to the model's 8x8" in result.stderr
-    assert len(json.loads(result.stdout)) == 1
+    assert "2 image(s) were resized to the model's 8x8" in result.stderr
+    # the colour file is made grayscale for the grayscale model: said once, with its count
+    assert result.stderr.count("Note: 2 colour image(s) were converted to grayscale") == 1
+    assert len(json.loads(result.stdout)) == 3
+    result = cnn("predict", run / "best.npz", grey, "--json")
+    assert result.exit_code == 0 and result.stderr == ""  # nothing changed, nothing said
+
+
+def test_a_grayscale_image_for_a_colour_model_gets_a_note(cnn, folder_run, tmp_path):
+    folder, _ = folder_run
+    run = tmp_path / "rgb"
+    result = cnn("train", ROOT / "configs" / "folder-example.yaml", "--set", f"data.path={folder}",
+                 "--set", "data.channels=3", "--epochs", 1, "--run-dir", run, "-q")
+    assert result.exit_code == 0, result.output
+    grey = sorted((folder / "test" / "7").glob("*.png"))[:3]
+    result = cnn("predict", run / "best.npz", *grey)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("Note: 3 grayscale image(s) were converted to RGB for the colour "
+                               "model") == 1
+
+
+def test_top_k_above_the_class_count_says_what_it_shows(cnn, folder_run):
+    folder, run = folder_run
+    one = sorted((folder / "test" / "7").glob("*.png"))[0]
+    result = cnn("predict", run / "best.npz", one, "-k", 12, "--json")
+    assert result.exit_code == 0, result.output
+    assert "Note: the model has 10 classes, so --top-k 12 shows 10" in result.stderr
+    assert len(json.loads(result.stdout)[0]["top"]) == 10
+    assert cnn("predict", run / "best.npz", one, "-k", 10).stderr == ""
 
 
 @pytest.mark.parametrize("make, phrase", [

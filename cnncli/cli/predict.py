@@ -108,7 +108,7 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
         else:
             result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
                             keep_images=PLOT_LIMIT if plot else 0)
-    rows, skipped, resized, kept = result
+    rows, skipped, resized, kept, converted = result
     if skipped and not rows:
         from cnncli.errors import DataError
 
@@ -126,6 +126,14 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
     if resized:
         h, w = spec.shape[1:]
         note(f"Note: {resized} image(s) were resized to the model's {h}x{w}")
+    if converted:
+        note(f"Note: {converted} " + ("colour image(s) were converted to grayscale for the "
+                                      "grayscale model" if spec.shape[0] == 1 else
+                                      "grayscale image(s) were converted to RGB for the colour "
+                                      "model"))
+    if k > len(spec.class_names):
+        note(f"Note: the model has {len(spec.class_names)} classes, so --top-k {k} shows "
+             f"{len(spec.class_names)}")
     if inputs.ignored:
         note(f"Note: {inputs.ignored} file(s) in the given folders are not images and were ignored")
     if csv_out is not None:
