@@ -31,9 +31,23 @@ def set_option(example: str, what: str = "config key", metavar: str | None = "KE
 
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download datasets.")]
 StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
+    "--storage", metavar="URL", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
                       f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
     show_default=False)]
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an output file that exists.")]
+
+
+def refuse_existing(force: bool, *outputs: tuple[str, Optional[Path]]) -> None:
+    """The one overwrite rule of every command that writes a file it is given (-o, --csv,
+    --plot, --preview): an existing file is replaced only with --force; without it, one line
+    naming the file and the option, exit 1. ``outputs``: (option, path or None) pairs. Folders
+    (--run-dir, --sweep-dir, data export -o) are never replaced."""
+    for option, path in outputs:
+        if path is not None and not path.is_dir() and (path.exists() or path.is_symlink()) \
+                and not force:
+            fail(escape(f"{path}: exists; give --force to replace it, or another {option}"))
 
 
 class PlainArgument(TyperArgument):

@@ -70,7 +70,7 @@ def gradcheck(
     config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
     batch: Annotated[int, typer.Option("--batch", min=1, metavar="INTEGER", help="Samples in the checked batch (drawn at random from the training split).")] = 4,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, metavar="INTEGER", help="Override the config's seed: another batch, initialisation and jitter.", show_default=False)] = None,
-    impl: Annotated[str, typer.Option("--impl", metavar="NAME", help="Conv implementation: fast or reference.")] = "fast",
+    impl: Annotated[str, typer.Option("--impl", metavar="fast|reference", help="Conv implementation.")] = "fast",
     max_entries: Annotated[int, typer.Option("--max-entries", min=1, metavar="INTEGER", help="Entries compared per array (sampled).")] = 200,
     sets: SetDataOpt = None,
     offline: OfflineOpt = False,

@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail
+from cnncli.cli.app import ForceOpt, app, cli_errors, console, escape, fail, refuse_existing
 
 PLOT_LIMIT = 64  # images drawn by --plot
 MISSING_OPTIONS = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
@@ -51,6 +51,7 @@ def predict(
         "--input-scale", metavar="S", help="The factor from stored values to network inputs; "
                                            "replaces the checkpoint's.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
+    force: ForceOpt = False,
 ):
     """Predict the class of images with a trained model.
 
@@ -70,6 +71,7 @@ def predict(
         fail(f"--channels must be 1 or 3, got {channels}", code=2)
     if size is not None and min(size) < 1:
         fail(f"--size must be two integers >= 1 (H W), got {size[0]} {size[1]}", code=2)
+    refuse_existing(force, ("--csv", csv_out), ("--plot", plot))
     with cli_errors():
         _predict(checkpoint, paths, top, as_json, csv_out, plot, batch_size, skip_bad, size,
                  channels, pixel_max, input_scale, quiet)

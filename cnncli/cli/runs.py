@@ -13,7 +13,7 @@ from cnncli.cli.app import app, cli_errors, console, escape, fail, pct
 @app.command("runs")
 def runs(
     folder: Annotated[Path, typer.Argument(help="The folder to look in.")] = Path("runs"),
-    sort: Annotated[str, typer.Option("--sort", help="Sort by name, dataset, epochs, best, final, time or state.")] = "name",
+    sort: Annotated[str, typer.Option("--sort", metavar="name|dataset|epochs|best|final|time|state", help="The column to sort by.")] = "name",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """List the run directories below FOLDER (sweep trials included) with their state.

@@ -26,9 +26,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the fi
 def run(
     sweep_file: Annotated[Path, typer.Argument(help="The sweep YAML file.", show_default=False)],
     workers: WorkersOpt = 1,
-    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", help="Where to write the sweep (default: runs/<sweep>-<time>); an existing sweep directory of the same sweep is joined.", show_default=False)] = None,
+    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", metavar="DIR", help="Where to write the sweep (default: runs/<sweep>-<time>); an existing sweep directory of the same sweep is joined.", show_default=False)] = None,
     storage: StorageOpt = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="The study's name in the storage (default: the sweep file's name).", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="The study's name in the storage (default: the sweep file's name).", show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Override the sweep file's trial count.", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
@@ -125,7 +125,7 @@ def resume_command(path: Path, spec: dict, workers: int, storage: str | None) ->
 def show(
     sweep_dir: Annotated[Optional[Path], typer.Argument(help="The sweep directory.", show_default=False)] = None,
     storage: StorageOpt = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="The study's name (with --storage).", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="The study's name (with --storage).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Show a sweep's trials and its best one, from its storage.

@@ -37,7 +37,7 @@ def epoch_line(row: dict, epochs: int) -> str:
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue the run in this directory from its last.npz.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="DIR", help="Continue the run in this directory from its last.npz.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", metavar="DIR", help="Where to write the run (default: runs/<config>-<time>).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", metavar="INTEGER", help="Override training.epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", metavar="FLOAT", help="Override training.learning_rate.")] = None,
@@ -46,7 +46,7 @@ def train(
     sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
     offline: OfflineOpt = False,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="FILE", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
 ):
     """Train a network from a YAML config and write a run directory.
 
@@ -79,7 +79,7 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
     from cnncli.run import RunDir, RunDirUsed, default_run_dir, resume_config
 
     if resume is None and config is None:
-        fail("give a CONFIG file to train, or --resume RUN_DIR to continue a run", code=2)
+        fail("give a CONFIG file to train, or --resume DIR to continue a run", code=2)
     if resume is not None and run_dir is not None:
         fail("--run-dir and --resume exclude each other (--resume names the run directory)", code=2)
 
