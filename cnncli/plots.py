@@ -84,7 +84,7 @@ def plot_run_curves(run_path, name: str, force: bool = False) -> Path | None:
     out = run_path / CURVES_NAME
     try:
         st = os.stat(metrics)
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_size, name)  # a new title (pruned) draws again
     except OSError:
         stamp = None
     if stamp is not None and stamp == state.stamp and out.exists():
@@ -293,9 +293,33 @@ def percent_decimals(ticks) -> int:
 
 
 def run_labels(paths: list[Path]) -> list[str]:
-    """Legend labels: each run directory's name, or the path as given where names collide."""
-    names = [Path(p).resolve().name or str(p) for p in paths]
+    """Legend labels: each run directory's name (``<sweep> trial <n>`` for a sweep's trial), or
+    the path as given where names collide."""
+    names = [_run_name(Path(p)) for p in paths]
     return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
+
+
+def _run_name(path: Path) -> str:
+    path = path.resolve()
+    if path.parent.name == "trials" and (path.parent.parent / "sweep.yaml").is_file():
+        return f"{path.parent.parent.name} trial {path.name}"
+    return path.name or str(path)
+
+
+def pruned_after(run_dir: Path) -> int | None:
+    """The epoch after which a sweep's pruner stopped this run (its train.log says so), else
+    None."""
+    try:
+        with open(Path(run_dir) / "train.log", "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.strip().startswith("Pruned after epoch "):
+            digits = line.strip().removeprefix("Pruned after epoch ").split()[0]
+            return int(digits) if digits.isdigit() else None
+    return None
 
 
 def plot_runs(out, run_dirs: list[Path]) -> Path:
@@ -315,6 +339,9 @@ def plot_runs(out, run_dirs: list[Path]) -> Path:
     labels = run_labels(run_dirs)
     if len(labels) == 1:
         title = f"{labels[0]}: {_epochs(len(rows[0]))}"
+        pruned = pruned_after(run_dirs[0])
+        if pruned is not None:
+            title += f" (pruned after epoch {pruned})"
     else:
         title = f"{len(labels)} runs"
     fig = curves_figure(list(zip(rows, labels)), title)

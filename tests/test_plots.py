@@ -392,7 +392,7 @@ def test_a_log_axis_of_sweep_png_is_labelled_by_plain_numbers(monkeypatch, tmp_p
 
     sweep = load_sweep(ROOT / "configs" / "sweeps" / "shapes-lr.yaml")
     rng = random.Random(0)
-    rows = [{"number": i, "state": "COMPLETE", "value": rng.uniform(0.5, 1),
+    rows = [{"number": i, "state": "finished", "value": rng.uniform(0.5, 1),
              "training.learning_rate": 10 ** rng.uniform(-2, 0),
              "training.batch_size": rng.choice([8, 16, 32]), "network.2.out_features": 8}
             for i in range(12)]

@@ -123,3 +123,11 @@ def test_hidden_folders_are_not_listed(cnn, tmp_path):
     (tmp_path / "mine").mkdir()
     rows = json.loads(cnn("runs", tmp_path, "--json").output)
     assert [r["name"] for r in rows] == ["mine"]
+
+
+def test_names_sort_as_numbers(cnn, folder, tmp_path):
+    for name in ("run-10", "run-2", "run-1", "run-11"):
+        shutil.copytree(folder / "finished", tmp_path / "many" / name)
+    result = cnn("runs", tmp_path / "many", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in json.loads(result.output)] == ["run-1", "run-2", "run-10", "run-11"]

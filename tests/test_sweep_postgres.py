@@ -106,7 +106,7 @@ def test_two_machines_share_one_study_in_postgres(cnn, tmp_path, database, postg
     trials = json.loads(shown.output)["trials"]
     numbers = [t["number"] for t in trials]
     assert numbers == list(range(len(numbers)))  # distinct, none lost
-    done = sum(t["state"] == "COMPLETE" for t in trials)
+    done = sum(t["state"] == "finished" for t in trials)
     # the machines' workers sample with different seeds: no learning rate drawn twice
     assert len({t["training.learning_rate"] for t in trials}) == len(trials)
     assert 6 <= done <= 6 + 2 * 2  # at most one extra per worker across machines

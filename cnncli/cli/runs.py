@@ -18,8 +18,8 @@ def runs(
 ):
     """List the run directories below FOLDER (sweep trials included) with their state.
 
-    States: finished, pruned, running (its lock is held), failed, interrupted, empty, damaged,
-    foreign.
+    States: finished, pruned, running (its lock is held), failed, retried (a sweep trial run
+    again as another trial), interrupted, empty, damaged, foreign.
 
     Examples:
 

@@ -183,7 +183,7 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool, storage: str | 
 
     def print_finished(trials):
         for r in trial_rows(trials, spec):
-            if r["state"] != "RUNNING" and r["number"] not in printed:
+            if r["state"] != "running" and r["number"] not in printed:
                 printed.add(r["number"])
                 out.print(trial_line(r, spec), markup=False, soft_wrap=True)
 
@@ -214,7 +214,9 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool, storage: str | 
 
 
 def _done(rows) -> int:
-    return sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
+    from cnncli.sweep.report import DONE
+
+    return sum(r["state"] in DONE for r in rows)
 
 
 def _params(r, spec) -> str:
@@ -232,13 +234,13 @@ def trial_line(r: dict, spec: dict) -> str:
         if r["value"] is not None else "no value"
     secs = f"  {r['seconds']:.1f}s" if r["seconds"] is not None else ""
     note = f"  {r['note']}" if r["note"] else ""
-    return f"trial {r['number']:>3} {r['state'].lower():<8} {value}  {_params(r, spec)}{secs}{note}"
+    return f"trial {r['number']:>3} {r['state']:<8} {value}  {_params(r, spec)}{secs}{note}"
 
 
 def summary_line(rows, spec, best, path=None) -> str:
     from collections import Counter
 
-    states = Counter(r["state"].lower() for r in rows)
+    states = Counter(r["state"] for r in rows)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     text = f"Sweep {spec['name']}: {len(rows)} trials ({counts or 'none yet'})"
     if best is None:
@@ -265,7 +267,7 @@ def trials_table(rows, spec, last: int | None = None):
     table.add_column("note")
     shown = rows[-last:] if last else rows
     for r in shown:
-        table.add_row(str(r["number"]), r["state"].lower(), *[_fmt(r[k]) for k in spec["space"]],
+        table.add_row(str(r["number"]), r["state"], *[_fmt(r[k]) for k in spec["space"]],
                       f"{r['value']:.4f}" if r["value"] is not None else "",
                       str(r["best_epoch"] or ""),
                       f"{r['seconds']:.1f}" if r["seconds"] is not None else "",

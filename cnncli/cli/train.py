@@ -110,7 +110,9 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
                           f"--run-dir, or continue that run with: cnn train --resume "
                           f"{exc.path}") from None
     try:
-        _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet, trainer=trainer)
+        from cnncli.run import config_name
+
+        _fit(cfg, run, config_name=config_name(config), resume=False, quiet=quiet, trainer=trainer)
     finally:
         run.close()
 
