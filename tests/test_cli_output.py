@@ -56,3 +56,28 @@ def test_sparkline_fits_the_terminal_width():
     short = accuracy_line(accs[:10], 80)
     assert len(short.split()[0]) == 10  # one mark per epoch when it fits
     assert len(accuracy_line(accs, None).split()[0]) == 500  # a pipe gets every epoch
+
+
+def test_table_titles_are_lines_of_their_own_at_80_columns(cnn, tmp_path):
+    """A table's title is printed above it, wrapped between words at the terminal's width (not
+    squeezed into a narrow table's width, mid-phrase), and headers are whole."""
+    from helpers import assert_fits, table_headers
+    from conftest import ROOT
+
+    out = tmp_path / "shapes.npz"  # a title longer than 80 characters, a path shorter
+    assert len(str(out)) < 80 < len(f"{out}: 335 train, 165 test samples")
+    shapes = cnn("generate-shapes", "-o", out, env={"COLUMNS": "80"})
+    summary = cnn("summary", ROOT / "configs" / "shapes.yaml", env={"COLUMNS": "80"})
+    export = cnn("data", "export", "shapes", "-o", tmp_path / "folder", "--limit", 5,
+                 env={"COLUMNS": "80"})
+    for result, title, headers in [
+            (shapes, f"{out}: 335 train, 165 test samples", ["class", "label", "train", "test"]),
+            (summary, f"{ROOT / 'configs' / 'shapes.yaml'} (shapes data, input 1x3x3)",
+             ["#", "type", "output shape", "params", "buffers"]),
+            (export, f"{tmp_path / 'folder'}: 5 train, 5 test PNGs of 1x3x3",
+             ["class folder", "train", "test"])]:
+        assert result.exit_code == 0, result.output
+        assert_fits(result.output.split("Train on it with")[0])  # that line: a command to copy
+        lines = result.output.split("┏")[0].splitlines()
+        assert " ".join(line.strip() for line in lines) == title, lines  # broken between words
+        assert table_headers(result.output) == headers

@@ -113,6 +113,18 @@ def test_top_k_csv_and_table(cnn, folder_run, tmp_path):
     assert [t["class"] for t in table] == [r["class"] for r in rows]
     shown = cnn("predict", str(run / "best.npz"), str(files[0]), "-k", "3", env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and files[0].name in shown.stdout and "#3" in shown.stdout
+    # at 80 columns with -k 5 every header is whole and nothing is cut; a long path breaks
+    # after a separator
+    from helpers import assert_fits, table_headers
+
+    narrow = cnn("predict", str(run / "best.npz"), *map(str, files), "-k", "5", env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert_fits(narrow.stdout)
+    assert table_headers(narrow.stdout) == ["path", "prediction", "score", "#2", "#3", "#4", "#5"]
+    assert narrow.stdout.splitlines()[0] == "4 prediction(s)"
+    paths = [line.split("┃" if "┃" in line else "│")[1].strip()
+             for line in narrow.stdout.splitlines() if line.startswith("│")]
+    assert "".join(paths) == "".join(map(str, files))  # every path whole, read top to bottom
 
 
 def test_csv_in_a_missing_folder_names_the_file(cnn, digits_run, tmp_path):

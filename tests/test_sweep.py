@@ -253,6 +253,17 @@ def test_sweep_show_lists_the_trials(cnn, six_trials):
     assert shown["best"]["value"] == max(float(r["value"]) for r in read_csv(out / "trials.csv"))
     table = cnn("sweep", "show", out)
     assert table.exit_code == 0 and "6 of 6 trials done" in table.output
+    # at 80 columns: every header whole (split only after a _), the same names as the keys'
+    # last parts, no empty note column, nothing cut
+    from helpers import assert_fits, table_headers
+
+    narrow = cnn("sweep", "show", out, env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0
+    table_part = narrow.output.split("\nSweep s: ")[0]
+    assert_fits(table_part)
+    assert table_headers(narrow.output) == ["#", "state", "learning_rate", "batch_size",
+                                            "out_features", "test_accuracy", "epoch", "seconds"]
+    assert narrow.output.splitlines()[0] == "s: 6 of 6 trials done"
 
 
 def test_optuna_dashboard_reads_the_study(six_trials, tmp_path):

@@ -276,5 +276,61 @@ def _is_yaml_config(path: Path) -> bool:
         return False
 
 
+_HEADER_BREAKS = "_.- "
+
+
+def fit_table(table, out):
+    """``table`` as ``out`` (a Console) should print it at its width: the title as a line of its
+    own above it (wrapped between words at the console's width, not squeezed into the table's),
+    and headers never cut: while the table is wider than the console, the longest header is
+    split in two lines after a ``_``, ``.``, ``-`` or space (``learning_`` / ``rate``), and every
+    column is at least as wide as its header's longest line. Cells wrap as Rich wraps them."""
+    from rich.console import Group
+    from rich.measure import Measurement
+
+    title, table.title = table.title, None
+
+    def lines(header) -> list[str]:
+        return str(header).split("\n") if isinstance(header, str) else []
+
+    def width() -> int:
+        return Measurement.get(out, out.options.update(width=10**4), table).maximum
+
+    while width() > out.width:
+        splittable = [(len(line), i, j) for i, col in enumerate(table.columns)
+                      for j, line in enumerate(lines(col.header))
+                      if any(c in line[1:-1] for c in _HEADER_BREAKS)]
+        if not splittable:
+            break
+        _, i, j = max(splittable)
+        parts = lines(table.columns[i].header)
+        line = parts[j]
+        cuts = [k + 1 for k, c in enumerate(line[:-1]) if c in _HEADER_BREAKS and k > 0]
+        cut = min(cuts, key=lambda k: abs(len(line) - 2 * k))
+        parts[j:j + 1] = [line[:cut].rstrip(), line[cut:]]
+        table.columns[i].header = "\n".join(parts)
+    for col in table.columns:
+        longest = max((len(line) for line in lines(col.header)), default=0)
+        col.min_width = max(col.min_width or 0, longest)
+    if title is None:
+        return table
+    return Group(out.render_str(title) if isinstance(title, str) else title, table)
+
+
+def wrap_at_separators(name: str, width: int) -> str:
+    """``name`` in lines of at most ``width``, broken after a ``/``, ``-`` or ``_`` where it
+    can be (a part longer than a line is cut as Rich folds it)."""
+    import re
+
+    lines, line = [], ""
+    for part in re.findall(r"[^/_-]*[/_-]?", name):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "\n".join(ln for ln in lines if ln)
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"

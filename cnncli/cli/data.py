@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from cnncli.cli.app import (HELP_OPTIONS, ForceOpt, OfflineOpt, app, cli_errors, console, escape,
-                            fail, refuse_existing, set_option)
+                            fail, fit_table, refuse_existing, set_option)
 from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
 
 SetAugmentOpt = set_option("data.augment.flip=horizontal")
@@ -107,7 +107,8 @@ def generate_shapes(
         table.add_column("test", justify="right")
         for i, name in enumerate(ds.class_names):
             table.add_row(name, str(i), str(int((ds.y_train == i).sum())), str(int((ds.y_test == i).sum())))
-        console().print(table)
+        out_console = console()
+        out_console.print(fit_table(table, out_console))
         if preview is not None:
             console().print(f"Wrote {written}", markup=False, soft_wrap=True)
 
@@ -152,7 +153,8 @@ def export(
             table.add_column(col, justify="left" if col == "class folder" else "right")
         for i, name in enumerate(ds.class_names):
             table.add_row(escape(name), str(counts["train"][i]), str(counts["test"][i]))
-        console().print(table)
+        out_console = console()
+        out_console.print(fit_table(table, out_console))
         console().print(f"Train on it with data: {{name: folder, path: {escape(str(out))}}}",
                         soft_wrap=True)
 

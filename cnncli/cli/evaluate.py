@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from cnncli.cli.app import (ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
-                            load_checkpoint_network, pct, refuse_existing)
+                            fit_table, load_checkpoint_network, pct, refuse_existing)
 
 @app.command("eval")
 def eval_(
@@ -92,11 +92,11 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
     per.add_column("accuracy", justify="right")
     for name, total, acc in zip(ds.class_names, totals, per_class):
         per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc))
-    out.print(per)
+    out.print(fit_table(per, out))
     conf = Table(title="Confusion matrix (rows: true, columns: predicted)")
     conf.add_column("true \\ pred")
     for name in ds.class_names:
         conf.add_column(escape(name), justify="right")
     for name, row in zip(ds.class_names, cm):
         conf.add_row(escape(name), *[str(int(v)) for v in row])
-    out.print(conf)
+    out.print(fit_table(conf, out))

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, set_option
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, fit_table, set_option
 
 SetLayerOpt = set_option("network.0.out_channels=8")
 SetDataOpt = set_option("data.path=DIR")
@@ -56,7 +56,7 @@ def summary(
                           f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
         table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
-        console().print(table)
+        console().print(fit_table(table, console()))
         console().print(f"{net.num_params():,} trainable parameters; {net.num_buffers():,} buffer "
                         "values (saved, not trained)", markup=False)
         if frozen:
@@ -116,7 +116,7 @@ def gradcheck(
             error = "-" if r.unchecked else f"{r.max_rel_error:.2e}"
             result = "pass" if r.passed else ("unchecked" if r.unchecked else "FAIL")
             table.add_row(where, what, str(r.checked), str(r.skipped), error, result)
-        console().print(table)
+        console().print(fit_table(table, console()))
 
         def names(rows):
             return ", ".join(f"layer {r.layer} ({r.type}) {r.name}" if r.layer >= 0 else r.name

@@ -161,14 +161,22 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
 def _table(rows, k):
     from rich.table import Table
 
+    from cnncli.cli.app import fit_table, wrap_at_separators
+
+    out = console()
     table = Table(title=f"{len(rows)} prediction(s)")
     table.add_column("path", overflow="fold")
-    table.add_column("prediction")
-    table.add_column("score", justify="right")
+    table.add_column("prediction", overflow="fold")
+    table.add_column("score", justify="right", no_wrap=True)
     extra = min(k, max((len(r["top"]) for r in rows), default=1)) - 1
     for i in range(extra):
-        table.add_column("runner-up" if extra == 1 else f"#{i + 2}")
-    for r in rows:
-        table.add_row(escape(r["path"]), escape(r["class"]), f"{100 * r['score']:.2f}%",
-                      *[escape(f"{t['class']} {100 * t['score']:.2f}%") for t in r["top"][1:]])
-    console().print(table)
+        table.add_column("runner-up" if extra == 1 else f"#{i + 2}", overflow="fold")
+    cells = [[r["path"], r["class"], f"{100 * r['score']:.2f}%",
+              *[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:extra + 1]]]
+             for r in rows]
+    others = sum(max(len(str(col.header)), *(len(c[i]) for c in cells))
+                 for i, col in enumerate(table.columns) if i > 0) if cells else 0
+    room = max(len("path"), out.width - others - (3 * len(table.columns) + 1))
+    for c in cells:  # a long path breaks after a / - or _, not anywhere
+        table.add_row(escape(wrap_at_separators(c[0], room)), *map(escape, c[1:]))
+    out.print(fit_table(table, out))

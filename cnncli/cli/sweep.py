@@ -160,7 +160,7 @@ def show(
                               "trials": rows, "best": best}, indent=2))
             return
         out = console()
-        out.print(trials_table(rows, spec))
+        out.print(trials_table(rows, spec, out=out))
         out.print(summary_line(rows, spec, best), markup=False, soft_wrap=True)
 
 
@@ -195,7 +195,7 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool, storage: str | 
             with Live(console=out, refresh_per_second=4, transient=False) as live:
                 result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
                                      on_update=lambda t: live.update(
-                                         trials_table(trial_rows(t, spec), spec, last=20)))
+                                         trials_table(trial_rows(t, spec), spec, last=20, out=out)))
         else:
             result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
                                  on_update=None if quiet else print_finished)
@@ -252,24 +252,48 @@ def summary_line(rows, spec, best, path=None) -> str:
     return text
 
 
-def trials_table(rows, spec, last: int | None = None):
-    from rich.table import Table
+def column_names(keys) -> dict:
+    """Each space key's column header: its last part (``learning_rate`` for
+    training.learning_rate, ``out_features`` for network.2.out_features), with as many parts
+    before it as tell two keys apart (``0.out_features``, ``2.out_features``)."""
+    names = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(".".join(o.split(".")[-n:]) == tail for o in keys) == 1:
+                break
+        names[k] = tail
+    return names
 
+
+def trials_table(rows, spec, last: int | None = None, out=None):
+    """The trials as a table (headers: # state <parameters> <metric> epoch seconds; a column
+    nobody has a value in is left out), each note on a line of its own below it; fitted to
+    ``out``'s width (see fit_table)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from cnncli.cli.app import fit_table
+
+    out = out or console()
+    shown = rows[-last:] if last else rows
+    names = column_names(list(spec["space"]))
+    columns = [("#", lambda r: str(r["number"])), ("state", lambda r: r["state"])]
+    columns += [(names[k], lambda r, k=k: escape(_fmt(r[k]))) for k in spec["space"]]
+    columns += [(spec["metric"], lambda r: f"{r['value']:.4f}" if r["value"] is not None else ""),
+                ("epoch", lambda r: str(r["best_epoch"] or "")),
+                ("seconds", lambda r: f"{r['seconds']:.1f}" if r["seconds"] is not None else "")]
+    cells = [[get(r) for _, get in columns] for r in shown]
+    keep = [i for i, (name, _) in enumerate(columns)
+            if i < 2 or not shown or any(row[i] for row in cells)]
     table = Table(title=f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done",
                   title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("state")
-    for k in spec["space"]:
-        table.add_column(k.split(".")[-1] if len(k) > 20 else k, justify="right")
-    table.add_column(spec["metric"], justify="right")
-    table.add_column("epoch", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("note")
-    shown = rows[-last:] if last else rows
-    for r in shown:
-        table.add_row(str(r["number"]), r["state"], *[_fmt(r[k]) for k in spec["space"]],
-                      f"{r['value']:.4f}" if r["value"] is not None else "",
-                      str(r["best_epoch"] or ""),
-                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
-                      escape(r["note"] or "")[:60])
-    return table
+    for i in keep:
+        table.add_column(columns[i][0], justify="left" if i == 1 else "right", no_wrap=i < 2)
+    for row in cells:
+        table.add_row(*[row[i] for i in keep])
+    notes = [Text(f"trial {r['number']}: {r['note']}") for r in shown
+             if r["note"] and r["state"] != "running"]
+    return Group(fit_table(table, out), *notes)
