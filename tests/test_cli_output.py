@@ -81,3 +81,44 @@ def test_table_titles_are_lines_of_their_own_at_80_columns(cnn, tmp_path):
         lines = result.output.split("┏")[0].splitlines()
         assert " ".join(line.strip() for line in lines) == title, lines  # broken between words
         assert table_headers(result.output) == headers
+
+
+def test_the_epoch_line_is_on_screen_before_the_epoch_is_saved_and_drawn(cnn, monkeypatch, tmp_path):
+    """On a terminal the bar of an epoch vanishes when it ends (transient): its epoch line must be
+    printed and flushed at once, not after the checkpoint is written and the curves drawn (the
+    first draw imports matplotlib; in tmux the pane stayed blank for seconds)."""
+    from rich.console import Console
+
+    import cnncli.cli.train as cli_train
+    import cnncli.fit as fit
+
+    class Screen(io.StringIO):
+        shown = ""  # what a terminal shows: the text as of the last flush
+
+        def flush(self):
+            self.shown = self.getvalue()
+
+    screen = Screen()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    monkeypatch.setattr(cli_train, "console", lambda stderr=False, **kw:
+                        terminal if not stderr else Console(stderr=True, **kw))
+    seen = []
+    real_plot, real_save = fit.plot_run_curves, fit.RunDir.save_epoch
+
+    def save_epoch(self, trainer, *a, **kw):
+        seen.append(("save", trainer.epoch, screen.shown))
+        return real_save(self, trainer, *a, **kw)
+
+    def plot(path, name, *a, **kw):
+        seen.append(("plot", None, screen.shown))
+        return real_plot(path, name, *a, **kw)
+
+    monkeypatch.setattr(fit, "plot_run_curves", plot)
+    monkeypatch.setattr(fit.RunDir, "save_epoch", save_epoch)
+    result = cnn("train", SHAPES, "--epochs", 2, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    saves = [(epoch, shown) for what, epoch, shown in seen if what == "save"]
+    assert [epoch for epoch, _ in saves] == [1, 2]
+    for epoch, shown in saves:
+        assert f"epoch {epoch}/2  train loss" in shown, shown[-500:]
+    assert " 0/21" in screen.getvalue()  # the bar was shown too (a terminal)

@@ -130,6 +130,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
         run.log(text)
         if not quiet or always:
             out.print(text, markup=False, highlight=False, soft_wrap=True)
+            out.file.flush()  # on screen now, not at the next write (a terminal in tmux)
 
     if resume:
         try:
@@ -173,7 +174,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
     try:
         train_epochs(trainer, run, config_name,
                      run_epoch=lambda t: _run_epoch(t, out, interactive),
-                     on_epoch=lambda row: say(epoch_line(row, trainer.epochs)))
+                     on_trained=lambda row: say(epoch_line(row, trainer.epochs)))
     except Interrupted:
         if trainer.epoch:
             msg = (f"Interrupted: epoch {trainer.epoch} is saved in {run.path / 'last.npz'}. "
