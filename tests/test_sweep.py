@@ -367,12 +367,6 @@ def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(cnn, tmp_path)
     assert cnn("train", out / "best.yaml", "--run-dir", again, "-q").exit_code == 0
     best = max(rows, key=lambda r: (float(r["value"]), -int(r["number"])))
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    # named after its sweep, not "best"
-    from cnncli.run import default_run_dir
-
-    assert default_run_dir(out / "best.yaml", root=tmp_path).name.startswith("s-best-")
-    shown = cnn("train", out / "best.yaml", "--run-dir", tmp_path / "named", "--epochs", 1)
-    assert shown.exit_code == 0 and "Training s-best: " in shown.output, shown.output
     assert drop(metrics(again)) == drop(metrics(out / best["run_dir"]))
 
 

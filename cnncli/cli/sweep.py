@@ -87,13 +87,16 @@ def resume(
 
 
 def _already_complete(sweep_dir: Path, spec: dict, url) -> bool:
-    """Say so, as cnn train --resume does, when the sweep has all its trials; True then."""
+    """Say so, as cnn train --resume does, when the sweep has all its trials; True then (its
+    reports written again: a kill may have come between a trial's end and its reports)."""
     from cnncli.sweep.driver import open_sweep_study
-    from cnncli.sweep.report import best_row, trial_rows
+    from cnncli.sweep.report import best_row, trial_rows, write_reports
 
-    rows = trial_rows(open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False), spec)
+    trials = open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False)
+    rows = trial_rows(trials, spec)
     if _done(rows) < spec["trials"]:
         return False
+    write_reports(Path(sweep_dir), trials, spec, plot=True)
     out = console()
     out.print(f"{sweep_dir} is already complete: all {spec['trials']} trials are done. To run "
               f"more, resume with a higher count: cnn sweep resume {sweep_dir} --trials "
