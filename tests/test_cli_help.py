@@ -131,11 +131,16 @@ def test_one_overwrite_rule_for_every_output_file(cnn, finished_run, tmp_path):
         opt = next(o for o in opts if o.startswith("--"))
         target = tmp_path / f"{'-'.join(path)}{opt}.{'csv' if opt == '--csv' else 'npz' if path == ('generate-shapes',) and opt == '--out' else 'onnx' if path == ('export',) else 'png'}"
         target.write_bytes(b"kept")
+        if path == ("generate-shapes",) and opt != "--out":  # not the default ./shapes.npz
+            (tmp_path / "other.npz").unlink(missing_ok=True)
+            args[path] = ["-o", tmp_path / "other.npz"]
         result = cnn(*path, *args[path], opt, target)
         assert result.exit_code == 1, (path, opt, result.output)
         assert result.stderr.strip() == (f"Error: {target}: exists; give --force to replace it, "
                                          f"or another {opt}"), (path, result.stderr)
         assert target.read_bytes() == b"kept"
+        if path == ("generate-shapes",):
+            (tmp_path / "other.npz").unlink(missing_ok=True)
         result = cnn(*path, *args[path], opt, target, "--force")
         assert result.exit_code == 0, (path, opt, result.output)
         assert target.read_bytes() != b"kept", (path, opt)
