@@ -125,6 +125,12 @@ def test_top_k_csv_and_table(cnn, folder_run, tmp_path):
     paths = [line.split("┃" if "┃" in line else "│")[1].strip()
              for line in narrow.stdout.splitlines() if line.startswith("│")]
     assert "".join(paths) == "".join(map(str, files))  # every path whole, read top to bottom
+    # -k 10 does not fit 80 columns as a column each: the runners-up share one, wrapped
+    ten = cnn("predict", str(run / "best.npz"), str(files[0]), "-k", "10", env={"COLUMNS": "80"})
+    assert ten.exit_code == 0, ten.output
+    assert_fits(ten.stdout)
+    assert table_headers(ten.stdout) == ["path", "prediction", "score", "runners-up"]
+    assert ten.stdout.count("%,") == 8  # the 9 runners-up, comma-separated
 
 
 def test_csv_in_a_missing_folder_names_the_file(cnn, digits_run, tmp_path):

@@ -282,9 +282,9 @@ _HEADER_BREAKS = "_.- "
 def fit_table(table, out):
     """``table`` as ``out`` (a Console) should print it at its width: the title as a line of its
     own above it (wrapped between words at the console's width, not squeezed into the table's),
-    and headers never cut: while the table is wider than the console, the longest header is
+    and headers never cut: while the table cannot fit the console, the longest header is
     split in two lines after a ``_``, ``.``, ``-`` or space (``learning_`` / ``rate``), and every
-    column is at least as wide as its header's longest line. Cells wrap as Rich wraps them."""
+    column is at least as wide as its header's longest word. Cells wrap as Rich wraps them."""
     from rich.console import Group
     from rich.measure import Measurement
 
@@ -293,8 +293,8 @@ def fit_table(table, out):
     def lines(header) -> list[str]:
         return str(header).split("\n") if isinstance(header, str) else []
 
-    def width() -> int:
-        return Measurement.get(out, out.options.update(width=10**4), table).maximum
+    def width() -> int:  # the narrowest the table can be with every word whole
+        return Measurement.get(out, out.options.update(width=10**4), table).minimum
 
     while width() > out.width:
         splittable = [(len(line), i, j) for i, col in enumerate(table.columns)
@@ -309,8 +309,9 @@ def fit_table(table, out):
         cut = min(cuts, key=lambda k: abs(len(line) - 2 * k))
         parts[j:j + 1] = [line[:cut].rstrip(), line[cut:]]
         table.columns[i].header = "\n".join(parts)
-    for col in table.columns:
-        longest = max((len(line) for line in lines(col.header)), default=0)
+    for col in table.columns:  # Rich wraps a header between words; a word is never cut
+        longest = max((len(word) for line in lines(col.header) for word in line.split()),
+                      default=0)
         col.min_width = max(col.min_width or 0, longest)
     if title is None:
         return table

@@ -159,6 +159,9 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
 
 
 def _table(rows, k):
+    """One row per image: path, prediction, score and a column per runner-up (#2, #3, ...);
+    when those columns do not fit the terminal beside a path of 10 characters, the runners-up
+    share one column, ``8 13.53%, 7 12.12%, ...``, wrapped between entries."""
     from rich.table import Table
 
     from cnncli.cli.app import fit_table, wrap_at_separators
@@ -169,14 +172,20 @@ def _table(rows, k):
     table.add_column("prediction", overflow="fold")
     table.add_column("score", justify="right", no_wrap=True)
     extra = min(k, max((len(r["top"]) for r in rows), default=1)) - 1
-    for i in range(extra):
-        table.add_column("runner-up" if extra == 1 else f"#{i + 2}", overflow="fold")
-    cells = [[r["path"], r["class"], f"{100 * r['score']:.2f}%",
-              *[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:extra + 1]]]
-             for r in rows]
-    others = sum(max(len(str(col.header)), *(len(c[i]) for c in cells))
-                 for i, col in enumerate(table.columns) if i > 0) if cells else 0
-    room = max(len("path"), out.width - others - (3 * len(table.columns) + 1))
+    runners = [[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:extra + 1]] for r in rows]
+    cells = [[r["path"], r["class"], f"{100 * r['score']:.2f}%", *others]
+             for r, others in zip(rows, runners)]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(["path", "prediction", "score"] + ["#10"] * extra)]
+    if extra > 1 and 10 + sum(widths[1:]) + 3 * len(widths) + 1 > out.width:
+        table.add_column("runners-up", overflow="fold")
+        cells = [c[:3] + [", ".join(others)] for c, others in zip(cells, runners)]
+        widths = widths[:3] + [len("8 99.99%,") * 2]
+    else:
+        for i in range(extra):
+            table.add_column("runner-up" if extra == 1 else f"#{i + 2}", overflow="fold")
+    room = max(len("path"), out.width - sum(widths[1:]) - (3 * len(widths) + 1))
+    table.columns[0].width = min(room, max((len(c[0]) for c in cells), default=4))
     for c in cells:  # a long path breaks after a / - or _, not anywhere
         table.add_row(escape(wrap_at_separators(c[0], room)), *map(escape, c[1:]))
     out.print(fit_table(table, out))
