@@ -10,11 +10,13 @@ from cnncli.run import RunDir, run_meta
 
 
 def train_epochs(trainer, run: RunDir, config_name: str, run_epoch=None, on_epoch=None,
-                 cfg: dict | None = None) -> None:
+                 cfg: dict | None = None, on_trained=None) -> None:
     """Train until the planned epoch count (or early stopping), saving each epoch through
     ``run.save_epoch`` and refreshing curves.png. The loop ``cnn train`` and every sweep trial run.
 
     ``run_epoch(trainer) -> row`` trains one epoch (default ``trainer.train_epoch()``);
+    ``on_trained(row)`` is called as soon as the epoch is trained, before it is saved and its
+    curves drawn (the first draw imports matplotlib: seconds with nothing on screen else);
     ``on_epoch(row)`` is called after the epoch is saved (an exception there stops training,
     the epoch kept). ``cfg``: the config the checkpoints record (default ``trainer.cfg``).
     Raises what the trainer raises (``Interrupted``, ``TrainingError``).
@@ -24,6 +26,8 @@ def train_epochs(trainer, run: RunDir, config_name: str, run_epoch=None, on_epoc
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         while trainer.epoch < trainer.epochs and not trainer.should_stop_early():
             row = run_epoch(trainer) if run_epoch is not None else trainer.train_epoch()
+            if on_trained is not None:
+                on_trained(row)
             is_best = trainer.best["epoch"] == row["epoch"]
             run.save_epoch(trainer, meta, is_best)
             plot_run_curves(run.path, config_name)

@@ -84,7 +84,7 @@ def plot_run_curves(run_path, name: str, force: bool = False) -> Path | None:
     out = run_path / CURVES_NAME
     try:
         st = os.stat(metrics)
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_size, name)  # a new title (pruned) draws again
     except OSError:
         stamp = None
     if stamp is not None and stamp == state.stamp and out.exists():
@@ -140,10 +140,33 @@ def _literal_text(fig) -> None:
             text.set_text(_drawable(text.get_text()))
     for ax in fig.findobj(Axes):  # subfigures' axes too
         for axis in (ax.xaxis, ax.yaxis):
+            _plain_log_ticks(axis)
             labels = [t.get_text() for t in axis.get_majorticklabels()]
             drawable = [_drawable(t) for t in labels]
             if drawable != labels:  # names as tick labels (a confusion matrix)
                 axis.set_ticks(axis.get_majorticklocs(), drawable)
+
+
+def _plain_log_ticks(axis) -> None:
+    """A log axis labelled by plain numbers (0.01, 0.1, 1), its minor ticks labelled only when it
+    spans at most two decades: its default labels are TeX (``$\\mathdefault{10^{-2}}$``), which
+    _literal_text would show as raw text."""
+    from matplotlib.ticker import FuncFormatter, LogFormatterMathtext
+
+    if axis.get_scale() != "log":
+        return
+
+    def minor(x, pos):  # every minor tick within a decade, 2 and 5 within two
+        lo, hi = sorted(axis.get_view_interval())
+        if lo <= 0 or hi > 100 * lo:
+            return ""
+        lead = round(x / 10 ** math.floor(math.log10(x) + 1e-9))
+        return f"{x:g}" if hi < 10 * lo or lead in (2, 5) else ""
+
+    if isinstance(axis.get_major_formatter(), LogFormatterMathtext):
+        axis.set_major_formatter(FuncFormatter(lambda x, pos: f"{x:g}"))
+    if isinstance(axis.get_minor_formatter(), LogFormatterMathtext):
+        axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def picture_format(path: Path) -> str:
@@ -270,9 +293,33 @@ def percent_decimals(ticks) -> int:
 
 
 def run_labels(paths: list[Path]) -> list[str]:
-    """Legend labels: each run directory's name, or the path as given where names collide."""
-    names = [Path(p).resolve().name or str(p) for p in paths]
+    """Legend labels: each run directory's name (``<sweep> trial <n>`` for a sweep's trial), or
+    the path as given where names collide."""
+    names = [_run_name(Path(p)) for p in paths]
     return [n if names.count(n) == 1 else str(p) for n, p in zip(names, paths)]
+
+
+def _run_name(path: Path) -> str:
+    path = path.resolve()
+    if path.parent.name == "trials" and (path.parent.parent / "sweep.yaml").is_file():
+        return f"{path.parent.parent.name} trial {path.name}"
+    return path.name or str(path)
+
+
+def pruned_after(run_dir: Path) -> int | None:
+    """The epoch after which a sweep's pruner stopped this run (its train.log says so), else
+    None."""
+    try:
+        with open(Path(run_dir) / "train.log", "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.strip().startswith("Pruned after epoch "):
+            digits = line.strip().removeprefix("Pruned after epoch ").split()[0]
+            return int(digits) if digits.isdigit() else None
+    return None
 
 
 def plot_runs(out, run_dirs: list[Path]) -> Path:
@@ -292,6 +339,9 @@ def plot_runs(out, run_dirs: list[Path]) -> Path:
     labels = run_labels(run_dirs)
     if len(labels) == 1:
         title = f"{labels[0]}: {_epochs(len(rows[0]))}"
+        pruned = pruned_after(run_dirs[0])
+        if pruned is not None:
+            title += f" (pruned after epoch {pruned})"
     else:
         title = f"{len(labels)} runs"
     fig = curves_figure(list(zip(rows, labels)), title)

@@ -216,14 +216,22 @@ class Batch:
     scores: np.ndarray
     resized: int = 0
     attempted: int = 0  # items tried, skipped ones included (for a progress bar)
+    converted: int = 0  # colour files made grayscale for the model, or the reverse
 
 
-def stored_from_file(path: Path, spec: ModelInput) -> tuple[np.ndarray, bool]:
+def stored_from_file(path: Path, spec: ModelInput, converted: list | None = None
+                     ) -> tuple[np.ndarray, bool]:
     """An image file in the model's stored form (C, H, W): decoded and converted as a folder
     dataset does, resized to the model's size, 8-bit pixels times pixel_max / 255. Also says
-    whether it had to be resized."""
+    whether it had to be resized; ``converted`` gets True appended when the file's colours had
+    to change (a colour image for a grayscale model, or the reverse)."""
+    from cnncli.data.images import GRAY_MODES
+
     c, h, w = spec.shape
-    img = decode_image(path, channels=c)  # (C, H', W') uint8, 0-255: one read of the file
+    modes: list = []
+    img = decode_image(path, channels=c, modes=modes)  # (C, H', W') uint8, 0-255: one read
+    if converted is not None and modes:
+        converted.append((modes[0] in GRAY_MODES) != (c == 1))
     resized = img.shape[1:] != (h, w)
     if resized:
         img = resize_stored(img, (h, w))
@@ -243,14 +251,14 @@ def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256
     meta = spec.meta(dtype)
     items = inputs.items
     for start in range(0, len(items), batch_size):
-        chunk, imgs, resized = [], [], 0
+        chunk, imgs, resized, converted = [], [], 0, []
         for item in items[start:start + batch_size]:
             if item.index is not None:
                 imgs.append(inputs.arrays[item.path][item.index])
                 chunk.append(item)
                 continue
             try:
-                img, was_resized = stored_from_file(item.path, spec)
+                img, was_resized = stored_from_file(item.path, spec, converted)
             except BadImage as exc:
                 if not skip_bad:
                     raise
@@ -266,7 +274,8 @@ def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256
                         attempted)
             continue
         x = np.stack([np.asarray(i, dtype=np.result_type(*imgs)) for i in imgs])
-        yield Batch(chunk, x, scores(net, x, meta, batch_size=len(x)), resized, attempted)
+        yield Batch(chunk, x, scores(net, x, meta, batch_size=len(x)), resized, attempted,
+                    sum(converted))
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -294,16 +303,17 @@ def run(net, spec: ModelInput, inputs: Inputs, k: int = 2, batch_size: int = 256
         skip_bad: bool = False, on_batch: Callable[[int], None] | None = None,
         keep_images: int = 0):
     """Predict every item: (records, skipped, resized count, the first ``keep_images`` stored
-    images for a picture)."""
-    rows, skipped, resized, kept = [], [], 0, []
+    images for a picture, the count of image files whose colours were converted)."""
+    rows, skipped, resized, kept, converted = [], [], 0, [], 0
     for batch in predict_batches(net, spec, inputs, batch_size, skip_bad, skipped):
         rows.extend(records(batch, spec.class_names, k))
         resized += batch.resized
+        converted += batch.converted
         if len(kept) < keep_images:
             kept.extend(batch.images[:keep_images - len(kept)])
         if on_batch is not None:
             on_batch(batch.attempted)
-    return rows, skipped, resized, kept
+    return rows, skipped, resized, kept, converted
 
 
 CSV_FIXED = ["path", "label", "class", "score"]

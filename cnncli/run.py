@@ -44,9 +44,25 @@ def lock_is_held(path) -> bool:
     return False
 
 
+def config_name(config_path) -> str:
+    """The name a config gives its runs: its file's stem, except a sweep's ``best.yaml``, named
+    after its sweep (``shapes-lr-best``, from the first line cnn sweep writes in it)."""
+    import re
+
+    path, head = Path(config_path), ""
+    try:
+        if path.is_file():  # never open a named pipe or a device
+            with open(path, "rb") as f:
+                head = f.read(300).decode("utf-8", "replace")
+    except OSError:
+        pass
+    m = re.match(r"# Best trial of sweep ([\w.+-]+) \(study ", head)
+    return f"{m.group(1)}-best" if m else path.stem
+
+
 def default_run_dir(config_path, root="runs") -> Path:
-    """``runs/<config stem>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that exists."""
-    base = Path(root) / f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``runs/<config name>-<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3``... if that exists."""
+    base = Path(root) / f"{config_name(config_path)}-{time.strftime('%Y%m%d-%H%M%S')}"
     path, k = base, 1
     while path.exists():
         k += 1

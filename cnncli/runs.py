@@ -3,7 +3,8 @@ is in, read from its files without loading any checkpoint.
 
 States: ``finished`` (all planned epochs, or early stopping), ``pruned`` (a sweep trial stopped
 by the pruner), ``running`` (its lock is held by a live process), ``failed`` (its log ends with
-an error), ``interrupted`` (stopped part-way: Ctrl-C, a kill, a reboot), ``empty`` (a directory
+an error), ``interrupted`` (stopped part-way: Ctrl-C, a kill, a reboot), ``retried`` (a sweep
+trial stopped part-way whose parameters the sweep ran again as another trial), ``empty`` (a directory
 with nothing in it yet), ``damaged`` (a run directory whose files cannot be read) and
 ``foreign`` (a directory that is not cnncli's). Sweep directories are listed too, with their
 trials below them.
@@ -49,7 +50,7 @@ def _scan(root: Path, folder: Path, depth: int):
         if "sweep.yaml" in names:
             yield sweep_row(root, child)
             if (child / "trials").is_dir():
-                yield from _scan(root, child / "trials", depth + 1)
+                yield from _as_the_sweep_says(root, child, _scan(root, child / "trials", depth + 1))
         elif names & set(RUN_FILES) or ".lock" in names or "train.log" in names:
             yield run_row(root, child, names)
         else:
@@ -138,12 +139,36 @@ def sweep_row(root: Path, path: Path) -> dict:
             states = [r.get("state") for r in csv.DictReader(f)]
     except (OSError, csv.Error, UnicodeDecodeError):
         pass
-    done = sum(s in ("COMPLETE", "PRUNED") for s in states)
+    done = sum(s in ("COMPLETE", "PRUNED", "finished", "pruned") for s in states)
     live = lock_is_held_any(path / "trials")
     row["state"] = "running" if live else "finished" if done >= wanted else "interrupted"
     row["note"] = f"{done} of {wanted} trials done" + ("" if live or done >= wanted else
                                                        f"; resume with: cnn sweep resume {path}")
     return row
+
+
+def _as_the_sweep_says(root: Path, sweep_dir: Path, rows):
+    """Trial rows, a trial that the sweep retried (its trials.csv says ``retried``) marked so,
+    with the sweep's note naming the trial that replaced it."""
+    try:
+        with open(sweep_dir / "trials.csv", encoding="utf-8") as f:
+            retried = {r.get("run_dir"): r.get("note") or "" for r in csv.DictReader(f)
+                       if r.get("state") == "retried"}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        retried = {}
+    for row in rows:
+        rel = (root / row["name"]).relative_to(sweep_dir).as_posix()
+        if row["kind"] == "trial" and rel in retried and row["state"] != "running":
+            row.update(state="retried", note=retried[rel])
+        yield row
+
+
+def natural_key(name: str) -> list:
+    """``trials/2`` before ``trials/10``: digit runs compare as numbers."""
+    import re
+
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name) if part]
 
 
 def lock_is_held_any(trials: Path) -> bool:
@@ -174,6 +199,8 @@ def sort_rows(rows: list[dict], key: str) -> list[dict]:
     field = {"epochs": "epochs_done", "best": "best_test_accuracy", "final": "final_test_accuracy",
              "time": "seconds"}.get(key, key)
     descending = key in ("best", "final", "time", "epochs")
+    if key == "name":
+        return sorted(rows, key=lambda r: natural_key(r["name"]))
     have = [r for r in rows if r[field] is not None]
     missing = [r for r in rows if r[field] is None]
     return sorted(have, key=lambda r: r[field], reverse=descending) + missing

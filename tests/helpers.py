@@ -214,3 +214,19 @@ def check_consistent(run: Path) -> int:
     if (run / "config.yaml").exists():
         load_config(run / "config.yaml")
     return epoch
+
+
+def table_headers(output: str) -> list[str]:
+    """The column headers of the first boxed Rich table in ``output``, each header's lines
+    joined (``learning_`` over ``rate`` -> ``learning_rate``)."""
+    lines = output.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("┏"))
+    end = next(i for i, line in enumerate(lines[top + 1:]) if line.startswith("┡"))
+    rows = [line.strip().strip("┃").split("┃") for line in lines[top + 1:top + 1 + end]]
+    return ["".join(part.strip() for part in column) for column in zip(*rows)]
+
+
+def assert_fits(output: str, width: int = 80) -> None:
+    """Nothing cut (no ellipsis) and no line wider than ``width``."""
+    assert "…" not in output, output
+    assert max(len(line) for line in output.splitlines()) <= width, output

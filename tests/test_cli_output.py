@@ -56,3 +56,69 @@ def test_sparkline_fits_the_terminal_width():
     short = accuracy_line(accs[:10], 80)
     assert len(short.split()[0]) == 10  # one mark per epoch when it fits
     assert len(accuracy_line(accs, None).split()[0]) == 500  # a pipe gets every epoch
+
+
+def test_table_titles_are_lines_of_their_own_at_80_columns(cnn, tmp_path):
+    """A table's title is printed above it, wrapped between words at the terminal's width (not
+    squeezed into a narrow table's width, mid-phrase), and headers are whole."""
+    from helpers import assert_fits, table_headers
+    from conftest import ROOT
+
+    out = tmp_path / "shapes.npz"  # a title longer than 80 characters, a path shorter
+    assert len(str(out)) < 80 < len(f"{out}: 335 train, 165 test samples")
+    shapes = cnn("generate-shapes", "-o", out, env={"COLUMNS": "80"})
+    summary = cnn("summary", ROOT / "configs" / "shapes.yaml", env={"COLUMNS": "80"})
+    export = cnn("data", "export", "shapes", "-o", tmp_path / "folder", "--limit", 5,
+                 env={"COLUMNS": "80"})
+    for result, title, headers in [
+            (shapes, f"{out}: 335 train, 165 test samples", ["class", "label", "train", "test"]),
+            (summary, f"{ROOT / 'configs' / 'shapes.yaml'} (shapes data, input 1x3x3)",
+             ["#", "type", "output shape", "params", "buffers"]),
+            (export, f"{tmp_path / 'folder'}: 5 train, 5 test PNGs of 1x3x3",
+             ["class folder", "train", "test"])]:
+        assert result.exit_code == 0, result.output
+        assert_fits(result.output.split("Train on it with")[0])  # that line: a command to copy
+        lines = result.output.split("┏")[0].splitlines()
+        assert " ".join(line.strip() for line in lines) == title, lines  # broken between words
+        assert table_headers(result.output) == headers
+
+
+def test_the_epoch_line_is_on_screen_before_the_epoch_is_saved_and_drawn(cnn, monkeypatch, tmp_path):
+    """On a terminal the bar of an epoch vanishes when it ends (transient): its epoch line must be
+    printed and flushed at once, not after the checkpoint is written and the curves drawn (the
+    first draw imports matplotlib; in tmux the pane stayed blank for seconds)."""
+    from rich.console import Console
+
+    import cnncli.cli.train as cli_train
+    import cnncli.fit as fit
+
+    class Screen(io.StringIO):
+        shown = ""  # what a terminal shows: the text as of the last flush
+
+        def flush(self):
+            self.shown = self.getvalue()
+
+    screen = Screen()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    monkeypatch.setattr(cli_train, "console", lambda stderr=False, **kw:
+                        terminal if not stderr else Console(stderr=True, **kw))
+    seen = []
+    real_plot, real_save = fit.plot_run_curves, fit.RunDir.save_epoch
+
+    def save_epoch(self, trainer, *a, **kw):
+        seen.append(("save", trainer.epoch, screen.shown))
+        return real_save(self, trainer, *a, **kw)
+
+    def plot(path, name, *a, **kw):
+        seen.append(("plot", None, screen.shown))
+        return real_plot(path, name, *a, **kw)
+
+    monkeypatch.setattr(fit, "plot_run_curves", plot)
+    monkeypatch.setattr(fit.RunDir, "save_epoch", save_epoch)
+    result = cnn("train", SHAPES, "--epochs", 2, "--run-dir", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    saves = [(epoch, shown) for what, epoch, shown in seen if what == "save"]
+    assert [epoch for epoch, _ in saves] == [1, 2]
+    for epoch, shown in saves:
+        assert f"epoch {epoch}/2  train loss" in shown, shown[-500:]
+    assert " 0/21" in screen.getvalue()  # the bar was shown too (a terminal)

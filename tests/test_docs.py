@@ -233,3 +233,79 @@ def test_mkdocs_builds_the_site_strictly(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "configs" / "index.html").is_file()
+
+
+# --- code blocks that claim to run, and listings of shipped files --------------------------
+
+ILLUSTRATION = "# illustration"
+
+
+def fenced(text: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.M | re.S)
+
+
+DOC_FILES = {"README.md": README, **{f"docs/{name}": text for name, text in PAGES.items()}}
+PYTHON_PAGES = [name for name, text in DOC_FILES.items() if fenced(text, "python")]
+
+
+@pytest.fixture(scope="module")
+def first_session(tmp_path_factory):
+    """A folder where the README's first session ran (shapes.npz, runs/shapes/) and onnx.md's
+    export (model.onnx): what the Python blocks of the docs start from."""
+    folder = tmp_path_factory.mktemp("reader")
+    (folder / "configs").symlink_to(ROOT / "configs")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    for args in (["generate-shapes", "-o", "shapes.npz"],
+                 ["train", "configs/shapes.yaml", "--run-dir", "runs/shapes", "-q"],
+                 ["export", "runs/shapes/best.npz", "-o", "model.onnx", "-q"]):
+        done = subprocess.run([sys.executable, "-m", "cnncli", *args], cwd=folder, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    return folder
+
+
+def test_the_docs_have_python_blocks_to_run():
+    assert {"README.md", "docs/api.md", "docs/onnx.md"} <= set(PYTHON_PAGES)
+
+
+@pytest.mark.parametrize("page", PYTHON_PAGES)
+def test_every_python_block_runs_as_written(page, first_session, monkeypatch, capsys):
+    """Each page's ```python blocks run in order in one namespace, as a reader pastes them into
+    one session, in a folder where the README's first session ran; a block whose first line is
+    ``# illustration ...`` is only read (development.md says so)."""
+    monkeypatch.chdir(first_session)
+    namespace, ran = {"__name__": "__main__"}, 0
+    for i, block in enumerate(fenced(DOC_FILES[page], "python"), 1):
+        if block.startswith(ILLUSTRATION):
+            continue
+        exec(compile(block, f"{page}, python block {i}", "exec"), namespace)  # noqa: S102
+        ran += 1
+    assert ran, f"{page}: no python block ran"
+    capsys.readouterr()
+
+
+def listings():
+    """(doc, shipped path, how, block) for every code block whose first line names a shipped
+    file: ``# configs/x.yaml`` (the file, exactly) or ``# configs/x.yaml, <words>`` (the same
+    YAML data, e.g. annotated or in short)."""
+    for name, text in DOC_FILES.items():
+        for block in re.findall(r"^```\w*\n(.*?)^```", text, flags=re.M | re.S):
+            m = re.match(r"# ([\w./-]+\.(?:yaml|yml|py|toml))(,[^\n]*)?\n", block)
+            if m and (ROOT / m.group(1)).is_file():
+                yield name, m.group(1), "data" if m.group(2) else "text", block[m.end():]
+
+
+def test_listings_of_shipped_files_match_the_files():
+    import yaml
+
+    found = list(listings())
+    assert {(doc, path) for doc, path, _, _ in found} >= {
+        ("docs/sweeps.md", "configs/sweeps/shapes-lr.yaml"), ("README.md", "configs/shapes.yaml"),
+        ("docs/configs.md", "configs/shapes.yaml")}
+    for doc, path, how, block in found:
+        shipped = (ROOT / path).read_text(encoding="utf-8")
+        if how == "text":
+            assert block == shipped, f"{doc}: its listing of {path} differs from the file"
+        else:
+            assert yaml.safe_load(block) == yaml.safe_load(shipped), \
+                f"{doc}: its {path} has other keys or values than the file"

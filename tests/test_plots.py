@@ -378,3 +378,43 @@ def test_every_command_that_writes_a_picture_prints_where(cnn, tmp_path):
         result = cnn(*args)
         assert result.exit_code == 0, result.output
         assert f"Wrote {out}" in result.output and out.is_file(), args
+
+
+def test_a_log_axis_of_sweep_png_is_labelled_by_plain_numbers(monkeypatch, tmp_path):
+    """sweep.png's learning-rate panel (a log axis): tick labels are numbers (0.02, 0.1, 0.5),
+    not raw TeX ($\\mathdefault{10^{-2}}$); choices stay in the sweep file's order."""
+    import random
+
+    import cnncli.plots as plots
+    from cnncli.sweep.report import sweep_figure
+    from cnncli.sweep.spec import load_sweep
+    from conftest import ROOT
+
+    sweep = load_sweep(ROOT / "configs" / "sweeps" / "shapes-lr.yaml")
+    rng = random.Random(0)
+    rows = [{"number": i, "state": "finished", "value": rng.uniform(0.5, 1),
+             "training.learning_rate": 10 ** rng.uniform(-2, 0),
+             "training.batch_size": rng.choice([8, 16, 32]), "network.2.out_features": 8}
+            for i in range(12)]
+    seen = {}
+    real_save = plots.save_figure
+
+    def keep(fig, path, *a, **kw):
+        plots._literal_text(fig)
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                seen[(ax.get_xlabel(), axis.axis_name)] = (axis.get_scale(), [
+                    t.get_text() for t in axis.get_majorticklabels() + axis.get_minorticklabels()
+                    if t.get_text() and t.get_visible()])
+        return real_save(fig, path, *a, **kw)
+
+    monkeypatch.setattr(plots, "save_figure", keep)
+    sweep_figure(tmp_path / "sweep.png", rows, sweep)
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    texts = [t for _, labels in seen.values() for t in labels]
+    assert texts and not [t for t in texts if "$" in t or "mathdefault" in t]
+    scale, lr_labels = seen[("training.learning_rate", "x")]
+    assert scale == "log" and {"0.1", "0.02", "0.05"} <= set(lr_labels), lr_labels
+    assert all(float(t) > 0 for t in lr_labels)
+    assert seen[("training.batch_size", "x")][1] == ["8", "16", "32"]

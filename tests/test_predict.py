@@ -113,6 +113,24 @@ def test_top_k_csv_and_table(cnn, folder_run, tmp_path):
     assert [t["class"] for t in table] == [r["class"] for r in rows]
     shown = cnn("predict", str(run / "best.npz"), str(files[0]), "-k", "3", env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and files[0].name in shown.stdout and "#3" in shown.stdout
+    # at 80 columns with -k 5 every header is whole and nothing is cut; a long path breaks
+    # after a separator
+    from helpers import assert_fits, table_headers
+
+    narrow = cnn("predict", str(run / "best.npz"), *map(str, files), "-k", "5", env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    assert_fits(narrow.stdout)
+    assert table_headers(narrow.stdout) == ["path", "prediction", "score", "#2", "#3", "#4", "#5"]
+    assert narrow.stdout.splitlines()[0] == "4 prediction(s)"
+    paths = [line.split("┃" if "┃" in line else "│")[1].strip()
+             for line in narrow.stdout.splitlines() if line.startswith("│")]
+    assert "".join(paths) == "".join(map(str, files))  # every path whole, read top to bottom
+    # -k 10 does not fit 80 columns as a column each: the runners-up share one, wrapped
+    ten = cnn("predict", str(run / "best.npz"), str(files[0]), "-k", "10", env={"COLUMNS": "80"})
+    assert ten.exit_code == 0, ten.output
+    assert_fits(ten.stdout)
+    assert table_headers(ten.stdout) == ["path", "prediction", "score", "runners-up"]
+    assert ten.stdout.count("%,") == 8  # the 9 runners-up, comma-separated
 
 
 def test_csv_in_a_missing_folder_names_the_file(cnn, digits_run, tmp_path):
@@ -255,10 +273,39 @@ def test_other_sizes_and_colour_images_are_converted_with_a_note(cnn, folder_run
     rgb[:, 4:12, 7:9] = 255
     path = tmp_path / "big.png"
     write_png(path, rgb)
-    result = cnn("predict", run / "best.npz", path, "--json")
+    grey = tmp_path / "grey.png"
+    write_png(grey, rgb[:1, :8, :8])
+    result = cnn("predict", run / "best.npz", path, path, grey, "--json")
     assert result.exit_code == 0, result.output
-    assert "1 image(s) were resized to the model's 8x8" in result.stderr
-    assert len(json.loads(result.stdout)) == 1
+    assert "2 image(s) were resized to the model's 8x8" in result.stderr
+    # the colour file is made grayscale for the grayscale model: said once, with its count
+    assert result.stderr.count("Note: 2 colour image(s) were converted to grayscale") == 1
+    assert len(json.loads(result.stdout)) == 3
+    result = cnn("predict", run / "best.npz", grey, "--json")
+    assert result.exit_code == 0 and result.stderr == ""  # nothing changed, nothing said
+
+
+def test_a_grayscale_image_for_a_colour_model_gets_a_note(cnn, folder_run, tmp_path):
+    folder, _ = folder_run
+    run = tmp_path / "rgb"
+    result = cnn("train", ROOT / "configs" / "folder-example.yaml", "--set", f"data.path={folder}",
+                 "--set", "data.channels=3", "--epochs", 1, "--run-dir", run, "-q")
+    assert result.exit_code == 0, result.output
+    grey = sorted((folder / "test" / "7").glob("*.png"))[:3]
+    result = cnn("predict", run / "best.npz", *grey)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("Note: 3 grayscale image(s) were converted to RGB for the colour "
+                               "model") == 1
+
+
+def test_top_k_above_the_class_count_says_what_it_shows(cnn, folder_run):
+    folder, run = folder_run
+    one = sorted((folder / "test" / "7").glob("*.png"))[0]
+    result = cnn("predict", run / "best.npz", one, "-k", 12, "--json")
+    assert result.exit_code == 0, result.output
+    assert "Note: the model has 10 classes, so --top-k 12 shows 10" in result.stderr
+    assert len(json.loads(result.stdout)[0]["top"]) == 10
+    assert cnn("predict", run / "best.npz", one, "-k", 10).stderr == ""
 
 
 @pytest.mark.parametrize("make, phrase", [

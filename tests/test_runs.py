@@ -107,9 +107,14 @@ def test_unreadable_files_never_give_a_traceback(cnn, folder, tmp_path):
 def test_the_table_stays_readable_on_an_80_column_terminal(cnn, folder):
     """Every state and the start of every note are on screen at 80 columns (long notes once
     squeezed the name and state columns to nothing)."""
+    from helpers import assert_fits
+
     result = cnn("runs", str(folder), env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert_fits(result.output)
+    header = result.output.splitlines()[1].split()
+    assert header == ["name", "dataset", "epochs", "best", "final", "time", "state"]
+    assert "  trials/0 " in result.output  # a sweep's trial, below the sweep
     rows = json.loads(cnn("runs", folder, "--json").output)
     for r in rows:
         assert r["state"] in result.output
@@ -123,3 +128,24 @@ def test_hidden_folders_are_not_listed(cnn, tmp_path):
     (tmp_path / "mine").mkdir()
     rows = json.loads(cnn("runs", tmp_path, "--json").output)
     assert [r["name"] for r in rows] == ["mine"]
+
+
+def test_names_sort_as_numbers(cnn, folder, tmp_path):
+    for name in ("run-10", "run-2", "run-1", "run-11"):
+        shutil.copytree(folder / "finished", tmp_path / "many" / name)
+    result = cnn("runs", tmp_path / "many", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["name"] for r in json.loads(result.output)] == ["run-1", "run-2", "run-10", "run-11"]
+
+
+def test_long_names_wrap_after_a_separator_at_80_columns(cnn, folder, tmp_path):
+    from helpers import assert_fits
+
+    long = "a-very-long-run-name-that-goes-on_and_on-20260101-120000"
+    shutil.copytree(folder / "finished", tmp_path / long)
+    result = cnn("runs", tmp_path, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert_fits(result.output)
+    pieces = [line.split("  ")[0].strip() for line in result.output.splitlines()[3:]]
+    assert "".join(pieces) == long and len(pieces) > 1
+    assert all(p[-1] in "-_" for p in pieces[:-1]), pieces

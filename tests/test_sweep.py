@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -199,7 +200,7 @@ def test_a_two_worker_sweep_makes_exactly_its_trials(cnn, six_trials):
     assert list(rows[0])[:5] == ["number", "state", "training.learning_rate",
                                  "training.batch_size", "network.2.out_features"]
     for row, run in zip(rows, runs):
-        assert row["state"] == "COMPLETE" and row["run_dir"] == f"trials/{run.name}"
+        assert row["state"] == "finished" and row["run_dir"] == f"trials/{run.name}"
         accuracies = [float(m["test_accuracy"]) for m in metrics(run)]
         assert float(row["value"]) == max(accuracies)
         assert int(row["best_epoch"]) == accuracies.index(max(accuracies)) + 1
@@ -213,7 +214,7 @@ def test_a_two_worker_sweep_makes_exactly_its_trials(cnn, six_trials):
         assert result.exit_code == 0, result.output
         assert f"accuracy {100 * max(accuracies):.2f}%" in result.output
     assert (out / "sweep.png").stat().st_size > 1000
-    assert "Sweep s: 6 trials (6 complete); best: trial" in output
+    assert "Sweep s: 6 trials (6 finished); best: trial" in output
     assert "cnn sweep show" not in output
 
 
@@ -226,6 +227,12 @@ def test_best_yaml_trains_to_its_trials_metrics(cnn, six_trials, tmp_path):
     result = cnn("train", out / "best.yaml", "--run-dir", again, "--quiet")
     assert result.exit_code == 0, result.output
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    # named after its sweep, not "best"
+    from cnncli.run import default_run_dir
+
+    assert default_run_dir(out / "best.yaml", root=tmp_path).name.startswith("s-best-")
+    shown = cnn("train", out / "best.yaml", "--run-dir", tmp_path / "named", "--epochs", 1)
+    assert shown.exit_code == 0 and "Training s-best: " in shown.output, shown.output
     assert drop(metrics(again)) == drop(metrics(out / best["run_dir"]))
     # a trial is an ordinary run: cnn train --resume continues it
     import shutil
@@ -246,6 +253,17 @@ def test_sweep_show_lists_the_trials(cnn, six_trials):
     assert shown["best"]["value"] == max(float(r["value"]) for r in read_csv(out / "trials.csv"))
     table = cnn("sweep", "show", out)
     assert table.exit_code == 0 and "6 of 6 trials done" in table.output
+    # at 80 columns: every header whole (split only after a _), the same names as the keys'
+    # last parts, no empty note column, nothing cut
+    from helpers import assert_fits, table_headers
+
+    narrow = cnn("sweep", "show", out, env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0
+    table_part = narrow.output.split("\nSweep s: ")[0]
+    assert_fits(table_part)
+    assert table_headers(narrow.output) == ["#", "state", "learning_rate", "batch_size",
+                                            "out_features", "test_accuracy", "epoch", "seconds"]
+    assert narrow.output.splitlines()[0] == "s: 6 of 6 trials done"
 
 
 def test_optuna_dashboard_reads_the_study(six_trials, tmp_path):
@@ -273,9 +291,18 @@ def test_optuna_dashboard_reads_the_study(six_trials, tmp_path):
             detail = json.load(r)
         assert sorted(t["number"] for t in detail["trials"]) == list(range(6))
         assert {t["state"] for t in detail["trials"]} == {"Complete"}
+        assert detail["objective_names"] == ["test_accuracy"]  # not "Objective 0"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_study_names_its_objective(six_trials):
+    from cnncli.sweep.driver import open_sweep_study, read_sweep_dir
+
+    out, _ = six_trials
+    study = open_sweep_study(out, read_sweep_dir(out), None)
+    assert study.metric_names == ["test_accuracy"]
 
 
 def test_on_a_terminal_a_live_table_shows_the_trials(tmp_path):
@@ -304,7 +331,7 @@ def test_on_a_terminal_a_live_table_shows_the_trials(tmp_path):
     assert proc.wait(timeout=10) == 0
     text = b"".join(chunks).decode(errors="replace")
     assert "s: 2 of 2 trials done" in text and "learning_rate" in text and "┃" in text
-    assert "Sweep s: 2 trials (2 complete); best: trial" in text
+    assert "Sweep s: 2 trials (2 finished); best: trial" in text
 
 
 def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(cnn, tmp_path):
@@ -331,7 +358,7 @@ def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(cnn, tmp_path)
     result = cnn("sweep", "run", tmp_path / "sweep.yaml", "--sweep-dir", out, "-q")
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "trials.csv")
-    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
+    assert [r["state"] for r in rows] == ["finished", "finished"]
     for r in rows:
         cfg = yaml.safe_load((out / r["run_dir"] / "config.yaml").read_text())
         assert cfg["network"][4]["p"] == float(r["network.4.p"])
@@ -378,7 +405,7 @@ def test_resume_with_more_trials_grows_a_finished_sweep(cnn, tmp_path):
     result = cnn("sweep", "resume", out, "--trials", 3, "-q")
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "trials.csv")
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+    assert [r["state"] for r in rows] == ["finished"] * 3
     assert [r["value"] for r in rows[:2]] == [r["value"] for r in first]  # kept, not re-run
     assert yaml.safe_load((out / "sweep.yaml").read_text())["trials"] == 3
 
@@ -391,11 +418,11 @@ def test_invalid_samples_fail_and_the_sweep_goes_on(cnn, tmp_path):
     result = cnn("sweep", "run", path, "--sweep-dir", out)
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "trials.csv")
-    failed = [r for r in rows if r["state"] == "FAIL"]
-    assert sum(r["state"] == "COMPLETE" for r in rows) == 3 and failed
+    failed = [r for r in rows if r["state"] == "failed"]
+    assert sum(r["state"] == "finished" for r in rows) == 3 and failed
     for r in failed:
         assert f"(dense): out_features must be an integer >= 1, got {r['network.2.out_features']}" in r["note"]
-    assert all(r["network.2.out_features"] == "8" for r in rows if r["state"] == "COMPLETE")
+    assert all(r["network.2.out_features"] == "8" for r in rows if r["state"] == "finished")
 
 
 def test_five_failures_in_a_row_stop_the_sweep(cnn, tmp_path):
@@ -406,7 +433,8 @@ def test_five_failures_in_a_row_stop_the_sweep(cnn, tmp_path):
     assert result.exit_code == 1
     assert "5 trials failed in a row, so the sweep stopped; the last: trial 4:" in result.output
     assert f"resume with: cnn sweep resume {out}" in result.output
-    assert [r["state"] for r in read_csv(out / "trials.csv")] == ["FAIL"] * 5
+    assert "--workers" not in result.output  # one worker: the default
+    assert [r["state"] for r in read_csv(out / "trials.csv")] == ["failed"] * 5
 
 
 def test_pruned_trials_stop_early_and_keep_their_run_directory(cnn, tmp_path):
@@ -426,7 +454,7 @@ def test_pruned_trials_stop_early_and_keep_their_run_directory(cnn, tmp_path):
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "trials.csv")
     assert [float(r["training.learning_rate"]) for r in rows] == lrs
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 5 + ["PRUNED"] * 3
+    assert [r["state"] for r in rows] == ["finished"] * 5 + ["pruned"] * 3
     for r in rows[5:]:
         done = metrics(out / r["run_dir"])
         assert 1 <= len(done) < 8
@@ -434,6 +462,23 @@ def test_pruned_trials_stop_early_and_keep_their_run_directory(cnn, tmp_path):
         assert f"Pruned after epoch {len(done)}" in (out / r["run_dir"] / "train.log").read_text()
         load_checkpoint(out / r["run_dir"] / "last.npz")
     assert "3 pruned" in result.output
+    # cnn plot: a trial is labelled as the sweep's trial, and a pruned one's title says so
+    import cnncli.plots as plots
+
+    titles = []
+    real = plots.curves_figure
+    plots.curves_figure = lambda runs, title: titles.append((title, [l for _, l in runs])) or real(runs, title)
+    try:
+        for r in rows[4:6]:
+            assert cnn("plot", out / r["run_dir"], "-o", tmp_path / f"{r['number']}.png").exit_code == 0
+        assert cnn("plot", *[out / r["run_dir"] for r in rows[4:6]], "-o", tmp_path / "both.png").exit_code == 0
+    finally:
+        plots.curves_figure = real
+    pruned = len(metrics(out / rows[5]["run_dir"]))
+    assert titles[0] == ("out trial 4: 8 epochs", ["out trial 4"])
+    assert titles[1] == (f"out trial 5: {pruned} epoch{'s' if pruned > 1 else ''} (pruned after "
+                         f"epoch {pruned})", ["out trial 5"])
+    assert titles[2][1] == ["out trial 4", "out trial 5"]
 
 
 # ---------------------------------------------------------------- interruption and resume
@@ -448,7 +493,7 @@ def wait_for(predicate, timeout=60.0):
 
 def done_trials(out: Path) -> int:
     try:
-        return sum(r["state"] in ("COMPLETE", "PRUNED") for r in read_csv(out / "trials.csv"))
+        return sum(r["state"] in ("finished", "pruned") for r in read_csv(out / "trials.csv"))
     except (OSError, KeyError):
         return 0
 
@@ -463,19 +508,43 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes(cnn, tmp_path):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
-    assert f"Resume with: cnn sweep resume {out}" in stderr and "Traceback" not in stderr
+    assert f"Resume with: cnn sweep resume {out} --workers 2" in stderr and "Traceback" not in stderr
     assert not any(Path(f"/proc/{pid}").exists() and pid in children(proc.pid) for pid in workers)
     assert not processes_mentioning(str(out))
-    # a database URL in the environment does not apply to an embedded sweep
-    result = cnn("sweep", "resume", str(out), "--workers", "2", env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
+    # the hinted command, as printed, resumes with the same 2 workers; a database URL in the
+    # environment does not apply to an embedded sweep
+    hint = shlex.split(stderr.split("Resume with: ")[1].strip())
+    assert hint[:2] == ["cnn", "sweep"]
+    result = cnn(*hint[1:], env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
     assert result.exit_code == 0, result.output
+    assert ", 2 workers, study s (embedded)" in result.output
+    # resuming it again says it is complete, and runs nothing
+    again = cnn(*hint[1:])
+    assert again.exit_code == 0, again.output
+    assert f"{out} is already complete: all 4 trials are done" in again.output
+    assert "Sweep s: " in again.output and ", 2 workers," not in again.output
     rows = read_csv(out / "trials.csv")
-    assert sum(r["state"] == "COMPLETE" for r in rows) == 4
-    interrupted = [r for r in rows if r["state"] == "FAIL"]
-    assert interrupted and all("interrupted" in r["note"] for r in interrupted)
+    assert sum(r["state"] == "finished" for r in rows) == 4
+    interrupted = [r for r in rows if r["state"] == "retried"]
+    assert interrupted and all(r["note"].startswith("interrupted; retried as trial ")
+                               for r in interrupted)
+    by_number = {r["number"]: r for r in rows}
+    for r in interrupted:  # the trial named as its replacement ran the same parameters
+        again = by_number[r["note"].rsplit(" ", 1)[1]]
+        assert (again["training.learning_rate"], again["training.batch_size"]) == \
+            (r["training.learning_rate"], r["training.batch_size"])
+    # cnn runs and cnn sweep show give the trial the same state and note, in number order
+    listed = json.loads(cnn("runs", out.parent, "--json").output)
+    trials = [t for t in listed if t["kind"] == "trial"]
+    assert [t["name"] for t in trials] == [f"out/{r['run_dir']}" for r in rows if r["run_dir"]]
+    shown = json.loads(cnn("sweep", "show", out, "--json").output)["trials"]
+    for r in interrupted:
+        row = next(t for t in trials if t["name"] == f"out/{r['run_dir']}")
+        assert (row["state"], row["note"]) == ("retried", r["note"])
+        assert next(t for t in shown if t["number"] == int(r["number"]))["state"] == "retried"
     # each interrupted trial's parameters were tried again
     complete = {(r["training.learning_rate"], r["training.batch_size"]) for r in rows
-                if r["state"] == "COMPLETE"}
+                if r["state"] == "finished"}
     for r in interrupted:
         assert (r["training.learning_rate"], r["training.batch_size"]) in complete
     check_run_dirs_whole(out)
@@ -510,13 +579,14 @@ def test_sigkill_at_random_moments_then_resume(cnn, tmp_path):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     rows = read_csv(out / "trials.csv")
-    assert sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows) == 6
-    assert not any(r["state"] == "RUNNING" for r in rows)
+    assert sum(r["state"] in ("finished", "pruned") for r in rows) == 6
+    assert not any(r["state"] == "running" for r in rows)
     assert len({r["number"] for r in rows}) == len(rows)
-    killed = [r for r in rows if r["state"] == "FAIL"]
-    assert killed and all(r["note"].startswith("killed") for r in killed)
+    killed = [r for r in rows if r["state"] == "retried"]
+    assert killed and all(r["note"].startswith("killed") and "; retried as trial " in r["note"]
+                          for r in killed)
     for r in rows:
-        if r["state"] == "COMPLETE":
+        if r["state"] == "finished":
             run = out / r["run_dir"]
             assert len(metrics(run)) == 25
             assert float(r["value"]) == max(float(m["test_accuracy"]) for m in metrics(run))
@@ -563,7 +633,7 @@ def test_two_processes_share_one_sweep_directory(tmp_path):
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     rows = read_csv(out / "trials.csv")
-    assert sum(r["state"] == "COMPLETE" for r in rows) == 6  # exactly: one machine, one lock
+    assert sum(r["state"] == "finished" for r in rows) == 6  # exactly: one machine, one lock
     assert sorted(int(r["number"]) for r in rows) == list(range(len(rows)))
     assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(r["number"] for r in rows)
     # each worker samples with its own seed: no two trials drew the same learning rate
@@ -581,7 +651,7 @@ def test_a_joining_process_waits_for_the_trials_others_run(tmp_path):
     second = cnn_process("sweep", "run", path, "--sweep-dir", out, "--workers", 1)
     results = [p.communicate(timeout=300) for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], results
-    assert "Sweep s: 2 trials (2 complete)" in results[1][0]
+    assert "Sweep s: 2 trials (2 finished)" in results[1][0]
     assert not (out / "trials" / "2").exists()  # the joining process trained nothing
-    assert [r["state"] for r in read_csv(out / "trials.csv")] == ["COMPLETE"] * 2
+    assert [r["state"] for r in read_csv(out / "trials.csv")] == ["finished"] * 2
 

@@ -106,7 +106,7 @@ def test_two_machines_share_one_study_in_postgres(cnn, tmp_path, database, postg
     trials = json.loads(shown.output)["trials"]
     numbers = [t["number"] for t in trials]
     assert numbers == list(range(len(numbers)))  # distinct, none lost
-    done = sum(t["state"] == "COMPLETE" for t in trials)
+    done = sum(t["state"] == "finished" for t in trials)
     # the machines' workers sample with different seeds: no learning rate drawn twice
     assert len({t["training.learning_rate"] for t in trials}) == len(trials)
     assert 6 <= done <= 6 + 2 * 2  # at most one extra per worker across machines
@@ -163,6 +163,21 @@ def test_resuming_a_postgres_sweep_needs_its_url(cnn, tmp_path, database, postgr
     assert postgres["password"] not in result.output
     result = cnn("sweep", "resume", out, "--storage", database)
     assert result.exit_code == 0, result.output
+    assert f"{out} is already complete: all 1 trials are done" in result.output
+    # the hint an interrupted sweep prints: its workers, and the storage without its password,
+    # runnable as printed (in a shell holding the URL in CNNCLI_SWEEP_STORAGE)
+    from cnncli.cli.sweep import resume_command
+    from cnncli.sweep.driver import read_sweep_dir
+
+    hint = resume_command(out, read_sweep_dir(out), 2, database)
+    assert postgres["password"] not in hint
+    command = hint.split(" (with ")[0]
+    assert command.endswith(' --workers 2 --storage "$CNNCLI_SWEEP_STORAGE"'), hint
+    shell = subprocess.run(["bash", "-c", f"cnn() {{ {sys.executable} -m cnncli \"$@\"; }}; "
+                            + command],
+                           env={**ENV, "CNNCLI_SWEEP_STORAGE": database}, capture_output=True,
+                           text=True, timeout=120)
+    assert shell.returncode == 0 and "is already complete" in shell.stdout, shell.stderr
 
 
 def test_bad_storage_urls_are_one_line_and_leave_no_directory(cnn, tmp_path, postgres):

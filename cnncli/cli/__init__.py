@@ -5,11 +5,7 @@ entry point.
 """
 
 from cnncli.cli import train, evaluate, predict, explain, data, model, plots, export, sweep, runs  # noqa: F401,I001  (registers commands, in help order)
-from cnncli.cli.app import app
-
-
-def main():
-    app()
+from cnncli.cli.app import app, main
 
 
 __all__ = ["app", "main"]

@@ -31,9 +31,23 @@ def set_option(example: str, what: str = "config key", metavar: str | None = "KE
 
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download datasets.")]
 StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
+    "--storage", metavar="URL", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
                       f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
     show_default=False)]
+
+
+ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an output file that exists.")]
+
+
+def refuse_existing(force: bool, *outputs: tuple[str, Optional[Path]]) -> None:
+    """The one overwrite rule of every command that writes a file it is given (-o, --csv,
+    --plot, --preview): an existing file is replaced only with --force; without it, one line
+    naming the file and the option, exit 1. ``outputs``: (option, path or None) pairs. Folders
+    (--run-dir, --sweep-dir, data export -o) are never replaced."""
+    for option, path in outputs:
+        if path is not None and not path.is_dir() and (path.exists() or path.is_symlink()) \
+                and not force:
+            fail(escape(f"{path}: exists; give --force to replace it, or another {option}"))
 
 
 class PlainArgument(TyperArgument):
@@ -121,6 +135,8 @@ def cli_errors():
         yield
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader stopped early (cnn runs --json | head): not an error
+        reader_gone()
     except CnnError as exc:
         if STATE["debug"]:
             raise
@@ -139,6 +155,35 @@ def cli_errors():
             raise
         fail(escape(f"unexpected {type(exc).__name__}: {exc} (a bug in cnncli; run with --debug "
                      "for the traceback)"))
+
+
+def reader_gone():
+    """The reader of stdout closed it (``cnn runs --json | head -c 10``): exit 0 quietly, as
+    command-line tools do, with stdout pointed at /dev/null so that nothing left in its buffer
+    fails again at exit (Python's signal docs, "Note on SIGPIPE")."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test runner's stream)
+        pass
+    raise typer.Exit(code=0)
+
+
+def main():
+    """The console-script entry point: the app, with a reader that closes the pipe early
+    (while printing or at the final flush) ending in exit 0 and nothing on stderr."""
+    try:
+        try:
+            app()
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        try:
+            reader_gone()
+        except typer.Exit:
+            sys.exit(0)
 
 
 OPTION_OF = {"override": "--set", "size": "--size", "channels": "--channels",
@@ -229,6 +274,63 @@ def _is_yaml_config(path: Path) -> bool:
         return "network" in read_config_file(path)
     except CnnError:
         return False
+
+
+_HEADER_BREAKS = "_.- "
+
+
+def fit_table(table, out):
+    """``table`` as ``out`` (a Console) should print it at its width: the title as a line of its
+    own above it (wrapped between words at the console's width, not squeezed into the table's),
+    and headers never cut: while the table cannot fit the console, the longest header is
+    split in two lines after a ``_``, ``.``, ``-`` or space (``learning_`` / ``rate``), and every
+    column is at least as wide as its header's longest word. Cells wrap as Rich wraps them."""
+    from rich.console import Group
+    from rich.measure import Measurement
+
+    title, table.title = table.title, None
+
+    def lines(header) -> list[str]:
+        return str(header).split("\n") if isinstance(header, str) else []
+
+    def width() -> int:  # the narrowest the table can be with every word whole
+        return Measurement.get(out, out.options.update(width=10**4), table).minimum
+
+    while width() > out.width:
+        splittable = [(len(line), i, j) for i, col in enumerate(table.columns)
+                      for j, line in enumerate(lines(col.header))
+                      if any(c in line[1:-1] for c in _HEADER_BREAKS)]
+        if not splittable:
+            break
+        _, i, j = max(splittable)
+        parts = lines(table.columns[i].header)
+        line = parts[j]
+        cuts = [k + 1 for k, c in enumerate(line[:-1]) if c in _HEADER_BREAKS and k > 0]
+        cut = min(cuts, key=lambda k: abs(len(line) - 2 * k))
+        parts[j:j + 1] = [line[:cut].rstrip(), line[cut:]]
+        table.columns[i].header = "\n".join(parts)
+    for col in table.columns:  # Rich wraps a header between words; a word is never cut
+        longest = max((len(word) for line in lines(col.header) for word in line.split()),
+                      default=0)
+        col.min_width = max(col.min_width or 0, longest)
+    if title is None:
+        return table
+    return Group(out.render_str(title) if isinstance(title, str) else title, table)
+
+
+def wrap_at_separators(name: str, width: int) -> str:
+    """``name`` in lines of at most ``width``, broken after a ``/``, ``-`` or ``_`` where it
+    can be (a part longer than a line is cut as Rich folds it)."""
+    import re
+
+    lines, line = [], ""
+    for part in re.findall(r"[^/_-]*[/_-]?", name):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    lines.append(line)
+    return "\n".join(ln for ln in lines if ln)
 
 
 def pct(x: float) -> str:

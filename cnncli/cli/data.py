@@ -9,11 +9,11 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (HELP_OPTIONS, OfflineOpt, app, cli_errors, console, escape, fail,
-                            set_option)
+from cnncli.cli.app import (HELP_OPTIONS, ForceOpt, OfflineOpt, app, cli_errors, console, escape,
+                            fail, fit_table, refuse_existing, set_option)
 from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
 
-SetAugmentOpt = set_option("data.augment.flip=horizontal", metavar=None)
+SetAugmentOpt = set_option("data.augment.flip=horizontal")
 
 data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mnist",
                        no_args_is_help=True, context_settings=HELP_OPTIONS)
@@ -72,7 +72,7 @@ def generate_shapes(
     seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, metavar="INTEGER", help="Random seed.")] = 0,
     test_size: Annotated[float, typer.Option("--test-size", metavar="FLOAT", help="Fraction held out for testing, in (0, 1).")] = 0.33,
     preview: Annotated[Optional[Path], typer.Option("--preview", metavar="FILE", help="Also draw a grid of samples to this PNG.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    force: ForceOpt = False,
 ):
     """Write the synthetic shapes dataset (3x3 v_line, h_line, cross, diamond plus noise).
 
@@ -88,8 +88,7 @@ def generate_shapes(
 
         if out.is_dir():
             fail(f"{out}: is a directory; give a file name such as {out / 'shapes.npz'}")
-        if out.exists() and not force:
-            fail(f"{out}: exists; pass --force to overwrite it")
+        refuse_existing(force, ("--out", out), ("--preview", preview))
         if not out.parent.is_dir():
             fail(f"{out}: cannot write: the directory {out.parent} does not exist")
         ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
@@ -108,7 +107,8 @@ def generate_shapes(
         table.add_column("test", justify="right")
         for i, name in enumerate(ds.class_names):
             table.add_row(name, str(i), str(int((ds.y_train == i).sum())), str(int((ds.y_test == i).sum())))
-        console().print(table)
+        out_console = console()
+        out_console.print(fit_table(table, out_console))
         if preview is not None:
             console().print(f"Wrote {written}", markup=False, soft_wrap=True)
 
@@ -120,8 +120,8 @@ EXPORTABLE = ("shapes", "digits", "mnist")
 def export(
     dataset: Annotated[str, typer.Argument(help="The dataset to write: shapes, digits or mnist.",
                                            show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The folder to create (must not exist, "
-                                      "or be empty).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The folder to create "
+                                      "(must not exist, or be empty).", show_default=False)],
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many images "
                                                  "of each split (the first ones).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="The seed of the dataset's own split "
@@ -153,7 +153,8 @@ def export(
             table.add_column(col, justify="left" if col == "class folder" else "right")
         for i, name in enumerate(ds.class_names):
             table.add_row(escape(name), str(counts["train"][i]), str(counts["test"][i]))
-        console().print(table)
+        out_console = console()
+        out_console.print(fit_table(table, out_console))
         console().print(f"Train on it with data: {{name: folder, path: {escape(str(out))}}}",
                         soft_wrap=True)
 
@@ -177,10 +178,11 @@ def _export_with_progress(ds, out, limit):
 @data_app.command("preview")
 def preview(
     config: Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The picture to write.")] = Path("preview.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The picture to write.")] = Path("preview.png"),
     per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Images per class.")] = 8,
     sets: SetAugmentOpt = None,
     offline: OfflineOpt = False,
+    force: ForceOpt = False,
 ):
     """Draw training images as the network sees them (resized, augmented), a row per class.
 
@@ -197,6 +199,7 @@ def preview(
         from cnncli.plots import plot_dataset_preview
         from cnncli.seeds import rng_stream
 
+        refuse_existing(force, ("--out", out))
         cfg = load_config(config, list(sets or []))
         ds = load_dataset(cfg["data"], cfg["seed"], offline)
         err = console(stderr=True)

@@ -9,17 +9,18 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (OfflineOpt, app, cli_errors, console, escape, fail,
-                            load_checkpoint_network, pct)
+from cnncli.cli.app import (ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
+                            fit_table, load_checkpoint_network, pct, refuse_existing)
 
 @app.command("eval")
 def eval_(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).", metavar="CHECKPOINT", show_default=False)],
-    data: Annotated[Optional[Path], typer.Option("--data", metavar="CONFIG", help="Evaluate on the data: section of this YAML config instead.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Evaluate on the data: section of this YAML config instead.")] = None,
     split: Annotated[str, typer.Option("--split", metavar="train|test", help="The split to score.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
     offline: OfflineOpt = False,
+    force: ForceOpt = False,
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy and the confusion matrix.
 
@@ -29,6 +30,7 @@ def eval_(
     """
     if split not in ("train", "test"):
         fail(f"--split must be train or test, got {split!r}", code=2)
+    refuse_existing(force, ("--plot", plot))
     with cli_errors():
         _eval(checkpoint, data, split, as_json, plot, offline)
 
@@ -90,11 +92,11 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
     per.add_column("accuracy", justify="right")
     for name, total, acc in zip(ds.class_names, totals, per_class):
         per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc))
-    out.print(per)
+    out.print(fit_table(per, out))
     conf = Table(title="Confusion matrix (rows: true, columns: predicted)")
     conf.add_column("true \\ pred")
     for name in ds.class_names:
         conf.add_column(escape(name), justify="right")
     for name, row in zip(ds.class_names, cm):
         conf.add_row(escape(name), *[str(int(v)) for v in row])
-    out.print(conf)
+    out.print(fit_table(conf, out))

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail
+from cnncli.cli.app import ForceOpt, app, cli_errors, console, escape, fail, refuse_existing
 
 METHODS = {"gradcam": ("gradcam",), "saliency": ("saliency",), "both": ("gradcam", "saliency")}
 
@@ -24,8 +24,8 @@ def explain(
         show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE",
                                       help="The picture to write (.png).")] = Path("explain.png"),
-    method: Annotated[str, typer.Option("--method", metavar="NAME",
-                                        help="gradcam, saliency or both.")] = "both",
+    method: Annotated[str, typer.Option("--method", metavar="gradcam|saliency|both",
+                                        help="The explanation to draw.")] = "both",
     layer: Annotated[Optional[int], typer.Option(
         "--layer", metavar="INDEX", help="The conv layer (conv2d or residual) Grad-CAM explains, "
                                          "by its index in the network (default: the last one).",
@@ -36,6 +36,7 @@ def explain(
     limit: Annotated[int, typer.Option("--limit", min=1, metavar="N",
                                        help="Draw at most the first N images.")] = 16,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    force: ForceOpt = False,
 ):
     """Show what a trained model looked at: Grad-CAM heat maps and saliency maps.
 
@@ -53,6 +54,7 @@ def explain(
     """
     if method not in METHODS:
         fail(f"--method must be gradcam, saliency or both, got {method!r}", code=2)
+    refuse_existing(force, ("--out", out))
     with cli_errors():
         _explain(checkpoint, paths, out, METHODS[method], layer, class_name, limit, quiet)
 

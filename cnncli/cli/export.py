@@ -7,15 +7,16 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console
+from cnncli.cli.app import ForceOpt, app, cli_errors, console, refuse_existing
 
 
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The ONNX file to write (e.g. model.onnx).",
-                                      show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The ONNX file to write "
+                                      "(e.g. model.onnx).", show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,
+    force: ForceOpt = False,
 ):
     """Export a checkpoint to ONNX (opset 17) for ONNX Runtime and other runtimes.
 
@@ -26,6 +27,7 @@ def export(
 
     Example: cnn export runs/mnist-bn-20260101-120000/best.npz -o mnist.onnx
     """
+    refuse_existing(force, ("--out", out))
     with cli_errors():
         from cnncli.export import export_checkpoint
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, set_option
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, fit_table, set_option
 
 SetLayerOpt = set_option("network.0.out_channels=8")
 SetDataOpt = set_option("data.path=DIR")
@@ -56,7 +56,7 @@ def summary(
                           f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
         table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
-        console().print(table)
+        console().print(fit_table(table, console()))
         console().print(f"{net.num_params():,} trainable parameters; {net.num_buffers():,} buffer "
                         "values (saved, not trained)", markup=False)
         if frozen:
@@ -70,7 +70,7 @@ def gradcheck(
     config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
     batch: Annotated[int, typer.Option("--batch", min=1, metavar="INTEGER", help="Samples in the checked batch (drawn at random from the training split).")] = 4,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, metavar="INTEGER", help="Override the config's seed: another batch, initialisation and jitter.", show_default=False)] = None,
-    impl: Annotated[str, typer.Option("--impl", metavar="NAME", help="Conv implementation: fast or reference.")] = "fast",
+    impl: Annotated[str, typer.Option("--impl", metavar="fast|reference", help="Conv implementation.")] = "fast",
     max_entries: Annotated[int, typer.Option("--max-entries", min=1, metavar="INTEGER", help="Entries compared per array (sampled).")] = 200,
     sets: SetDataOpt = None,
     offline: OfflineOpt = False,
@@ -116,7 +116,7 @@ def gradcheck(
             error = "-" if r.unchecked else f"{r.max_rel_error:.2e}"
             result = "pass" if r.passed else ("unchecked" if r.unchecked else "FAIL")
             table.add_row(where, what, str(r.checked), str(r.skipped), error, result)
-        console().print(table)
+        console().print(fit_table(table, console()))
 
         def names(rows):
             return ", ".join(f"layer {r.layer} ({r.type}) {r.name}" if r.layer >= 0 else r.name

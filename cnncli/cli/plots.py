@@ -10,7 +10,7 @@ from typing import List
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, load_checkpoint_network
+from cnncli.cli.app import ForceOpt, app, cli_errors, console, load_checkpoint_network, refuse_existing
 
 
 @app.command("plot")
@@ -19,6 +19,7 @@ def plot_cmd(
         help="Run directories (each holds metrics.csv).", metavar="RUN_DIR", show_default=False)],
     out: Annotated[Path, typer.Option(
         "--out", "-o", metavar="FILE", help="The picture to write (.png; .svg and .pdf work too).")] = Path("plot.png"),
+    force: ForceOpt = False,
 ):
     """Draw the loss and accuracy curves of one or more runs in one figure.
 
@@ -32,6 +33,7 @@ def plot_cmd(
 
       cnn plot runs/shapes-a runs/shapes-b --out compare.png
     """
+    refuse_existing(force, ("--out", out))
     with cli_errors():
         from cnncli.plots import plot_runs
 
@@ -47,6 +49,7 @@ def show_kernels(
         help="A checkpoint .npz (a run's last.npz or best.npz).", metavar="CHECKPOINT", show_default=False)],
     out: Annotated[Path, typer.Option(
         "--out", "-o", metavar="FILE", help="The picture to write (.png; .svg and .pdf work too).")] = Path("kernels.png"),
+    force: ForceOpt = False,
 ):
     """Draw the learned kernels of every conv2d layer of a checkpoint as small images.
 
@@ -56,6 +59,7 @@ def show_kernels(
 
     Example: cnn show-kernels runs/shapes-20260101-120000/best.npz --out kernels.png
     """
+    refuse_existing(force, ("--out", out))
     with cli_errors():
         from cnncli.plots import plot_kernels
 

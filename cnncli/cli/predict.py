@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail
+from cnncli.cli.app import ForceOpt, app, cli_errors, console, escape, fail, refuse_existing
 
 PLOT_LIMIT = 64  # images drawn by --plot
 MISSING_OPTIONS = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
@@ -51,6 +51,7 @@ def predict(
         "--input-scale", metavar="S", help="The factor from stored values to network inputs; "
                                            "replaces the checkpoint's.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
+    force: ForceOpt = False,
 ):
     """Predict the class of images with a trained model.
 
@@ -70,6 +71,7 @@ def predict(
         fail(f"--channels must be 1 or 3, got {channels}", code=2)
     if size is not None and min(size) < 1:
         fail(f"--size must be two integers >= 1 (H W), got {size[0]} {size[1]}", code=2)
+    refuse_existing(force, ("--csv", csv_out), ("--plot", plot))
     with cli_errors():
         _predict(checkpoint, paths, top, as_json, csv_out, plot, batch_size, skip_bad, size,
                  channels, pixel_max, input_scale, quiet)
@@ -108,7 +110,7 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
         else:
             result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
                             keep_images=PLOT_LIMIT if plot else 0)
-    rows, skipped, resized, kept = result
+    rows, skipped, resized, kept, converted = result
     if skipped and not rows:
         from cnncli.errors import DataError
 
@@ -126,6 +128,14 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
     if resized:
         h, w = spec.shape[1:]
         note(f"Note: {resized} image(s) were resized to the model's {h}x{w}")
+    if converted:
+        note(f"Note: {converted} " + ("colour image(s) were converted to grayscale for the "
+                                      "grayscale model" if spec.shape[0] == 1 else
+                                      "grayscale image(s) were converted to RGB for the colour "
+                                      "model"))
+    if k > len(spec.class_names):
+        note(f"Note: the model has {len(spec.class_names)} classes, so --top-k {k} shows "
+             f"{len(spec.class_names)}")
     if inputs.ignored:
         note(f"Note: {inputs.ignored} file(s) in the given folders are not images and were ignored")
     if csv_out is not None:
@@ -149,16 +159,33 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
 
 
 def _table(rows, k):
+    """One row per image: path, prediction, score and a column per runner-up (#2, #3, ...);
+    when those columns do not fit the terminal beside a path of 10 characters, the runners-up
+    share one column, ``8 13.53%, 7 12.12%, ...``, wrapped between entries."""
     from rich.table import Table
 
+    from cnncli.cli.app import fit_table, wrap_at_separators
+
+    out = console()
     table = Table(title=f"{len(rows)} prediction(s)")
     table.add_column("path", overflow="fold")
-    table.add_column("prediction")
-    table.add_column("score", justify="right")
+    table.add_column("prediction", overflow="fold")
+    table.add_column("score", justify="right", no_wrap=True)
     extra = min(k, max((len(r["top"]) for r in rows), default=1)) - 1
-    for i in range(extra):
-        table.add_column("runner-up" if extra == 1 else f"#{i + 2}")
-    for r in rows:
-        table.add_row(escape(r["path"]), escape(r["class"]), f"{100 * r['score']:.2f}%",
-                      *[escape(f"{t['class']} {100 * t['score']:.2f}%") for t in r["top"][1:]])
-    console().print(table)
+    runners = [[f"{t['class']} {100 * t['score']:.2f}%" for t in r["top"][1:extra + 1]] for r in rows]
+    cells = [[r["path"], r["class"], f"{100 * r['score']:.2f}%", *others]
+             for r, others in zip(rows, runners)]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
+              for i, h in enumerate(["path", "prediction", "score"] + ["#10"] * extra)]
+    if extra > 1 and 10 + sum(widths[1:]) + 3 * len(widths) + 1 > out.width:
+        table.add_column("runners-up", overflow="fold")
+        cells = [c[:3] + [", ".join(others)] for c, others in zip(cells, runners)]
+        widths = widths[:3] + [len("8 99.99%,") * 2]
+    else:
+        for i in range(extra):
+            table.add_column("runner-up" if extra == 1 else f"#{i + 2}", overflow="fold")
+    room = max(len("path"), out.width - sum(widths[1:]) - (3 * len(widths) + 1))
+    table.columns[0].width = min(room, max((len(c[0]) for c in cells), default=4))
+    for c in cells:  # a long path breaks after a / - or _, not anywhere
+        table.add_row(escape(wrap_at_separators(c[0], room)), *map(escape, c[1:]))
+    out.print(fit_table(table, out))

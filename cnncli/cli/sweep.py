@@ -26,9 +26,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the fi
 def run(
     sweep_file: Annotated[Path, typer.Argument(help="The sweep YAML file.", show_default=False)],
     workers: WorkersOpt = 1,
-    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", help="Where to write the sweep (default: runs/<sweep>-<time>); an existing sweep directory of the same sweep is joined.", show_default=False)] = None,
+    sweep_dir: Annotated[Optional[Path], typer.Option("--sweep-dir", metavar="DIR", help="Where to write the sweep (default: runs/<sweep>-<time>); an existing sweep directory of the same sweep is joined.", show_default=False)] = None,
     storage: StorageOpt = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="The study's name in the storage (default: the sweep file's name).", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="The study's name in the storage (default: the sweep file's name).", show_default=False)] = None,
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="Override the sweep file's trial count.", show_default=False)] = None,
     quiet: QuietOpt = False,
 ):
@@ -52,7 +52,7 @@ def run(
         spec = load_sweep(sweep_file, trials)
         path = sweep_dir if sweep_dir is not None else default_run_dir(sweep_file)
         path, spec = prepare(spec, path, url, study)
-        _run(path, spec, url, workers, quiet)
+        _run(path, spec, url, workers, quiet, storage)
 
 
 @sweep_app.command("resume")
@@ -81,14 +81,54 @@ def resume(
         url = resume_url(spec, storage, storage_url())
         if trials is not None:
             spec = set_trial_count(sweep_dir, trials)
-        _run(sweep_dir, spec, url, workers, quiet)
+        if _already_complete(sweep_dir, spec, url):
+            return
+        _run(sweep_dir, spec, url, workers, quiet, storage)
+
+
+def _already_complete(sweep_dir: Path, spec: dict, url) -> bool:
+    """Say so, as cnn train --resume does, when the sweep has all its trials; True then (its
+    reports written again: a kill may have come between a trial's end and its reports)."""
+    from cnncli.sweep.driver import open_sweep_study
+    from cnncli.sweep.report import best_row, trial_rows, write_reports
+
+    trials = open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False)
+    rows = trial_rows(trials, spec)
+    if _done(rows) < spec["trials"]:
+        return False
+    write_reports(Path(sweep_dir), trials, spec, plot=True)
+    out = console()
+    out.print(f"{sweep_dir} is already complete: all {spec['trials']} trials are done. To run "
+              f"more, resume with a higher count: cnn sweep resume {sweep_dir} --trials "
+              f"{spec['trials'] + 10}", markup=False, soft_wrap=True)
+    out.print(summary_line(rows, spec, best_row(rows, spec["direction"]), sweep_dir),
+              markup=False, soft_wrap=True)
+    return True
+
+
+def resume_command(path: Path, spec: dict, workers: int, storage: str | None) -> str:
+    """The command that continues this sweep as it ran: its worker count and, when sweep.yaml
+    cannot give the storage's password, --storage from the environment variable (a password is
+    never printed). The study's name and storage are in sweep.yaml."""
+    import shlex
+
+    from cnncli.sweep.storage import STORAGE_ENV
+
+    command = f"cnn sweep resume {shlex.quote(str(path))}"
+    if workers > 1:
+        command += f" --workers {workers}"
+    if spec.get("storage") and "***" in spec["storage"]:
+        command += f' --storage "${STORAGE_ENV}"'
+        if storage:  # given as --storage, not in the environment
+            command += f" (with {STORAGE_ENV} set to the URL and its password)"
+    return command
 
 
 @sweep_app.command("show")
 def show(
     sweep_dir: Annotated[Optional[Path], typer.Argument(help="The sweep directory.", show_default=False)] = None,
     storage: StorageOpt = None,
-    study: Annotated[Optional[str], typer.Option("--study", help="The study's name (with --storage).", show_default=False)] = None,
+    study: Annotated[Optional[str], typer.Option("--study", metavar="NAME", help="The study's name (with --storage).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ):
     """Show a sweep's trials and its best one, from its storage.
@@ -123,11 +163,11 @@ def show(
                               "trials": rows, "best": best}, indent=2))
             return
         out = console()
-        out.print(trials_table(rows, spec))
+        out.print(trials_table(rows, spec, out=out))
         out.print(summary_line(rows, spec, best), markup=False, soft_wrap=True)
 
 
-def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
+def _run(path: Path, spec: dict, url, workers: int, quiet: bool, storage: str | None = None):
     from cnncli.sweep.driver import run_workers
     from cnncli.sweep.report import best_row, trial_rows
 
@@ -146,7 +186,7 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
 
     def print_finished(trials):
         for r in trial_rows(trials, spec):
-            if r["state"] != "RUNNING" and r["number"] not in printed:
+            if r["state"] != "running" and r["number"] not in printed:
                 printed.add(r["number"])
                 out.print(trial_line(r, spec), markup=False, soft_wrap=True)
 
@@ -158,14 +198,14 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
             with Live(console=out, refresh_per_second=4, transient=False) as live:
                 result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
                                      on_update=lambda t: live.update(
-                                         trials_table(trial_rows(t, spec), spec, last=20)))
+                                         trials_table(trial_rows(t, spec), spec, last=20, out=out)))
         else:
             result = run_workers(path, url, workers, should_stop=lambda: stop["count"] > 0,
                                  on_update=None if quiet else print_finished)
     finally:
         signal.signal(signal.SIGINT, previous)
     rows = trial_rows(result["trials"], spec)
-    command = f"cnn sweep resume {path}"
+    command = resume_command(path, spec, workers, storage)
     if result["outcome"] == "interrupted":
         err.print(f"Interrupted: {_done(rows)} of {spec['trials']} trials done; the running ones "
                   f"will be tried again. Resume with: {command}", markup=False, soft_wrap=True)
@@ -177,7 +217,9 @@ def _run(path: Path, spec: dict, url, workers: int, quiet: bool):
 
 
 def _done(rows) -> int:
-    return sum(r["state"] in ("COMPLETE", "PRUNED") for r in rows)
+    from cnncli.sweep.report import DONE
+
+    return sum(r["state"] in DONE for r in rows)
 
 
 def _params(r, spec) -> str:
@@ -195,13 +237,13 @@ def trial_line(r: dict, spec: dict) -> str:
         if r["value"] is not None else "no value"
     secs = f"  {r['seconds']:.1f}s" if r["seconds"] is not None else ""
     note = f"  {r['note']}" if r["note"] else ""
-    return f"trial {r['number']:>3} {r['state'].lower():<8} {value}  {_params(r, spec)}{secs}{note}"
+    return f"trial {r['number']:>3} {r['state']:<8} {value}  {_params(r, spec)}{secs}{note}"
 
 
 def summary_line(rows, spec, best, path=None) -> str:
     from collections import Counter
 
-    states = Counter(r["state"].lower() for r in rows)
+    states = Counter(r["state"] for r in rows)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
     text = f"Sweep {spec['name']}: {len(rows)} trials ({counts or 'none yet'})"
     if best is None:
@@ -213,24 +255,48 @@ def summary_line(rows, spec, best, path=None) -> str:
     return text
 
 
-def trials_table(rows, spec, last: int | None = None):
-    from rich.table import Table
+def column_names(keys) -> dict:
+    """Each space key's column header: its last part (``learning_rate`` for
+    training.learning_rate, ``out_features`` for network.2.out_features), with as many parts
+    before it as tell two keys apart (``0.out_features``, ``2.out_features``)."""
+    names = {}
+    for k in keys:
+        parts = k.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if sum(".".join(o.split(".")[-n:]) == tail for o in keys) == 1:
+                break
+        names[k] = tail
+    return names
 
+
+def trials_table(rows, spec, last: int | None = None, out=None):
+    """The trials as a table (headers: # state <parameters> <metric> epoch seconds; a column
+    nobody has a value in is left out), each note on a line of its own below it; fitted to
+    ``out``'s width (see fit_table)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from cnncli.cli.app import fit_table
+
+    out = out or console()
+    shown = rows[-last:] if last else rows
+    names = column_names(list(spec["space"]))
+    columns = [("#", lambda r: str(r["number"])), ("state", lambda r: r["state"])]
+    columns += [(names[k], lambda r, k=k: escape(_fmt(r[k]))) for k in spec["space"]]
+    columns += [(spec["metric"], lambda r: f"{r['value']:.4f}" if r["value"] is not None else ""),
+                ("epoch", lambda r: str(r["best_epoch"] or "")),
+                ("seconds", lambda r: f"{r['seconds']:.1f}" if r["seconds"] is not None else "")]
+    cells = [[get(r) for _, get in columns] for r in shown]
+    keep = [i for i, (name, _) in enumerate(columns)
+            if i < 2 or not shown or any(row[i] for row in cells)]
     table = Table(title=f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done",
                   title_justify="left")
-    table.add_column("#", justify="right")
-    table.add_column("state")
-    for k in spec["space"]:
-        table.add_column(k.split(".")[-1] if len(k) > 20 else k, justify="right")
-    table.add_column(spec["metric"], justify="right")
-    table.add_column("epoch", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("note")
-    shown = rows[-last:] if last else rows
-    for r in shown:
-        table.add_row(str(r["number"]), r["state"].lower(), *[_fmt(r[k]) for k in spec["space"]],
-                      f"{r['value']:.4f}" if r["value"] is not None else "",
-                      str(r["best_epoch"] or ""),
-                      f"{r['seconds']:.1f}" if r["seconds"] is not None else "",
-                      escape(r["note"] or "")[:60])
-    return table
+    for i in keep:
+        table.add_column(columns[i][0], justify="left" if i == 1 else "right", no_wrap=i < 2)
+    for row in cells:
+        table.add_row(*[row[i] for i in keep])
+    notes = [Text(f"trial {r['number']}: {r['note']}") for r in shown
+             if r["note"] and r["state"] != "running"]
+    return Group(fit_table(table, out), *notes)

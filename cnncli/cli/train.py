@@ -37,7 +37,7 @@ def epoch_line(row: dict, epochs: int) -> str:
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue the run in this directory from its last.npz.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="DIR", help="Continue the run in this directory from its last.npz.")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", metavar="DIR", help="Where to write the run (default: runs/<config>-<time>).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", metavar="INTEGER", help="Override training.epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", metavar="FLOAT", help="Override training.learning_rate.")] = None,
@@ -46,7 +46,7 @@ def train(
     sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
     offline: OfflineOpt = False,
-    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="FILE", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
 ):
     """Train a network from a YAML config and write a run directory.
 
@@ -79,7 +79,7 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
     from cnncli.run import RunDir, RunDirUsed, default_run_dir, resume_config
 
     if resume is None and config is None:
-        fail("give a CONFIG file to train, or --resume RUN_DIR to continue a run", code=2)
+        fail("give a CONFIG file to train, or --resume DIR to continue a run", code=2)
     if resume is not None and run_dir is not None:
         fail("--run-dir and --resume exclude each other (--resume names the run directory)", code=2)
 
@@ -110,7 +110,9 @@ def _train(config, resume, run_dir, overrides, quiet, offline):
                           f"--run-dir, or continue that run with: cnn train --resume "
                           f"{exc.path}") from None
     try:
-        _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet, trainer=trainer)
+        from cnncli.run import config_name
+
+        _fit(cfg, run, config_name=config_name(config), resume=False, quiet=quiet, trainer=trainer)
     finally:
         run.close()
 
@@ -128,6 +130,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
         run.log(text)
         if not quiet or always:
             out.print(text, markup=False, highlight=False, soft_wrap=True)
+            out.file.flush()  # on screen now, not at the next write (a terminal in tmux)
 
     if resume:
         try:
@@ -171,7 +174,7 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
     try:
         train_epochs(trainer, run, config_name,
                      run_epoch=lambda t: _run_epoch(t, out, interactive),
-                     on_epoch=lambda row: say(epoch_line(row, trainer.epochs)))
+                     on_trained=lambda row: say(epoch_line(row, trainer.epochs)))
     except Interrupted:
         if trainer.epoch:
             msg = (f"Interrupted: epoch {trainer.epoch} is saved in {run.path / 'last.npz'}. "

@@ -111,13 +111,16 @@ def probe_image(path) -> ImageInfo:
         return ImageInfo(im.mode, h, w)
 
 
-def decode_image(path, size: tuple[int, int] | None = None, channels: int | None = None) -> np.ndarray:
+def decode_image(path, size: tuple[int, int] | None = None, channels: int | None = None,
+                 modes: list | None = None) -> np.ndarray:
     """Decode one image file and convert it to the stored form.
 
     Args:
         path: an image file Pillow reads (png, jpg, bmp, gif (first frame), webp, ...).
         size: (H, W) to resize to with Pillow's bilinear filter; None keeps the image's size.
         channels: 1 or 3; None: 1 for a grayscale image (modes in GRAY_MODES), else 3.
+        modes: a list that gets the file's own Pillow mode appended (to tell a colour image
+            converted to grayscale, or the reverse).
     Returns:
         (C, H, W) uint8, 255 for a full-intensity pixel.
     Raises:
@@ -130,6 +133,8 @@ def decode_image(path, size: tuple[int, int] | None = None, channels: int | None
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 im.load()
+                if modes is not None:
+                    modes.append(im.mode)
                 out = to_stored(im, size, channels)
         except BadImage:
             raise

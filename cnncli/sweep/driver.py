@@ -130,7 +130,19 @@ def _open_and_check_study(storage, sweep: dict, url: str | None, create: bool):
             where = f" in {mask_url(url)}" if url else ""
             raise SweepError(f"the study {sweep['study']!r}{where} holds another sweep (it "
                              f"differs in {', '.join(diff)}); choose another --study")
+    if study.metric_names is None:
+        _name_the_metric(study, sweep["metric"])
     return study
+
+
+def _name_the_metric(study, metric: str) -> None:
+    """The objective's name, e.g. test_accuracy, as optuna-dashboard shows it (not
+    "Objective 0")."""
+    import warnings
+
+    with warnings.catch_warnings():  # set_metric_names is marked experimental
+        warnings.simplefilter("ignore")
+        study.set_metric_names([metric])
 
 
 def resume_url(sweep: dict, given: str | None, env: str | None = None) -> str | None:

@@ -11,26 +11,39 @@ from pathlib import Path
 
 FIXED_COLUMNS = ["number", "state"]
 TAIL_COLUMNS = ["value", "best_epoch", "seconds", "run_dir", "note"]
+STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "RUNNING": "running", "FAIL": "failed"}
+"""A trial's state under the names ``cnn runs`` gives run directories (Optuna's COMPLETE,
+PRUNED, RUNNING, FAIL); a failed trial whose parameters were queued again (it was interrupted or
+its process died) is ``retried``."""
+DONE = ("finished", "pruned")
 
 
 def trial_rows(trials, sweep: dict) -> list[dict]:
     """One dict per trial that started (queued ones are left out), in trial-number order.
-    ``value`` is the trial's best epoch's metric (so far, for a pruned or failed one);
+    ``state`` is one of STATES' names or ``retried`` (its note names the trial that replaced
+    it); ``value`` is the trial's best epoch's metric (so far, for a pruned or failed one);
     ``run_dir`` is relative to the sweep directory, and empty for trials another machine ran."""
     rows = []
+    replaced_by = {t.user_attrs["retry_of"]: t.number for t in sorted(trials, key=lambda t: t.number)
+                   if isinstance(t.user_attrs.get("retry_of"), int)}
     for t in sorted(trials, key=lambda t: t.number):
         if t.state.name == "WAITING":
             continue
         attrs = t.user_attrs
         value = t.value if t.state.name == "COMPLETE" else attrs.get("best_value")
         mine = attrs.get("sweep_id") == sweep["sweep_id"]
-        note = attrs.get("error") or ("interrupted (tried again)" if attrs.get("interrupted") else "") \
-            or (f"killed: {attrs['killed']} (tried again)" if attrs.get("killed") else "")
+        state = STATES.get(t.state.name, t.state.name.lower())
+        again = f"retried as trial {replaced_by[t.number]}" if t.number in replaced_by \
+            else "its parameters queued again"
+        note = attrs.get("error") or (f"interrupted; {again}" if attrs.get("interrupted") else "") \
+            or (f"killed: {attrs['killed']}; {again}" if attrs.get("killed") else "")
         if t.state.name == "RUNNING":
             note = "running"
         elif t.state.name == "FAIL" and not note:
-            note = "no result: its process died (no heartbeat); tried again"
-        rows.append({"number": t.number, "state": t.state.name,
+            note = f"no result: its process died (no heartbeat); {again}"
+        if t.state.name == "FAIL" and not attrs.get("error"):
+            state = "retried"
+        rows.append({"number": t.number, "state": state,
                      **{k: t.params.get(k) for k in sweep["space"]},
                      "value": value, "best_epoch": attrs.get("best_epoch"),
                      "seconds": attrs.get("seconds"),
@@ -39,7 +52,7 @@ def trial_rows(trials, sweep: dict) -> list[dict]:
 
 
 def best_row(rows: list[dict], direction: str) -> dict | None:
-    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    done = [r for r in rows if r["state"] == "finished" and r["value"] is not None]
     if not done:
         return None
     sign = 1 if direction == "maximize" else -1
@@ -98,18 +111,19 @@ def sweep_figure(path: Path, rows: list[dict], sweep: dict) -> Path:
     nrows = -(-n // cols)
     fig = new_figure(4.0 * cols, 3.2 * nrows)
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
-    colors = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
+    colors = {"finished": "tab:blue", "pruned": "tab:orange", "failed": "tab:red",
+              "retried": "tab:gray"}
     shown = [r for r in rows if r["value"] is not None and not math.isnan(r["value"])]
     ax = axes[0]
     for state, color in colors.items():
         pts = [r for r in shown if r["state"] == state]
         if pts:
             ax.scatter([r["number"] for r in pts], [r["value"] for r in pts], s=18, color=color,
-                       label=state.lower())
+                       label=state)
     sign = 1 if sweep["direction"] == "maximize" else -1
     best, xs, ys = None, [], []
     for r in sorted(shown, key=lambda r: r["number"]):
-        if r["state"] == "COMPLETE" and (best is None or sign * r["value"] > sign * best):
+        if r["state"] == "finished" and (best is None or sign * r["value"] > sign * best):
             best = r["value"]
         if best is not None:
             xs.append(r["number"])
@@ -127,8 +141,11 @@ def sweep_figure(path: Path, rows: list[dict], sweep: dict) -> Path:
             pts = [r for r in shown if r["state"] == state and r[key] is not None]
             if not pts:
                 continue
-            xv = [r[key] if entry["kind"] != "choice" else str(r[key]) for r in pts]
+            xv = [r[key] if entry["kind"] != "choice" else _choice_index(entry, r[key]) for r in pts]
             ax.scatter(xv, [r["value"] for r in pts], s=18, color=color)
+        if entry["kind"] == "choice":  # categories in the sweep file's order, not as text
+            ax.set_xticks(range(len(entry["choices"])), [str(c) for c in entry["choices"]])
+            ax.set_xlim(-0.5, len(entry["choices"]) - 0.5)
         if entry.get("log"):
             ax.set_xscale("log")
         ax.set_xlabel(key)
@@ -136,3 +153,10 @@ def sweep_figure(path: Path, rows: list[dict], sweep: dict) -> Path:
     for ax in axes[n:]:
         ax.set_visible(False)
     return save_figure(fig, path)
+
+
+def _choice_index(entry: dict, value) -> int:
+    for i, c in enumerate(entry["choices"]):
+        if c == value and type(c) is type(value):
+            return i
+    return next((i for i, c in enumerate(entry["choices"]) if str(c) == str(value)), 0)

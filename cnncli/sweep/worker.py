@@ -290,7 +290,9 @@ class Worker:
             beat_stop.set()
         history = self.trainer.history if self.trainer is not None else []
         if history:
-            plot_run_curves(run.path, name, force=True)
+            pruned = state == optuna.trial.TrialState.PRUNED
+            plot_run_curves(run.path, f"{name} (pruned after epoch {len(history)})" if pruned
+                            else name, force=True)
         seconds = time.monotonic() - start
         with sweep_lock(self.sweep_dir):
             trial.set_user_attr("seconds", seconds)
