@@ -77,6 +77,21 @@ def _load_mnist(cfg: dict, seed: int) -> Dataset:
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255, 255.0)
 
 
+# ---------------------------------------------------------------- fashion_mnist, cifar10
+def _load_fashion_mnist(cfg: dict, seed: int) -> Dataset:
+    from cnncli.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+
+    x_tr, y_tr, x_te, y_te = load_fashion_mnist(cfg["path"])
+    return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, list(CLASS_NAMES), 1 / 255, 255.0)
+
+
+def _load_cifar10(cfg: dict, seed: int) -> Dataset:
+    from cnncli.data.cifar10 import load_cifar10
+
+    x_tr, y_tr, x_te, y_te, names = load_cifar10(cfg["path"])
+    return Dataset("cifar10", x_tr, y_tr, x_te, y_te, names, 1 / 255, 255.0)
+
+
 # ---------------------------------------------------------------- npz
 def _describe_npz(cfg: dict):
     ds = _load_npz(cfg, 0)
@@ -151,6 +166,16 @@ DATASETS: dict[str, DatasetKind] = {
         {"path": Field(None, optional(_path))},
         lambda cfg: ((1, 28, 28), 10), _load_mnist,
         "MNIST 28x28 digits from the four IDX files (downloaded to the cache when missing)"),
+    "fashion_mnist": DatasetKind(
+        {"path": Field(None, optional(_path))},
+        lambda cfg: ((1, 28, 28), 10), _load_fashion_mnist,
+        "Fashion-MNIST 28x28 clothing pictures from the four IDX files (downloaded to the cache "
+        "when missing)"),
+    "cifar10": DatasetKind(
+        {"path": Field(None, optional(_path))},
+        lambda cfg: ((3, 32, 32), 10), _load_cifar10,
+        "CIFAR-10 32x32 colour photos from the binary version's six .bin files or its .tar.gz "
+        "(downloaded to the cache when missing)"),
     "npz": DatasetKind(
         {"path": Field(REQUIRED, _path)},
         _describe_npz, _load_npz,
