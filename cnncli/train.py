@@ -35,10 +35,19 @@ class Interrupted(Exception):
     """Training was asked to stop (Ctrl-C); the last finished epoch is intact."""
 
 
-def make_loss(training: dict, net: Network):
-    if training["loss"] == "mse":
+def make_loss(training: dict, net: Network, data: Dataset | None = None):
+    """The configured loss. ``data`` resolves ``loss.class_weights`` (``auto`` counts its
+    training labels; a mapping names its classes); without it class weights are left out."""
+    from cnncli.losses import loss_options, resolve_class_weights
+
+    opts = loss_options(training["loss"])
+    if opts["name"] == "mse":
         return MSELoss()
-    return CrossEntropyLoss(from_logits=net.layers[-1].type_name != "softmax")
+    weights = None
+    if opts["class_weights"] is not None and data is not None:
+        weights = resolve_class_weights(opts["class_weights"], data.y_train, data.class_names)
+    return CrossEntropyLoss(from_logits=net.layers[-1].type_name != "softmax",
+                            label_smoothing=opts["label_smoothing"], class_weights=weights)
 
 
 def make_optimizer(training: dict):
@@ -108,7 +117,7 @@ class Trainer:
         init_rng = np.random.default_rng([cfg["seed"], 1])
         self.net = build_network(cfg["network"], self.data.input_shape, init_rng, self.dtype,
                                  impl=t["impl"])
-        self.loss = make_loss(t, self.net)
+        self.loss = make_loss(t, self.net, self.data)
         self.optimizer = make_optimizer(t)
         # impl "reference" runs the seed's algorithm step for step: per-sample SciPy loops in
         # every conv layer and every gradient (the first layer's input gradient too, which

@@ -63,11 +63,12 @@ def _eval(checkpoint, data, split, as_json, plot):
                         f"{'x'.join(map(str, net.input_shape))} with {net.output_shape[0]} classes")
     dtype = np.dtype(cfg["training"]["dtype"])
     with blas_threads(cfg["training"]["threads"]):
-        res = evaluate(net, make_loss(cfg["training"], net), ds, split, dtype)
+        res = evaluate(net, make_loss(cfg["training"], net, ds), ds, split, dtype)
     _, y = ds.split(split)
     cm = confusion_matrix(y, res["predictions"], ds.n_classes)
     totals = cm.sum(axis=1)
     per_class = [float(cm[i, i] / totals[i]) if totals[i] else None for i in range(ds.n_classes)]
+    prf = precision_recall_f1(y, res["predictions"], ds.n_classes)
     if plot is not None:
         from cnncli.plots import plot_evaluation
 
@@ -77,6 +78,7 @@ def _eval(checkpoint, data, split, as_json, plot):
         print(json.dumps({"checkpoint": str(checkpoint), "split": split, "n": int(len(y)),
                           "accuracy": res["accuracy"], "loss": res["loss"],
                           "class_names": ds.class_names, "per_class_accuracy": per_class,
+                          **prf,
                           "confusion_matrix": cm.tolist()}))
         return
     from rich.table import Table
@@ -85,12 +87,19 @@ def _eval(checkpoint, data, split, as_json, plot):
     out.print(f"{checkpoint} (epoch {meta['epoch']}) on the {ds.name} {split} split, "
               f"{len(y):,} samples", markup=False)
     out.print(f"accuracy {pct(res['accuracy'])}   loss {res['loss']:.6f}", markup=False)
-    per = Table(title="Per-class accuracy")
+    out.print(f"macro precision {pct(prf['macro_precision'])}   macro recall "
+              f"{pct(prf['macro_recall'])}   macro F1 {pct(prf['macro_f1'])}", markup=False)
+    per = Table(title="Per-class accuracy (= recall), precision and F1")
     per.add_column("class")
     per.add_column("samples", justify="right")
     per.add_column("accuracy", justify="right")
-    for name, total, acc in zip(ds.class_names, totals, per_class):
-        per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc))
+    per.add_column("precision", justify="right")
+    per.add_column("recall", justify="right")
+    per.add_column("F1", justify="right")
+    for i, (name, total, acc) in enumerate(zip(ds.class_names, totals, per_class)):
+        per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc),
+                    *["-" if prf[k][i] is None else pct(prf[k][i])
+                      for k in ("precision", "recall", "f1")])
     out.print(per)
     conf = Table(title="Confusion matrix (rows: true, columns: predicted)")
     conf.add_column("true \\ pred")
@@ -99,3 +108,27 @@ def _eval(checkpoint, data, split, as_json, plot):
     for name, row in zip(ds.class_names, cm):
         conf.add_row(escape(name), *[str(int(v)) for v in row])
     out.print(conf)
+
+
+def precision_recall_f1(y, predictions, n_classes: int) -> dict:
+    """Per-class precision, recall and F1 (scikit-learn's, label order; None where undefined:
+    no sample predicted as the class for precision, none of it for recall, neither for F1) and
+    their macro means over the classes where each is defined."""
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = list(range(n_classes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        p, r, f, support = precision_recall_fscore_support(y, predictions, labels=labels,
+                                                           zero_division=0)
+    predicted = [int((predictions == k).sum()) for k in labels]
+    out = {"precision": [float(p[k]) if predicted[k] else None for k in labels],
+           "recall": [float(r[k]) if support[k] else None for k in labels],
+           "f1": [float(f[k]) if predicted[k] or support[k] else None for k in labels]}
+    for key in ("precision", "recall", "f1"):
+        vals = [v for v in out[key] if v is not None]
+        out[f"macro_{key}"] = float(sum(vals) / len(vals)) if vals else 0.0
+    return out

@@ -98,7 +98,7 @@ def gradcheck(
         x = ds.images(ds.x_train[picked], np.float64)
         y = one_hot(ds.y_train[picked], ds.n_classes, np.float64)
         x = move_off_kinks(net, x, rng)
-        results = check_network(net, make_loss(cfg["training"], net), x, y, rng,
+        results = check_network(net, make_loss(cfg["training"], net, ds), x, y, rng,
                                 max_entries=max_entries)
         from rich.table import Table
 

@@ -1,0 +1,223 @@
+"""The recipe pieces of issue 22: label smoothing and class weights (PyTorch's losses and
+gradients, finite differences), per-class precision/recall/F1 in ``cnn eval``, schedules with
+warm-up and one-cycle (PyTorch's schedulers step by step), test-time augmentation, ``cnn
+lr-find`` and the weights' moving average; every new key's bad values in one line; resume with
+each piece bit-exact."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cnncli.checkpoint import load_checkpoint
+from cnncli.cli import app
+from cnncli.config import validate
+from cnncli.data import one_hot
+from cnncli.errors import ConfigError
+from cnncli.losses import CrossEntropyLoss, resolve_class_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+SMALL = {  # shapes, a conv net ending in logits: seconds per epoch
+    "seed": 3,
+    "data": {"name": "shapes", "n": 240, "noise": 0.3, "test_size": 0.25},
+    "network": [{"type": "conv2d", "out_channels": 4, "kernel_size": 2},
+                {"type": "flatten"}, {"type": "dense", "out_features": 8}, {"type": "relu"},
+                {"type": "dense", "out_features": 4}],
+    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 0.05, "loss": "cross_entropy",
+                 "optimizer": {"name": "sgd", "momentum": 0.9}},
+}
+
+
+def small(**training) -> dict:
+    raw = json.loads(json.dumps(SMALL))
+    raw["training"].update(training)
+    return raw
+
+
+def write(tmp_path, raw, name="c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def read_metrics(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_resume_bit_exact(tmp_path, raw, epochs=4, stop=2, extra=()):
+    """Training ``epochs`` at once equals training ``stop`` epochs, then --resume to ``epochs``:
+    metrics but the timings, and every array of last.npz, to the bit."""
+    cfg = write(tmp_path, raw)
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = runner.invoke(app, ["train", str(cfg), "--run-dir", str(full), "--quiet", "--epochs",
+                            str(epochs), *extra])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(cfg), "--run-dir", str(part), "--quiet", "--epochs",
+                            str(stop), *extra])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--resume", str(part), "--quiet", "--epochs", str(epochs)])
+    assert r.exit_code == 0, r.output
+    strip = lambda rows: [{c: v for c, v in row.items() if c != "seconds"} for row in rows]  # noqa: E731
+    assert strip(read_metrics(full)) == strip(read_metrics(part))
+    a, _ = load_checkpoint(full / "last.npz")
+    b, _ = load_checkpoint(part / "last.npz")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].tobytes() == b[key].tobytes(), key
+    return full
+
+
+def config_problem(raw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        validate(raw)
+    assert len(exc.value.problems) == 1, exc.value.problems
+    assert "\n" not in exc.value.problems[0]
+    return exc.value.problems[0]
+
+
+# ----------------------------------------------------------------------------- losses
+def _torch_loss(z, y, eps, w):
+    torch = pytest.importorskip("torch")
+    zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(
+        zt, torch.tensor(y), label_smoothing=eps,
+        weight=None if w is None else torch.tensor(w, dtype=torch.float64))
+    loss.backward()
+    return float(loss.detach()), zt.grad.numpy()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.35])
+@pytest.mark.parametrize("weights", [None, "list", "zero"])
+def test_cross_entropy_with_smoothing_and_weights_equals_pytorch(eps, weights):
+    rng = np.random.default_rng(7)
+    z = rng.normal(scale=3.0, size=(9, 5))
+    y = rng.integers(0, 5, 9)
+    w = {None: None, "list": rng.uniform(0.2, 3.0, 5), "zero": np.array([0, 1, 2, 0.5, 1.5])}[weights]
+    want, want_grad = _torch_loss(z, y, eps, w)
+    loss = CrossEntropyLoss(label_smoothing=eps, class_weights=w)
+    t = one_hot(y, 5, np.float64)
+    assert abs(loss(z, t) - want) <= 1e-12 * max(1.0, abs(want))
+    np.testing.assert_allclose(loss.gradient(z, t), want_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_smoothed_weighted_cross_entropy_gradient_by_finite_differences(from_logits):
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(6, 4))
+    if not from_logits:  # after a softmax layer: probabilities
+        z = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    t = one_hot(rng.integers(0, 4, 6), 4, np.float64)
+    loss = CrossEntropyLoss(from_logits=from_logits, label_smoothing=0.2,
+                            class_weights=np.array([1.0, 2.0, 0.5, 3.0]))
+    grad = loss.gradient(z, t)
+    h = 1e-6
+    num = np.zeros_like(z)
+    for idx in np.ndindex(*z.shape):
+        up, down = z.copy(), z.copy()
+        up[idx] += h
+        down[idx] -= h
+        num[idx] = (loss(up, t) - loss(down, t)) / (2 * h)
+    np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-9)
+
+
+def test_plain_cross_entropy_is_untouched():
+    rng = np.random.default_rng(2)
+    z, t = rng.normal(size=(5, 3)), one_hot(rng.integers(0, 3, 5), 3, np.float64)
+    a, b = CrossEntropyLoss(), CrossEntropyLoss(label_smoothing=0.0, class_weights=None)
+    assert a(z, t) == b(z, t) and a.gradient(z, t).tobytes() == b.gradient(z, t).tobytes()
+
+
+def test_auto_class_weights_are_balanced_inverse_frequency():
+    y = np.array([0, 0, 0, 0, 1, 1, 2, 0])
+    w = resolve_class_weights("auto", y, ["a", "b", "c"])
+    np.testing.assert_allclose(w, [8 / (3 * 5), 8 / (3 * 2), 8 / (3 * 1)])
+    assert abs(w[y].mean() - 1.0) < 1e-15  # the training samples' weights average 1
+    from sklearn.utils.class_weight import compute_class_weight
+
+    np.testing.assert_allclose(w, compute_class_weight("balanced", classes=np.arange(3), y=y))
+    np.testing.assert_array_equal(resolve_class_weights({"b": 4}, y, ["a", "b", "c"]), [1, 4, 1])
+    with pytest.raises(ConfigError, match="no class 'd' in the data"):
+        resolve_class_weights({"d": 1}, y, ["a", "b", "c"])
+    with pytest.raises(ConfigError, match="class 'c' has none"):
+        resolve_class_weights("auto", y[:6], ["a", "b", "c"])
+
+
+def test_loss_string_and_mapping_forms():
+    assert validate(small(loss="cross_entropy"))["training"]["loss"] == "cross_entropy"
+    cfg = validate(small(loss={"name": "cross_entropy", "label_smoothing": 0.1,
+                               "class_weights": "auto"}))
+    assert cfg["training"]["loss"] == {"name": "cross_entropy", "label_smoothing": 0.1,
+                                       "class_weights": "auto"}
+    assert validate(small(loss={"label_smoothing": 0.2}))["training"]["loss"]["name"] == "cross_entropy"
+    assert validate(small(loss={"class_weights": {"cross": 2}}))["training"]["loss"]["class_weights"] == {"cross": 2.0}
+
+
+@pytest.mark.parametrize("loss,want", [
+    ({"name": "cross_entropy", "label_smoothing": 1.0}, "training.loss.label_smoothing: must be"),
+    ({"name": "cross_entropy", "label_smoothing": -0.1}, "training.loss.label_smoothing: must be"),
+    ({"name": "cross_entropy", "label_smothing": 0.1}, "training.loss.label_smothing: unknown key (did you mean 'label_smoothing'?)"),
+    ({"name": "hinge"}, "training.loss.name: must be one of"),
+    ({"name": "mse", "label_smoothing": 0.1}, "training.loss.label_smoothing: only cross_entropy takes it"),
+    ({"class_weights": [1, 2]}, "training.loss.class_weights: 2 weight(s) given, but the shapes data has 4 classes"),
+    ({"class_weights": [1, -2, 1, 1]}, "training.loss.class_weights: must be a number >= 0"),
+    ({"class_weights": [0, 0, 0, 0]}, "training.loss.class_weights: the weights must not all be 0"),
+    ({"class_weights": "balanced"}, "training.loss.class_weights: must be auto, a list of weights"),
+    ("hinge", "training.loss: must be one of"),
+])
+def test_bad_loss_values_are_one_line(loss, want):
+    assert want in config_problem(small(loss=loss))
+
+
+def test_unknown_class_name_in_the_weights_is_one_line_from_the_cli(tmp_path):
+    cfg = write(tmp_path, small(loss={"class_weights": {"circle": 2.0}}))
+    r = runner.invoke(app, ["train", str(cfg), "--run-dir", str(tmp_path / "r"), "--quiet"])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "training.loss.class_weights: no class 'circle'" in lines[0]
+
+
+def test_resume_with_label_smoothing_and_class_weights_is_bit_exact(tmp_path):
+    raw = small(loss={"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": "auto"})
+    assert_resume_bit_exact(tmp_path, raw)
+
+
+def test_gradcheck_passes_with_smoothing_and_weights(tmp_path):
+    raw = small(loss={"name": "cross_entropy", "label_smoothing": 0.1,
+                      "class_weights": [1.0, 2.0, 0.5, 1.5]})
+    r = runner.invoke(app, ["gradcheck", str(write(tmp_path, raw))])
+    assert r.exit_code == 0, r.output
+    assert "gradients pass" in r.output
+
+
+def test_eval_reports_per_class_precision_recall_f1(tmp_path):
+    cfg = write(tmp_path, small())
+    run = tmp_path / "r"
+    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "--quiet"]).exit_code == 0
+    r = runner.invoke(app, ["eval", str(run / "last.npz"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from cnncli.train import Trainer
+
+    t = Trainer(validate(small()))
+    y = t.data.y_test
+    cm = np.array(out["confusion_matrix"])
+    pred = np.concatenate([np.full(cm[i, j], j) for i in range(4) for j in range(4)])
+    true = np.concatenate([np.full(cm[i, j], i) for i in range(4) for j in range(4)])
+    assert len(true) == len(y)
+    np.testing.assert_allclose(out["precision"], precision_score(true, pred, average=None, zero_division=0))
+    np.testing.assert_allclose(out["recall"], recall_score(true, pred, average=None))
+    np.testing.assert_allclose(out["f1"], f1_score(true, pred, average=None))
+    assert abs(out["macro_f1"] - f1_score(true, pred, average="macro")) < 1e-12
+    text = runner.invoke(app, ["eval", str(run / "last.npz")]).output
+    assert "macro precision" in text and "precision" in text and "F1" in text
