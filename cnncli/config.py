@@ -229,10 +229,17 @@ OPTIMIZER_FIELDS = {
     "adam": {"beta1": Field(0.9, _unit), "beta2": Field(0.999, _unit),
              "eps": Field(1e-8, number(0.0)), "weight_decay": Field(0.0, number(0.0, strict=False))},
 }
+_WARMUP = {"warmup_epochs": Field(0.0, number(0.0, strict=False)),  # any schedule; fractional
+           "warmup_start_factor": Field(0.01, number(0.0, maximum=1.0))}
 SCHEDULE_FIELDS = {
-    "constant": {},
-    "step": {"step_size": Field(10, integer(1)), "gamma": Field(0.1, number(0.0, maximum=1.0))},
-    "cosine": {"min_lr": Field(0.0, number(0.0, strict=False))},
+    "constant": {**_WARMUP},
+    "step": {"step_size": Field(10, integer(1)), "gamma": Field(0.1, number(0.0, maximum=1.0)),
+             **_WARMUP},
+    "cosine": {"min_lr": Field(0.0, number(0.0, strict=False)),
+               "interval": Field("epoch", choice("epoch", "step")), **_WARMUP},
+    "onecycle": {"pct_start": Field(0.3, number(0.0, maximum=1.0, max_strict=True)),
+                 "div_factor": Field(25.0, number(0.0)),
+                 "final_div_factor": Field(1e4, number(0.0)), **_WARMUP},
 }
 def _class_weights(v):
     """``auto``, a list of weights (one per class) or a mapping {class name: weight}; weights
@@ -362,6 +369,10 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
             problems.append(f"training.schedule.min_lr: must be below training.learning_rate "
                             f"({lr:g}), the rate the cosine schedule falls from, got "
                             f"{sched['min_lr']:g}")
+        if sched and training.get("epochs") is not None and \
+                sched.get("warmup_epochs", 0) > training["epochs"]:
+            problems.append(f"training.schedule.warmup_epochs: must be at most training.epochs "
+                            f"({training.get('epochs')}), got {sched['warmup_epochs']:g}")
         training["schedule"] = sched
         training["loss"] = _loss_section(training.get("loss"), problems)
         es = training.get("early_stopping")

@@ -184,7 +184,10 @@ class Trainer:
         t = self.cfg["training"]
         epoch = self.epoch + 1
         start = time.perf_counter()
-        lr = learning_rate_at(t, epoch)
+        from cnncli.schedules import batch_rates
+
+        rates = batch_rates(t, epoch, len(self.batch_sizes()), learning_rate_at)
+        lr = float(rates[0])
         self.optimizer.learning_rate = lr
         x, y = self.data.x_train, self.data.y_train
         n, bs = len(y), t["batch_size"]
@@ -197,6 +200,7 @@ class Trainer:
         for b in range(n_batches):
             if self.stop_requested:
                 raise Interrupted()
+            lr = self.optimizer.learning_rate = float(rates[b])  # per batch (schedules.py)
             sl = slice(b * bs, min((b + 1) * bs, n))
             idx = order[sl] if order is not None else sl
             xb = x[idx]

@@ -54,17 +54,32 @@ def read_metrics(run):
 
 
 def assert_resume_bit_exact(tmp_path, raw, epochs=4, stop=2, extra=()):
-    """Training ``epochs`` at once equals training ``stop`` epochs, then --resume to ``epochs``:
-    metrics but the timings, and every array of last.npz, to the bit."""
+    """Training ``epochs`` at once equals training that is interrupted (as by Ctrl-C) after
+    ``stop`` epochs and then resumed: metrics but the timings, and every array of last.npz, to
+    the bit."""
+    from cnncli.train import Trainer
+
     cfg = write(tmp_path, raw)
     full, part = tmp_path / "full", tmp_path / "part"
     r = runner.invoke(app, ["train", str(cfg), "--run-dir", str(full), "--quiet", "--epochs",
                             str(epochs), *extra])
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", str(cfg), "--run-dir", str(part), "--quiet", "--epochs",
-                            str(stop), *extra])
-    assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", "--resume", str(part), "--quiet", "--epochs", str(epochs)])
+    original = Trainer._train_epoch
+
+    def interrupted(self, on_batch):
+        if self.epoch == stop:
+            self.stop_requested = True
+        return original(self, on_batch)
+
+    Trainer._train_epoch = interrupted
+    try:
+        r = runner.invoke(app, ["train", str(cfg), "--run-dir", str(part), "--quiet", "--epochs",
+                                str(epochs), *extra])
+    finally:
+        Trainer._train_epoch = original
+    assert r.exit_code == 130, r.output
+    assert len(read_metrics(part)) == stop
+    r = runner.invoke(app, ["train", "--resume", str(part), "--quiet"])
     assert r.exit_code == 0, r.output
     strip = lambda rows: [{c: v for c, v in row.items() if c != "seconds"} for row in rows]  # noqa: E731
     assert strip(read_metrics(full)) == strip(read_metrics(part))
@@ -221,3 +236,124 @@ def test_eval_reports_per_class_precision_recall_f1(tmp_path):
     assert abs(out["macro_f1"] - f1_score(true, pred, average="macro")) < 1e-12
     text = runner.invoke(app, ["eval", str(run / "last.npz")]).output
     assert "macro precision" in text and "precision" in text and "F1" in text
+
+
+# ----------------------------------------------------------------------------- schedules
+from cnncli.schedules import rates_over_run  # noqa: E402
+from cnncli.train import learning_rate_at  # noqa: E402
+
+
+def _training(schedule, epochs=6, lr=0.1):
+    raw = small(epochs=epochs, learning_rate=lr, schedule=schedule)
+    return validate(raw)["training"]
+
+
+def _torch_rates(make, steps, lr=0.1, per_epoch_step=None, n_batches=None):
+    """The rate PyTorch's scheduler(s) give before each of ``steps`` optimizer steps."""
+    torch = pytest.importorskip("torch")
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=lr)
+    batch_scheds, epoch_scheds = make(opt)
+    out = []
+    for s in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        for sc in batch_scheds:
+            sc.step()
+        if epoch_scheds and (s + 1) % n_batches == 0:
+            for sc in epoch_scheds:
+                sc.step()
+    return np.array(out)
+
+
+@pytest.mark.parametrize("pct,div,final", [(0.3, 25.0, 1e4), (0.25, 10.0, 100.0), (0.5, 5.0, 1e3)])
+def test_onecycle_equals_pytorch_step_by_step(pct, div, final):
+    torch = pytest.importorskip("torch")
+    n_batches, epochs = 7, 6
+    t = _training({"name": "onecycle", "pct_start": pct, "div_factor": div,
+                   "final_div_factor": final}, epochs)
+    ours = rates_over_run(t, n_batches, learning_rate_at)
+    want = _torch_rates(lambda o: ([torch.optim.lr_scheduler.OneCycleLR(
+        o, max_lr=0.1, total_steps=epochs * n_batches, pct_start=pct, div_factor=div,
+        final_div_factor=final, cycle_momentum=False)], []), epochs * n_batches)
+    np.testing.assert_allclose(ours, want, rtol=1e-12, atol=1e-15)
+
+
+def test_per_batch_cosine_equals_pytorch_step_by_step():
+    torch = pytest.importorskip("torch")
+    n_batches, epochs = 5, 6
+    t = _training({"name": "cosine", "interval": "step", "min_lr": 0.001}, epochs)
+    ours = rates_over_run(t, n_batches, learning_rate_at)
+    want = _torch_rates(lambda o: ([torch.optim.lr_scheduler.CosineAnnealingLR(
+        o, T_max=epochs * n_batches, eta_min=0.001)], []), epochs * n_batches)
+    np.testing.assert_allclose(ours, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("warmup,start", [(1.0, 0.01), (1.5, 0.1), (0.4, 0.5)])
+def test_warmup_equals_pytorch_linear_lr_step_by_step(warmup, start):
+    torch = pytest.importorskip("torch")
+    n_batches, epochs = 5, 6
+    w = round(warmup * n_batches)
+    t = _training({"name": "constant", "warmup_epochs": warmup, "warmup_start_factor": start}, epochs)
+    want = _torch_rates(lambda o: ([torch.optim.lr_scheduler.LinearLR(
+        o, start_factor=start, end_factor=1.0, total_iters=w)], []), epochs * n_batches)
+    np.testing.assert_allclose(rates_over_run(t, n_batches, learning_rate_at), want, rtol=1e-12)
+    # with a per-epoch step schedule: LinearLR after every batch, StepLR after every epoch
+    t = _training({"name": "step", "step_size": 2, "gamma": 0.5, "warmup_epochs": warmup,
+                   "warmup_start_factor": start}, epochs)
+    want = _torch_rates(lambda o: ([torch.optim.lr_scheduler.LinearLR(
+        o, start_factor=start, end_factor=1.0, total_iters=w)],
+        [torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)]), epochs * n_batches,
+        n_batches=n_batches)
+    np.testing.assert_allclose(rates_over_run(t, n_batches, learning_rate_at), want, rtol=1e-12)
+
+
+def test_warmup_multiplies_onecycle_and_per_batch_cosine():
+    n_batches = 4
+    for sched in ({"name": "onecycle"}, {"name": "cosine", "interval": "step"}):
+        plain = rates_over_run(_training(sched), n_batches, learning_rate_at)
+        warm = rates_over_run(_training({**sched, "warmup_epochs": 0.5, "warmup_start_factor": 0.2}),
+                              n_batches, learning_rate_at)
+        np.testing.assert_allclose(warm[:2], plain[:2] * np.array([0.2, 0.6]), rtol=1e-15)
+        assert warm[2:].tolist() == plain[2:].tolist()
+
+
+@pytest.mark.parametrize("schedule", [{"name": "constant"}, {"name": "step", "step_size": 2},
+                                      {"name": "cosine", "min_lr": 0.01}])
+def test_per_epoch_schedules_give_the_rates_of_today(schedule):
+    t = _training(schedule)
+    rates = rates_over_run(t, 3, learning_rate_at).reshape(6, 3)
+    for e in range(1, 7):
+        assert rates[e - 1].tolist() == [learning_rate_at(t, e)] * 3
+
+
+def test_metrics_learning_rate_is_the_last_batch_rate(tmp_path):
+    from cnncli.train import Trainer
+
+    trainer = Trainer(validate(small(epochs=3, schedule={"name": "onecycle"})))
+    n = len(trainer.batch_sizes())
+    rows = [trainer.train_epoch() for _ in range(3)]
+    want = rates_over_run(trainer.cfg["training"], n, learning_rate_at)
+    assert [r["learning_rate"] for r in rows] == [want[n - 1], want[2 * n - 1], want[3 * n - 1]]
+
+
+@pytest.mark.parametrize("schedule,want", [
+    ({"name": "onecycle", "pct_start": 1.0}, "training.schedule.pct_start: must be"),
+    ({"name": "onecycle", "div_factor": 0}, "training.schedule.div_factor: must be a number > 0"),
+    ({"name": "cosine", "interval": "batch"}, "training.schedule.interval: must be one of"),
+    ({"name": "step", "warmup_epochs": -1}, "training.schedule.warmup_epochs: must be a number >= 0"),
+    ({"name": "constant", "warmup_epochs": 50}, "training.schedule.warmup_epochs: must be at most training.epochs (4), got 50"),
+    ({"name": "constant", "warmup_start_factor": 0}, "training.schedule.warmup_start_factor: must be"),
+    ({"name": "onecycle", "warmup": 1}, "training.schedule.warmup: unknown key (did you mean"),
+])
+def test_bad_schedule_values_are_one_line(schedule, want):
+    assert want in config_problem(small(schedule=schedule))
+
+
+@pytest.mark.parametrize("schedule", [
+    {"name": "onecycle", "pct_start": 0.25},
+    {"name": "cosine", "interval": "step", "warmup_epochs": 1.5},
+    {"name": "step", "step_size": 1, "gamma": 0.7, "warmup_epochs": 0.5},
+])
+def test_resume_with_per_batch_schedules_is_bit_exact(tmp_path, schedule):
+    assert_resume_bit_exact(tmp_path, small(schedule=schedule))
