@@ -220,6 +220,7 @@ TRAINING_FIELDS = {
     "early_stopping": Field(None, lambda v: v),
     "threads": Field(None, optional(integer(1))),
     "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
+    "tta": Field(None, optional(choice("flip", "flip_shift"))),  # the per-epoch test accuracy
 }
 
 _unit = number(0.0, strict=False, maximum=1.0, max_strict=True)

@@ -36,10 +36,12 @@ def outputs_to_scores(out: np.ndarray, rule: str) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250) -> np.ndarray:
+def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250,
+           tta: str | None = None) -> np.ndarray:
     """The scores of ``net`` (in eval mode; its mode is restored) for images as the dataset
     stores them (e.g. 0-255 for MNIST): each batch is cast to the model's dtype and multiplied
-    by ``meta["input_scale"]``, as in training.
+    by ``meta["input_scale"]``, as in training. ``tta``: the mean scores of the views of
+    ``cnncli.tta`` (``flip``, ``flip_shift``) instead.
 
     x_stored: (N, C, H, W) -> (N, n_classes)
     """
@@ -57,7 +59,12 @@ def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250) -> np.n
             xb = np.asarray(x_stored[i:i + batch_size]).astype(dtype, copy=False)
             if info["input_scale"] != 1.0:
                 xb = xb * scale
-            outs.append(outputs_to_scores(net.forward(xb), rule))
+            if tta:
+                from cnncli.tta import tta_scores
+
+                outs.append(tta_scores(net, xb, tta, rule))
+            else:
+                outs.append(outputs_to_scores(net.forward(xb), rule))
     finally:
         if was_training:
             net.train()

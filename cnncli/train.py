@@ -70,9 +70,11 @@ def learning_rate_at(training: dict, epoch: int) -> float:
     return base
 
 
-def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
+def evaluate(net: Network, loss, data: Dataset, split: str, dtype, tta: str | None = None) -> dict:
     """Mean loss, accuracy and predictions of ``net`` on one split, in chunks of EVAL_BATCH,
-    in eval mode (the network's mode is restored afterwards)."""
+    in eval mode (the network's mode is restored afterwards). ``tta`` (``cnncli.tta``): the
+    predictions, so the accuracy, come from the mean scores of the views; the loss is always
+    that of the images as they are."""
     x, y = data.split(split)
     total, preds = 0.0, np.empty(len(y), dtype=np.int64)
     was_training = net.training
@@ -83,7 +85,12 @@ def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
             yb = y[i:i + EVAL_BATCH]
             out = net.forward(xb)
             total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
-            preds[i:i + len(yb)] = out.argmax(axis=1)
+            if tta:
+                from cnncli.tta import tta_scores
+
+                preds[i:i + len(yb)] = tta_scores(net, xb, tta, first=out).argmax(axis=1)
+            else:
+                preds[i:i + len(yb)] = out.argmax(axis=1)
     finally:
         if was_training:
             net.train()
@@ -222,7 +229,7 @@ class Trainer:
             self.optimizer.step(self.net)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)
-        test = evaluate(self.net, self.loss, self.data, "test", self.dtype)
+        test = evaluate(self.net, self.loss, self.data, "test", self.dtype, t.get("tta"))
         if not math.isfinite(test["loss"]):
             raise TrainingError(f"epoch {epoch}: the test loss is {test['loss']} (not finite); "
                                 f"try a lower learning rate (this epoch used {lr:g})")

@@ -357,3 +357,86 @@ def test_bad_schedule_values_are_one_line(schedule, want):
 ])
 def test_resume_with_per_batch_schedules_is_bit_exact(tmp_path, schedule):
     assert_resume_bit_exact(tmp_path, small(schedule=schedule))
+
+
+# ----------------------------------------------------------------------------- TTA
+from cnncli.tta import tta_scores, views  # noqa: E402
+
+
+def _trained_run(tmp_path, **training):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(write(tmp_path, small(**training))), "--run-dir", str(run),
+                            "--quiet"])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def test_tta_scores_are_the_mean_of_the_two_passes():
+    from cnncli.network import build_network
+    from cnncli.scoring import outputs_to_scores
+
+    cfg = validate(small())
+    net = build_network(cfg["network"], (1, 3, 3), np.random.default_rng(0))
+    net.eval()
+    x = np.random.default_rng(1).normal(size=(7, 1, 3, 3))
+    got = tta_scores(net, x, "flip")
+    a = outputs_to_scores(net.forward(x), "softmax")
+    b = outputs_to_scores(net.forward(np.ascontiguousarray(x[..., ::-1])), "softmax")
+    assert got.tobytes() == ((a + b) / 2).tobytes()
+    assert not np.allclose(a, b)  # the mirror really is another input
+    six = views(x, "flip_shift")
+    assert len(six) == 6 and six[2][0, 0, 1, 1] == x[0, 0, 0, 0] and six[2][0, 0, 0, 0] == 0
+    assert six[4][0, 0, 0, 0] == x[0, 0, 1, 1]
+
+
+def test_eval_and_predict_with_tta_flip_say_so_and_use_the_mean(tmp_path):
+    run = _trained_run(tmp_path)
+    plain = json.loads(runner.invoke(app, ["eval", str(run / "last.npz"), "--json"]).output)
+    r = runner.invoke(app, ["eval", str(run / "last.npz"), "--json", "--tta", "flip"])
+    assert r.exit_code == 0, r.output
+    flip = json.loads(r.output)
+    assert flip["tta"] == "flip" and plain["tta"] is None
+    assert flip["loss"] == plain["loss"]  # the loss is that of the images as they are
+    # the accuracy from the mean of the two passes, computed here by hand
+    from cnncli.checkpoint import load_network
+    from cnncli.scoring import scores
+    from cnncli.train import Trainer
+
+    net, cfg, meta, _ = load_network(run / "last.npz")
+    ds = Trainer(validate(small())).data
+    s = (scores(net, ds.x_test, meta) + scores(net, ds.x_test[..., ::-1], meta)) / 2
+    assert flip["accuracy"] == float((s.argmax(axis=1) == ds.y_test).mean())
+    np.testing.assert_allclose(scores(net, ds.x_test, meta, tta="flip"), s, rtol=1e-12)
+    text = runner.invoke(app, ["eval", str(run / "last.npz"), "--tta", "flip"]).output
+    assert "TTA flip: the mean score of each image and its horizontal mirror" in text
+    np.savez(tmp_path / "x.npz", x=ds.x_test[:5])
+    r = runner.invoke(app, ["predict", str(run / "last.npz"), str(tmp_path / "x.npz"), "--json",
+                            "--tta", "flip", "--csv", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert all(row["tta"] == "flip" for row in rows)
+    assert [row["score"] for row in rows] == pytest.approx(s[:5].max(axis=1).tolist(), rel=1e-12)
+    assert (tmp_path / "p.csv").read_text().splitlines()[0].endswith(",tta")
+    for args in (["eval", str(run / "last.npz")], ["predict", str(run / "last.npz"), str(tmp_path / "x.npz")]):
+        bad = runner.invoke(app, [*args, "--tta", "mirror"])
+        assert bad.exit_code == 2 and "--tta must be flip or flip_shift, got 'mirror'" in bad.output
+
+
+def test_training_tta_gives_the_per_epoch_test_accuracy(tmp_path):
+    from cnncli.train import Trainer, evaluate
+
+    t = Trainer(validate(small(tta="flip")))
+    row = t.train_epoch()
+    res = evaluate(t.net, t.loss, t.data, "test", t.dtype, "flip")
+    plain = evaluate(t.net, t.loss, t.data, "test", t.dtype)
+    assert row["test_accuracy"] == res["accuracy"] and row["test_loss"] == plain["loss"]
+    r = runner.invoke(app, ["train", str(write(tmp_path, small(tta="flip_shift", epochs=1))),
+                            "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "Test accuracy (each epoch's acc, metrics.csv's test_accuracy): TTA flip_shift" in r.output
+    assert "with TTA flip_shift (training.tta)" in r.output
+    assert "training.tta: must be one of" in config_problem(small(tta="mirror"))
+
+
+def test_resume_with_training_tta_is_bit_exact(tmp_path):
+    assert_resume_bit_exact(tmp_path, small(tta="flip"))

@@ -20,6 +20,10 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    tta: Annotated[Optional[str], typer.Option(
+        "--tta", metavar="flip|flip_shift", help="Test-time augmentation: predict from the mean "
+        "score of each image and its horizontal mirror (flip_shift: each also shifted 1 pixel "
+        "both ways); the loss stays that of the images as they are.", show_default=False)] = None,
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy and the confusion matrix.
 
@@ -29,12 +33,14 @@ def eval_(
     """
     if split not in ("train", "test"):
         fail(f"--split must be train or test, got {split!r}", code=2)
+    if tta is not None and tta not in ("flip", "flip_shift"):
+        fail(f"--tta must be flip or flip_shift, got {tta!r}", code=2)
     offline_mode(offline)
     with cli_errors():
-        _eval(checkpoint, data, split, as_json, plot)
+        _eval(checkpoint, data, split, as_json, plot, tta)
 
 
-def _eval(checkpoint, data, split, as_json, plot):
+def _eval(checkpoint, data, split, as_json, plot, tta=None):
     import numpy as np
 
     from cnncli.config import load_config
@@ -63,7 +69,7 @@ def _eval(checkpoint, data, split, as_json, plot):
                         f"{'x'.join(map(str, net.input_shape))} with {net.output_shape[0]} classes")
     dtype = np.dtype(cfg["training"]["dtype"])
     with blas_threads(cfg["training"]["threads"]):
-        res = evaluate(net, make_loss(cfg["training"], net, ds), ds, split, dtype)
+        res = evaluate(net, make_loss(cfg["training"], net, ds), ds, split, dtype, tta)
     _, y = ds.split(split)
     cm = confusion_matrix(y, res["predictions"], ds.n_classes)
     totals = cm.sum(axis=1)
@@ -76,7 +82,7 @@ def _eval(checkpoint, data, split, as_json, plot):
         console(stderr=as_json).print(f"Wrote {written}", markup=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"checkpoint": str(checkpoint), "split": split, "n": int(len(y)),
-                          "accuracy": res["accuracy"], "loss": res["loss"],
+                          "accuracy": res["accuracy"], "loss": res["loss"], "tta": tta,
                           "class_names": ds.class_names, "per_class_accuracy": per_class,
                           **prf,
                           "confusion_matrix": cm.tolist()}))
@@ -87,6 +93,11 @@ def _eval(checkpoint, data, split, as_json, plot):
     out.print(f"{checkpoint} (epoch {meta['epoch']}) on the {ds.name} {split} split, "
               f"{len(y):,} samples", markup=False)
     out.print(f"accuracy {pct(res['accuracy'])}   loss {res['loss']:.6f}", markup=False)
+    if tta:
+        from cnncli.tta import describe
+
+        out.print(f"Predictions (accuracy, per class, confusion matrix): {describe(tta)}; the "
+                  f"loss is that of the images as they are", markup=False, soft_wrap=True)
     out.print(f"macro precision {pct(prf['macro_precision'])}   macro recall "
               f"{pct(prf['macro_recall'])}   macro F1 {pct(prf['macro_f1'])}", markup=False)
     per = Table(title="Per-class accuracy (= recall), precision and F1")

@@ -185,6 +185,10 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             f"-> {run.path}")
         for note in trainer.data.notes:  # files a folder dataset ignored or skipped
             say(note)
+    if cfg["training"].get("tta"):
+        from cnncli.tta import describe
+
+        say(f"Test accuracy (each epoch's acc, metrics.csv's test_accuracy): {describe(cfg['training']['tta'])}")
 
     stop = {"count": 0}
 
@@ -236,8 +240,10 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
     accs = [r["test_accuracy"] for r in trainer.history]
     if accs:
         say(f"Test accuracy by epoch: {accuracy_line(accs, out.width if out.is_terminal else None)}")
+    tta = cfg["training"].get("tta")
     say(f"Final test accuracy: {pct(final)} (epoch {trainer.epoch}); best: "
-        f"{pct(best['test_accuracy'])} (epoch {best['epoch']}); run: {run.path}", always=True)
+        f"{pct(best['test_accuracy'])} (epoch {best['epoch']}); run: {run.path}"
+        + (f"; test accuracy with TTA {tta} (training.tta)" if tta else ""), always=True)
 
 
 def _run_epoch(trainer, out, interactive):
