@@ -440,3 +440,58 @@ def test_training_tta_gives_the_per_epoch_test_accuracy(tmp_path):
 
 def test_resume_with_training_tta_is_bit_exact(tmp_path):
     assert_resume_bit_exact(tmp_path, small(tta="flip"))
+
+
+# ----------------------------------------------------------------------------- cnn lr-find
+def test_lr_find_writes_only_its_named_picture_and_labels_the_suggestion(tmp_path, monkeypatch):
+    cfg = write(tmp_path, small(), "lr.yaml")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = runner.invoke(app, ["lr-find", str(cfg), "-o", "lr.png", "--steps", "40",
+                            "--start-lr", "1e-4", "--end-lr", "50"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in work.iterdir()) == ["lr.png"]  # no run directory, nothing else
+    assert (work / "lr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Wrote lr.png" in r.output
+    line = next(s for s in r.output.splitlines() if s.startswith("Suggested learning rate:"))
+    assert "(a suggestion, by the rule: the rate at the minimum of the smoothed loss, divided by 10" in line
+    assert "Minimum of the smoothed loss at rate" in r.output
+
+
+def test_lr_find_rates_grow_exponentially_from_the_initial_weights():
+    from cnncli.lrfind import lr_find, rate_at
+    from cnncli.train import Trainer
+
+    cfg = validate(small())
+    a = lr_find(cfg, 1e-3, 1.0, 30)
+    b = lr_find(cfg, 1e-3, 1.0, 30)
+    assert a.rates.tolist() == [rate_at(i, 30, 1e-3, 1.0) for i in range(len(a.rates))]
+    assert a.rates[0] == 1e-3 and abs(a.rates[-1] - 1.0) < 1e-12 and len(a.rates) == 30
+    assert a.losses.tobytes() == b.losses.tobytes()  # deterministic from the seed
+    first = Trainer(cfg)  # the first batch, at the initial weights, as training draws it
+    idx = first.shuffle_rng.permutation(len(first.data.y_train))[:16]
+    out = first.net.forward(first.data.images(first.data.x_train[idx], first.dtype))
+    assert first.loss(out, one_hot(first.data.y_train[idx], 4, first.dtype)) == a.losses[0]
+    assert a.suggestion == a.min_rate / 10
+    assert a.min_rate == a.rates[int(np.argmin(a.smoothed))]
+
+
+def test_lr_find_stops_when_the_loss_diverges():
+    from cnncli.lrfind import lr_find
+
+    res = lr_find(validate(small()), 1e-2, 1e6, 60)
+    assert len(res.rates) < 60 and ("became" in res.stopped or "passed" in res.stopped)
+
+
+def test_lr_find_bad_options_are_one_line(tmp_path):
+    cfg = write(tmp_path, small())
+    for args, code, want in [
+        (["--start-lr", "0"], 2, "--start-lr and --end-lr must satisfy 0 < start < end"),
+        (["--start-lr", "1", "--end-lr", "0.1"], 2, "--start-lr and --end-lr must satisfy"),
+        (["-o", str(tmp_path / "lr.xyz")], 1, "cannot write a .xyz picture"),
+        (["--set", "training.loss.label_smoothing=2"], 1, "training.loss"),
+    ]:
+        r = runner.invoke(app, ["lr-find", str(cfg), *args])
+        assert r.exit_code == code, (args, r.output)
+        assert want in r.output and len(r.output.strip().splitlines()) == 1, r.output
