@@ -221,6 +221,7 @@ TRAINING_FIELDS = {
     "threads": Field(None, optional(integer(1))),
     "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
     "tta": Field(None, optional(choice("flip", "flip_shift"))),  # the per-epoch test accuracy
+    "ema": Field(None, optional(number(0.0, maximum=1.0, max_strict=True))),  # cnncli/ema.py
 }
 
 _unit = number(0.0, strict=False, maximum=1.0, max_strict=True)

@@ -136,6 +136,9 @@ class Trainer:
         self.noise_rng = np.random.default_rng([cfg["seed"], 4])
         self.net.set_rng(self.noise_rng)
         self._check_batches()
+        from cnncli.ema import EMA
+
+        self.ema = EMA(t["ema"], self.net) if t.get("ema") else None
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": 0, "test_accuracy": -1.0}
@@ -227,9 +230,15 @@ class Trainer:
             loss_sum += batch_loss * len(yb)
             self.net.backward(self.loss.gradient(out, target))
             self.optimizer.step(self.net)
+            if self.ema is not None:
+                self.ema.update(self.net)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)
-        test = evaluate(self.net, self.loss, self.data, "test", self.dtype, t.get("tta"))
+        if self.ema is not None:  # the test metrics of the weights' moving average
+            with self.ema.applied(self.net):
+                test = evaluate(self.net, self.loss, self.data, "test", self.dtype, t.get("tta"))
+        else:
+            test = evaluate(self.net, self.loss, self.data, "test", self.dtype, t.get("tta"))
         if not math.isfinite(test["loss"]):
             raise TrainingError(f"epoch {epoch}: the test loss is {test['loss']} (not finite); "
                                 f"try a lower learning rate (this epoch used {lr:g})")
@@ -253,6 +262,8 @@ class Trainer:
         """Arrays and JSON-able metadata from which ``load_state`` restores this exact point."""
         arrays = self.net.state_dict()
         arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
+        if self.ema is not None:
+            arrays.update(self.ema.arrays())
         meta = {
             **self.input_description(),
             "data_fingerprint": self.data_fingerprint,
@@ -265,6 +276,8 @@ class Trainer:
             "augment_rng_state": self.augment_rng.bit_generator.state,
             "noise_rng_state": self.noise_rng.bit_generator.state,
         }
+        if self.ema is not None:
+            meta["ema_updates"] = self.ema.updates
         return arrays, meta
 
     @property
@@ -302,3 +315,5 @@ class Trainer:
         state = meta.get("noise_rng_state")
         if state is not None:
             self.noise_rng.bit_generator.state = state
+        if self.ema is not None:
+            self.ema.load(arrays, meta.get("ema_updates", 0))

@@ -495,3 +495,65 @@ def test_lr_find_bad_options_are_one_line(tmp_path):
         r = runner.invoke(app, ["lr-find", str(cfg), *args])
         assert r.exit_code == code, (args, r.output)
         assert want in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+# ----------------------------------------------------------------------------- EMA
+def test_ema_follows_the_weights_by_its_rule_and_is_what_the_test_metrics_measure():
+    from cnncli.train import Trainer, evaluate
+
+    t = Trainer(validate(small(ema=0.5, epochs=2)))
+    start = t.net.state_dict()
+    expected = {k: v.copy() for k, v in start.items()}
+    seen = []
+    step = t.optimizer.step
+
+    def step_and_track(net):
+        step(net)
+        n = len(seen)
+        d = min(0.5, (1 + n) / (10 + n))
+        seen.append(d)
+        for k, p in {**net.params, **net.buffers}.items():
+            expected[k] = d * expected[k] + (1 - d) * p
+
+    t.optimizer.step = step_and_track
+    row = t.train_epoch()
+    assert seen[:3] == [0.1, 2 / 11, 3 / 12] and seen[-1] == 0.5 and len(seen) == 12
+    for k in expected:
+        np.testing.assert_allclose(t.ema.state[k], expected[k], rtol=1e-12, atol=1e-15)
+    live = t.net.state_dict()
+    assert any(not np.array_equal(live[k], t.ema.state[k]) for k in live)
+    with t.ema.applied(t.net):
+        res = evaluate(t.net, t.loss, t.data, "test", t.dtype)
+    assert row["test_accuracy"] == res["accuracy"] and row["test_loss"] == res["loss"]
+    after = t.net.state_dict()
+    assert all(after[k].tobytes() == live[k].tobytes() for k in live)  # swapped back exactly
+
+
+def test_ema_is_saved_and_used_by_eval(tmp_path):
+    run = _trained_run(tmp_path, ema=0.95)
+    arrays, meta = load_checkpoint(run / "last.npz")
+    assert any(k.startswith("ema.layers.") for k in arrays) and meta["ema_updates"] > 0
+    r = runner.invoke(app, ["eval", str(run / "last.npz"), "--json"])
+    out = json.loads(r.output)
+    assert out["ema"] == 0.95
+    assert out["accuracy"] == float(read_metrics(run)[-1]["test_accuracy"])
+    text = runner.invoke(app, ["eval", str(run / "last.npz")]).output
+    assert "Weights: their exponential moving average (training.ema 0.95)" in text
+
+
+@pytest.mark.parametrize("value", [1.0, 0, -0.5, "yes", 1.5])
+def test_bad_ema_values_are_one_line(value):
+    assert "training.ema: must be a number > 0 and < 1" in config_problem(small(ema=value)) \
+        or "training.ema: must be" in config_problem(small(ema=value))
+
+
+def test_resume_with_ema_is_bit_exact(tmp_path):
+    full = assert_resume_bit_exact(tmp_path, small(ema=0.99))
+    arrays, _ = load_checkpoint(full / "last.npz")
+    assert any(k.startswith("ema.") for k in arrays)
+
+
+def test_resume_with_every_piece_at_once_is_bit_exact(tmp_path):
+    raw = small(loss={"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": "auto"},
+                schedule={"name": "onecycle", "warmup_epochs": 0.5}, tta="flip", ema=0.99)
+    assert_resume_bit_exact(tmp_path, raw)

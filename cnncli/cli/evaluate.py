@@ -83,6 +83,7 @@ def _eval(checkpoint, data, split, as_json, plot, tta=None):
     if as_json:
         print(json.dumps({"checkpoint": str(checkpoint), "split": split, "n": int(len(y)),
                           "accuracy": res["accuracy"], "loss": res["loss"], "tta": tta,
+                          "ema": cfg["training"].get("ema"),
                           "class_names": ds.class_names, "per_class_accuracy": per_class,
                           **prf,
                           "confusion_matrix": cm.tolist()}))
@@ -93,6 +94,9 @@ def _eval(checkpoint, data, split, as_json, plot, tta=None):
     out.print(f"{checkpoint} (epoch {meta['epoch']}) on the {ds.name} {split} split, "
               f"{len(y):,} samples", markup=False)
     out.print(f"accuracy {pct(res['accuracy'])}   loss {res['loss']:.6f}", markup=False)
+    if cfg["training"].get("ema"):
+        out.print(f"Weights: their exponential moving average (training.ema "
+                  f"{cfg['training']['ema']:g})", markup=False)
     if tta:
         from cnncli.tta import describe
 
