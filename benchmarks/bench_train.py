@@ -87,23 +87,43 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------- setup
-def load_setup(path, batch_size):
-    """The resolved config, one sample's shape, the class count and the epoch length."""
-    from cnncli.config import load_config
-    from cnncli.data import DATASETS, load_dataset
+# One sample's shape, the class count and the training-set size of datasets the benchmarks
+# know without loading them (a config may name a dataset this checkout cannot load yet, such as
+# benchmarks/cifar-small.yaml's cifar10: its network is timed on synthetic images all the same).
+KNOWN_SHAPES = {"mnist": ((1, 28, 28), 10, MNIST_TRAIN), "cifar10": ((3, 32, 32), 10, 50_000)}
 
-    cfg = load_config(path)
+
+def load_setup(path, batch_size, input_shape=None, n_classes=None):
+    """The resolved config, one sample's shape, the class count and the epoch length.
+
+    The data itself is never needed: the shape comes from ``input_shape``/``n_classes`` when
+    given, else from ``KNOWN_SHAPES``, else from the dataset (loaded: shapes, digits, folders)."""
+    from cnncli.config import read_config, validate
+    from cnncli.data import load_dataset
+
+    raw = read_config(path)
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    name = data.get("name")
+    if input_shape is not None or name in KNOWN_SHAPES:
+        shape, classes, n_train = KNOWN_SHAPES.get(name, (None, None, 50_000))
+        shape = tuple(input_shape or shape)
+        classes = n_classes or classes
+        if classes is None:
+            raise SystemExit(f"{path}: give the class count of data {name!r} (--classes)")
+        # validated against that shape; the data section is replaced by a built-in one that
+        # needs no files (the benchmark never reads it), then shown as written
+        cfg = validate({**raw, "data": {"name": "shapes"}}, str(path), known_data=(shape, classes))
+        # shown as written; no augmentation (PyTorch's side has none)
+        cfg["data"] = {k: v for k, v in data.items() if k != "augment"}
+        n_train = min(n_train, data.get("limit") or n_train)
+    else:
+        cfg = validate(raw, str(path))
+        ds = load_dataset(cfg["data"], cfg["seed"])
+        shape, classes, n_train = ds.input_shape, ds.n_classes, len(ds.y_train)
     if batch_size is not None:
         cfg["training"]["batch_size"] = batch_size
     cfg["training"]["schedule"] = None  # a constant rate: every repetition does the same work
-    data = cfg["data"]
-    if data["name"] == "mnist":
-        in_shape, n_classes = DATASETS["mnist"].describe(data)
-        n_train = min(MNIST_TRAIN, data.get("limit") or MNIST_TRAIN)
-    else:
-        ds = load_dataset(data, cfg["seed"])
-        in_shape, n_classes, n_train = ds.input_shape, ds.n_classes, len(ds.y_train)
-    return cfg, tuple(in_shape), n_classes, n_train
+    return cfg, tuple(shape), classes, n_train
 
 
 def synthetic(in_shape, n_classes, n, seed):
@@ -231,8 +251,10 @@ class TorchRunner(_EpochRunner):
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-        with torch.no_grad():  # the 1-sample evaluation Trainer.train_epoch ends with
+        self.model.eval()  # the 1-sample evaluation Trainer.train_epoch ends with
+        with torch.no_grad():
             self.model(torch.from_numpy(data.x_test).to(self.dtype) * scale)
+        self.model.train()
         return loss_sum / n, correct / n
 
 
@@ -243,20 +265,31 @@ def torch_dtype(dtype):
 
 
 def torch_model(net, dtype):
-    """torch.nn.Sequential equal to a cnncli Network, holding copies of its weights."""
+    """torch.nn.Sequential equal to a cnncli Network, holding copies of its weights and buffers.
+    ``model.pairs`` lists (cnncli layer, torch module) for every layer with parameters."""
     import torch
     from torch import nn
 
-    mods = []
+    mods, pairs = [], []
+    shape = net.input_shape
     for layer in net.layers:
         kind, p = layer.type_name, layer.params
+        in_shape, shape = shape, layer.output_shape(shape)
+        tensors = {}
         if kind == "conv2d":
             m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
                           stride=layer.stride, padding=layer.pad)
-            w, b = p["W"], p["b"]
+            tensors = {"weight": p["W"], "bias": p["b"]}
         elif kind == "dense":
             m = nn.Linear(layer.in_features, layer.out_features)
-            w, b = p["W"].T, p["b"]
+            tensors = {"weight": p["W"].T, "bias": p["b"]}
+        elif kind == "batch_norm":  # the same conventions (biased batch variance in the step,
+            # unbiased in the running variance, momentum weighting the new batch)
+            cls = nn.BatchNorm2d if len(in_shape) == 3 else nn.BatchNorm1d
+            m = cls(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+            tensors = {"weight": p["gamma"], "bias": p["beta"],
+                       "running_mean": layer.buffers["running_mean"],
+                       "running_var": layer.buffers["running_var"]}
         else:
             simple = {"flatten": nn.Flatten, "relu": nn.ReLU, "sigmoid": nn.Sigmoid,
                       "tanh": nn.Tanh, "softmax": lambda: nn.Softmax(dim=-1)}
@@ -266,6 +299,10 @@ def torch_model(net, dtype):
                 m = nn.MaxPool2d(layer.kernel_size, layer.stride)
             elif kind == "avg_pool2d":
                 m = nn.AvgPool2d(layer.kernel_size, layer.stride)
+            elif kind == "global_avg_pool2d":  # (N, C, H, W) -> (N, C)
+                m = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            elif kind == "dropout":  # its own random masks: the same work, other draws
+                m = nn.Dropout(layer.p)
             else:
                 raise SystemExit(f"no PyTorch equivalent for layer type {kind!r}; "
                                  "run with --impls fast,reference")
@@ -273,10 +310,13 @@ def torch_model(net, dtype):
             continue
         m = m.to(torch_dtype(dtype))
         with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
-            m.bias.copy_(torch.from_numpy(b))
+            for name, value in tensors.items():
+                getattr(m, name).copy_(torch.from_numpy(np.ascontiguousarray(value)))
         mods.append(m)
-    return nn.Sequential(*mods)
+        pairs.append((layer, m))
+    model = nn.Sequential(*mods)
+    model.pairs = pairs
+    return model
 
 
 def torch_loss(training, net):
@@ -308,27 +348,32 @@ def torch_optimizer(training, params):
 
 
 def agreement(cfg, in_shape, n_classes, dtype, steps=3):
-    """Largest relative difference between cnncli's and PyTorch's parameters after a few
-    identical steps from identical weights (a check that both do the same work)."""
+    """Largest difference between cnncli's and PyTorch's parameters, relative to the layer's
+    largest parameter, after a few identical steps from identical weights (a check that both do
+    the same work; dropout is switched off for it)."""
     from cnncli.train import Trainer
 
     bs = cfg["training"]["batch_size"]
     data = synthetic(in_shape, n_classes, steps * bs, seed=7)
     cfg = {**cfg, "training": {**cfg["training"], "impl": "fast", "shuffle": False,
-                               "schedule": None, "dtype": np.dtype(dtype).name}}
+                               "schedule": None, "dtype": np.dtype(dtype).name},
+           # dropout off: the two draw different masks
+           "network": [{**spec, "p": 0.0} if spec["type"] == "dropout" else spec
+                       for spec in cfg["network"]]}
     trainer = Trainer(cfg, data=data)
     runner = TorchRunner(cfg, trainer.net, data, data, dtype)
     trainer.train_epoch()
     runner._epoch(data)
     worst = 0.0
-    mods = [m for m in runner.model if hasattr(m, "weight")]
-    layers = [l for l in trainer.net.layers if l.params]
-    for layer, m in zip(layers, mods):
-        w = m.weight.detach().numpy()
-        pairs = [(layer.params["W"], w.T if layer.type_name == "dense" else w),
-                 (layer.params["b"], m.bias.detach().numpy())]
-        for ours, theirs in pairs:
-            scale = max(float(np.abs(theirs).max()), 1e-30)
+    for layer, m in runner.model.pairs:
+        names = {"W": "weight", "b": "bias", "gamma": "weight", "beta": "bias"}
+        # relative to the layer's largest parameter: a bias before a batch norm has a zero
+        # gradient, so both sides keep ~1e-17 of rounding there, which is no disagreement
+        scale = max(max(float(np.abs(v).max()) for v in layer.params.values()), 1e-30)
+        for key, ours in layer.params.items():
+            theirs = getattr(m, names[key]).detach().numpy()
+            if layer.type_name == "dense" and key == "W":
+                theirs = theirs.T
             worst = max(worst, float(np.abs(ours - theirs).max()) / scale)
     return worst
 
@@ -349,13 +394,32 @@ def blas_lines():
     return lines
 
 
+def environment_lines(extra: str = "") -> list[str]:
+    """Versions, cores, load, and a note for each thread or kernel variable that is set."""
+    import cnncli
+
+    lines = [f"cnncli {cnncli.__version__}, numpy {np.__version__}, Python "
+             f"{platform.python_version()}" + (f", {extra}" if extra else "")
+             + f", {os.cpu_count()} CPUs, load average "
+             + " ".join(f"{v:.2f}" for v in os.getloadavg())]
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS"):
+        if var in os.environ:
+            lines.append(f"  note: {var}={os.environ[var]} is set"
+                         + (" (it changes the OpenBLAS kernel: run with env -u OPENBLAS_CORETYPE "
+                            "-u OPENBLAS_L2_SIZE; see docs/benchmarks.md)"
+                            if var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") else ""))
+    return lines
+
+
 # ----------------------------------------------------------------------------- one process
 def child(spec: dict) -> dict:
     """One measurement in this (fresh) process: warm up, then ``chunks`` timed chunks of
     ``steps`` steps; returns seconds per step of each chunk and the BLAS setup in use."""
     import cnncli
 
-    cfg, in_shape, n_classes, _ = load_setup(spec["config"], spec["batch_size"])
+    cfg, in_shape, n_classes, _ = load_setup(spec["config"], spec["batch_size"],
+                                             spec.get("input_shape"), spec.get("classes"))
     dtype = np.dtype(spec["dtype"])
     cfg["training"]["dtype"] = dtype.name
     bs = cfg["training"]["batch_size"]
@@ -414,7 +478,6 @@ def main(argv=None):
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
-    import cnncli
 
     cfg, in_shape, n_classes, n_train = load_setup(args.config, args.batch_size)
     bs = cfg["training"]["batch_size"]
@@ -442,15 +505,7 @@ def main(argv=None):
     print(f"config {args.config}: batch {bs}, input {'x'.join(map(str, in_shape))}, "
           f"{n_classes} classes, {steps_per_epoch} steps per epoch, loss {cfg['training']['loss']}, "
           f"optimizer {cfg['training']['optimizer']['name']}")
-    print(f"cnncli {cnncli.__version__}, numpy {np.__version__}, Python {platform.python_version()}"
-          + (f", torch {torch_version}" if torch_version else "")
-          + f", {os.cpu_count()} CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS"):
-        if var in os.environ:
-            print(f"  note: {var}={os.environ[var]} is set"
-                  + (" (it changes the OpenBLAS kernel; see benchmarks/README.md)"
-                     if var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") else ""))
+    print("\n".join(environment_lines(f"torch {torch_version}" if torch_version else "")))
     print(f"{len(cases)} measurements x {args.repeat} rounds, each a fresh process: warm-up, then "
           f"{args.chunks} chunks of {args.steps} steps (the process reports their median)")
 
@@ -512,7 +567,7 @@ def main(argv=None):
                            f"{statistics.median(medians[api]) / statistics.median(medians[default]):.2f}")
         if dtype in checks:
             summary.append(f"{dtype}: PyTorch agreement: parameters after 3 identical steps differ "
-                           f"by {checks[dtype]:.1e} (max relative)")
+                           f"by {checks[dtype]:.1e} (max, relative to each layer's largest)")
     print("\n".join(summary))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0

@@ -1,22 +1,18 @@
 """Threads and BLAS: how many threads cnncli's arithmetic runs on, and the in-place update.
 
 The policy, chosen with ``with cnncli.threads(n):`` or ``training.threads: n`` in a config:
-
-- ``None`` (the default) and ``1``: every BLAS library in the process runs single-threaded.
-- ``n >= 2``: NumPy's BLAS runs ``n`` threads of its own.
-
-Why single-threaded by default: OpenBLAS's threads busy-wait for work. With 2 BLAS threads a
-training step of the seed's MNIST network ran 30x slower than with 1 while another process kept
-the second core busy, and NumPy's and SciPy's two OpenBLAS copies (SciPy's wheels ship their
-own) busy-waiting against each other made a step 4-35x slower. SciPy's copy, which runs only
-``axpy`` below, therefore always gets 1 thread.
+``None`` (the default): every BLAS library single-threaded, large layers in two halves on two
+cores (``cnncli.workers``); ``1``: all on the calling thread; ``n >= 2``: NumPy's BLAS with
+``n`` threads. OpenBLAS's threads busy-wait: with 2 of them a step of the seed's MNIST network
+ran 30x slower than with 1 while another process kept the second core busy, and NumPy's and
+SciPy's OpenBLAS copies busy-waiting against each other made a step 4-35x slower. SciPy's
+copy (its wheels ship their own), which runs only ``axpy`` below, always gets 1 thread.
 
 Every entry point into cnncli's arithmetic (the trainer, ``Network``'s public calls, the
 optimizers' ``step``, every command, each sweep worker) is wrapped with ``@applied``: the
 outermost such call sets the libraries' thread counts and puts the previous counts back when
 it returns, so the rest of a program keeps its own settings. The libraries are found once, with
-threadpoolctl, on the first call; after that an outermost call costs a few microseconds and a
-nested one a counter increment. The policy is one setting for the whole process.
+threadpoolctl, on the first call; after that an outermost call costs a few microseconds.
 """
 
 from __future__ import annotations
@@ -37,9 +33,7 @@ _axpy: dict = {}  # dtype character -> SciPy's axpy wrapper
 
 def check_threads(n) -> int | None:
     """``n`` if it is a valid policy (None or an integer >= 1); a ConfigError otherwise."""
-    if n is None:
-        return None
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         from cnncli.errors import ConfigError
 
         raise ConfigError(f"threads must be an integer >= 1 or None (cnncli's default), got {n!r}")
@@ -48,8 +42,7 @@ def check_threads(n) -> int | None:
 
 def is_scipy_vendored(filepath: str) -> bool:
     """A library inside SciPy's wheel (``scipy.libs/``, ``scipy/.dylibs/``), not NumPy's."""
-    parts = Path(filepath).parts
-    return "scipy.libs" in parts or ("scipy" in parts and ".dylibs" in parts)
+    return "scipy.libs" in Path(filepath).parts or "scipy/.dylibs" in Path(filepath).as_posix()
 
 
 def _find_libs() -> list:
@@ -114,14 +107,12 @@ def applied(fn):
             return fn(*args, **kwargs)
         finally:
             _exit()
-
     return run
 
 
 class threads:
-    """Context manager: cnncli's arithmetic inside the block runs with policy ``n``
-    (``None``: the default, single-threaded BLAS; ``n``: NumPy's BLAS with ``n`` threads).
-    The libraries are set for the whole block and put back when it ends."""
+    """Context manager: cnncli's arithmetic inside the block runs with policy ``n`` (module
+    doc); the libraries are set for the whole block and put back when it ends."""
 
     def __init__(self, n: int | None):
         self.n = check_threads(n)
@@ -153,8 +144,7 @@ def axpy(a: float, x: np.ndarray, y: np.ndarray) -> None:
     if (fn is not None and x.dtype == y.dtype and x.shape == y.shape and y.flags.c_contiguous
             and x.flags.c_contiguous and y.flags.writeable and not np.may_share_memory(x, y)):
         yf = y.reshape(-1)
-        z = fn(x.reshape(-1), yf, a=a)  # SciPy writes into y and returns it ...
-        if z is not yf:  # pragma: no cover - ... unless it had to copy
-            yf[...] = z
+        if fn(x.reshape(-1), yf, a=a) is not yf:  # pragma: no cover - SciPy had to copy
+            y += a * x
         return
     y += a * x

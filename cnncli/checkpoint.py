@@ -19,7 +19,9 @@ import numpy as np
 from cnncli import __version__
 from cnncli.atomic import atomic_file
 from cnncli.errors import CheckpointError, CnnError
+from cnncli.npzfile import NpzReadError, read_npz
 from cnncli.schema import short_repr
+from cnncli.text import one_line
 
 FORMAT_VERSION = 2
 INPUT_KEYS = ("input_shape", "class_names", "dtype", "input_scale", "pixel_max")
@@ -62,24 +64,16 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(f"{path}: not a cnncli checkpoint: corrupt or truncated, or not an "
                               ".npz archive at all")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise CheckpointError(f"{path}: not a cnncli checkpoint (a single array, not an .npz)")
-            arrays = {k: f[k] for k in f.files}
-        odd = [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]
-        if odd:
-            raise CheckpointError(f"{path}: not a cnncli checkpoint: {short_repr(odd[0])} in the "
-                                  "archive is not a NumPy array (.npy)")
-    except CheckpointError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path}: holds object arrays (pickled Python objects), which "
-                                  "cnncli never loads") from None
-        raise CheckpointError(f"{path}: corrupt checkpoint ({_one_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways: zip, npy
-        # header (even a tokenize error), zlib, a huge announced shape (MemoryError)
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({_one_line(exc)})") from None
+        arrays = read_npz(path)
+    except NpzReadError as exc:
+        raise CheckpointError(f"{path}: " + {
+            "single": "not a cnncli checkpoint (a single array, not an .npz)",
+            "not_array": f"not a cnncli checkpoint: {short_repr(exc.key)} in the archive is not a "
+                         "NumPy array (.npy)",
+            "pickled": "holds object arrays (pickled Python objects), which cnncli never loads",
+            "value": f"corrupt checkpoint ({exc.detail})",
+            "broken": f"corrupt or truncated checkpoint ({exc.detail})",
+        }[exc.reason]) from None
     meta_arr = arrays.pop("meta", None)
     if meta_arr is None:
         raise CheckpointError(f"{path}: not a cnncli checkpoint (no 'meta' entry)")
@@ -88,7 +82,7 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         meta = json.loads(str(meta_arr))
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path}: 'meta' is not valid JSON ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: 'meta' is not valid JSON ({one_line(exc)})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{path}: not a cnncli checkpoint ('meta' has no format_version)")
     version = meta["format_version"]
@@ -125,17 +119,12 @@ def _name(key: str) -> str:
     return key if key.isprintable() and len(key) <= 100 else short_repr(key, 100)
 
 
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _meta_problem(meta: dict) -> str | None:
     """What is wrong with the types of a checkpoint's ``meta`` (None when nothing is): every
     field a reader uses is checked here, so a damaged or hand-edited file fails on load, by name,
     and never later with a TypeError."""
     from cnncli.config import structure_problems
-    from cnncli.train import METRIC_COLUMNS
+    from cnncli.metrics import METRIC_COLUMNS
 
     if not isinstance(meta["config"], dict):
         return f"config must be a mapping, got {short_repr(meta['config'])}"
@@ -221,7 +210,8 @@ def check_resumable(path, arrays: dict[str, np.ndarray], params: dict[str, np.nd
     for key, a in arrays.items():
         if not key.startswith("optimizer."):
             continue
-        owner = next((k for k in params if key.endswith("." + k)), None)
+        # the longest match: layers.1.W also ends layers.3.layers.1.W (a residual block's)
+        owner = max((k for k in params if key.endswith("." + k)), key=len, default=None)
         if owner is None:
             if a.shape != () or a.dtype.kind not in "iu" or int(a) < 0:
                 raise CheckpointError(f"{path}: {_name(key)} belongs to no parameter and is not a "

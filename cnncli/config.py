@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from cnncli.errors import ConfigError
+from cnncli.errors import ConfigError, about_value
 from cnncli.schema import (
     Field,
     SchemaError,
@@ -24,9 +24,11 @@ from cnncli.schema import (
     number,
     optional,
     short_repr,
+    string,
     unknown_key_message,
     validate_section,
 )
+from cnncli.text import one_line
 
 MAX_CONFIG_BYTES = 100_000  # the shipped configs are under 1 KB; parsing 100 KB of YAML takes ~1 s
 SECTIONS = ("seed", "data", "network", "training")
@@ -82,26 +84,21 @@ def parse_yaml(text: str, source: str | None = None):
     except RecursionError:
         raise ConfigError("invalid YAML: nested too deeply", source) from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigError(f"invalid YAML: {_one_line(exc)}", source) from None
+        raise ConfigError(f"invalid YAML: {_problem_line(exc)}", source) from None
     except (AttributeError, IndexError, KeyError, TypeError) as exc:
         # PyYAML's constructors of explicit tags fail so on values they cannot read
         # (``!!bool x``, ``!!timestamp 1``, ``!!int ''``)
         raise ConfigError(f"invalid YAML: a tagged value cannot be read ({type(exc).__name__}: "
-                          f"{_one_line(exc)})", source) from None
+                          f"{_problem_line(exc)})", source) from None
 
 
-_LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
-
-
-def _one_line(text) -> str:
-    """A problem as one line of bounded length (keys and values may hold line breaks)."""
-    text = str(text).translate(_LINE_BREAKS).strip()
-    return text if len(text) <= MAX_PROBLEM_CHARS else text[:MAX_PROBLEM_CHARS - 3] + "..."
+def _problem_line(text) -> str:
+    return one_line(text, MAX_PROBLEM_CHARS, squeeze=False)
 
 
 def _report(problems: list[str], limit: int = 20) -> list[str]:
     """Problems as reported: each one line, at most ``limit`` of them (then a count)."""
-    out = [_one_line(p) for p in problems[:limit]]
+    out = [_problem_line(p) for p in problems[:limit]]  # keys and values may hold line breaks
     if len(problems) > limit:
         out.append(f"and {len(problems) - limit:,} more")
     return out
@@ -169,28 +166,36 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.epochs=3")
+            raise _override_error(repr(item), "expected KEY=VALUE, e.g. training.epochs=3")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if not all(parts):
-            raise ConfigError(f"--set {short_repr(item)}: the key must be dotted names like "
-                              "training.epochs")
+            raise _override_error(short_repr(item),
+                                  "the key must be dotted names like training.epochs")
         node = raw
         for p in parts[:-1]:
             if isinstance(node, list) and p.isascii() and p.isdigit() and int(p) < len(node):
                 node = node[int(p)]
                 continue
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {short_repr(item)}: {short_repr(p)} is not a section")
+                raise _override_error(short_repr(item), f"{short_repr(p)} is not a section")
             if node.get(p) is None:  # a missing section, or one left empty (``training:``)
                 node[p] = {}
             node = node[p]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {short_repr(item)}: cannot set a key inside a "
-                              f"{type(node).__name__}")
-        node[parts[-1]] = parse_yaml(value, f"--set {key_name(key.strip())}")
+            raise _override_error(short_repr(item),
+                                  f"cannot set a key inside a {type(node).__name__}")
+        try:
+            node[parts[-1]] = parse_yaml(value, f"override {key_name(key.strip())}")
+        except ConfigError as exc:
+            raise _override_error(key_name(key.strip()), exc.problems) from None
         _one_learning_rate(raw, parts)
     return raw
+
+
+def _override_error(shown: str, problem) -> ConfigError:
+    """A bad ``KEY=VALUE`` override: "override <shown>: <problem>" (``cnn``: "--set <shown>")."""
+    return about_value(ConfigError(problem, f"override {shown}"), "override", shown, problem)
 
 
 def _one_learning_rate(raw: dict, parts: list[str]) -> None:
@@ -222,7 +227,18 @@ TRAINING_FIELDS = {
     "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
     "tta": Field(None, optional(choice("flip", "flip_shift"))),  # the per-epoch test accuracy
     "ema": Field(None, optional(number(0.0, maximum=1.0, max_strict=True))),  # cnncli/ema.py
+    # fine-tuning (cnncli.finetune): a checkpoint to start from, how many leading layers to
+    # load from it (None: every leading layer that matches), the layers kept unchanged
+    "init_from": Field(None, optional(string)),
+    "init_from_layers": Field(None, optional(integer(1))),
+    "freeze": Field(None, optional(lambda v: _check_freeze(v))),
 }
+
+
+def _check_freeze(value):
+    from cnncli.freeze import check_freeze
+
+    return check_freeze(value)
 
 _unit = number(0.0, strict=False, maximum=1.0, max_strict=True)
 OPTIMIZER_FIELDS = {
@@ -393,6 +409,12 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
         training_ok = not any(p.startswith("training") for p in problems)
         if data_ok or known_data:
             cfg["network"] = _check_network(cfg, network, problems, known_data, training_ok)
+            if training_ok and cfg["network"]:
+                from cnncli.freeze import freeze_problem
+
+                problems.extend(freeze_problem(cfg["training"]["freeze"],
+                                               cfg["training"]["init_from_layers"],
+                                               len(cfg["network"])))
         else:  # no input shape to build against: check the layer types and keys
             problems.extend(_layer_spec_problems(network))
     if problems:
@@ -508,14 +530,27 @@ def absolute_data_path(raw: dict, base) -> dict:
     return raw
 
 
+def absolute_init_from(raw: dict, base) -> dict:
+    """``raw`` with a relative ``training.init_from`` made absolute against ``base``, as
+    ``data.path`` (absolute_data_path)."""
+    training = raw.get("training") if isinstance(raw, dict) else None
+    path = training.get("init_from") if isinstance(training, dict) else None
+    if isinstance(path, str) and path and "\0" not in path:
+        path = os.path.expanduser(path)
+        training["init_from"] = os.path.normpath(os.path.join(os.path.abspath(base), path))
+    return raw
+
+
 def read_config(path, overrides: list[str] = ()) -> dict:
     """The raw mapping of a config file with its overrides applied, and ``data.path`` absolute:
     a path written in the file is relative to the file's folder (as most tools read paths in
     their config files), a path given with ``--set data.path=...`` to the current directory (as
     a shell reads it)."""
     raw = absolute_data_path(read_config_file(path), Path(path).parent)
+    raw = absolute_init_from(raw, Path(path).parent)
     if overrides:
         raw = absolute_data_path(apply_overrides(raw, list(overrides)), Path.cwd())
+        raw = absolute_init_from(raw, Path.cwd())
     return raw
 
 

@@ -1,11 +1,12 @@
 """An exponential moving average of a network's weights (``training.ema``), for evaluation.
 
-After every optimizer step, each parameter and buffer (batch norm's running statistics) of the
-average moves toward the network's: ``avg = d * avg + (1 - d) * p``, with
-``d = min(decay, (1 + t) / (10 + t))`` and t the number of updates before this one (TensorFlow's
+After every optimizer step, each parameter the optimizer trains and each buffer (batch norm's
+running statistics) of a layer not frozen (``training.freeze``) moves toward the network's:
+``avg = d * avg + (1 - d) * p``, with ``d = min(decay, (1 + t) / (10 + t))`` and t the number of updates before this one (TensorFlow's
 ``ExponentialMovingAverage(decay, num_updates=t)`` rule: early on, when the average would
 still be mostly the random initial weights, it follows the network closely). The average
-starts as a copy of the initial weights. The test metrics of every epoch, ``best.npz``'s
+starts as a copy of the initial weights (after ``training.init_from``); a frozen layer's arrays
+never change, so the average keeps them exactly. The test metrics of every epoch, ``best.npz``'s
 choice, and everything that loads a checkpoint for inference (``cnn eval``, ``predict``,
 ``export``) use the average; training itself and ``--resume`` continue from the network's own
 weights, and the average's arrays and t are in every checkpoint, so resuming is bit-exact.
@@ -24,21 +25,28 @@ class EMA:
     """The average of ``net``'s state: ``state`` maps ``layers.<i>.<name>`` to arrays of the
     network's shapes and dtypes; ``updates`` counts the updates made."""
 
-    def __init__(self, decay: float, net):
+    def __init__(self, decay: float, net, trainable=None):
+        """``trainable``: what the optimizer steps (``net`` itself, or a
+        ``cnncli.finetune.Trainable`` leaving frozen layers out); only its parameters and the
+        buffers of the layers it trains are averaged."""
         self.decay = float(decay)
         self.updates = 0
         self.state = net.state_dict()  # copies
+        trained = [key for key, _, _ in (trainable or net).parameters()]
+        frozen = tuple(f"layers.{i}." for i in getattr(trainable, "frozen", ()))
+        self.keys = trained + [key for key in net.buffers if not key.startswith(frozen)]
 
     def factor(self) -> float:
         """d for the next update."""
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     def update(self, net) -> None:
-        """avg = d * avg + (1 - d) * p for every parameter and floating-point buffer (others are
-        copied), in place."""
+        """avg = d * avg + (1 - d) * p for every trained parameter and floating-point buffer
+        (others are copied), in place; frozen layers' arrays are left as they are."""
         d = self.factor()
-        for key, p in {**net.params, **net.buffers}.items():
-            avg = self.state[key]
+        live = {**net.params, **net.buffers}
+        for key in self.keys:
+            p, avg = live[key], self.state[key]
             if avg.dtype.kind != "f":
                 np.copyto(avg, p)
                 continue

@@ -21,6 +21,14 @@ class ConfigError(CnnError):
         super().__init__(message)
 
 
+def about_value(exc: CnnError, param: str, shown: str, problem) -> CnnError:
+    """``exc``, marked as a problem (``problem``: its text, or a ConfigError's problems) with the
+    value ``shown`` of the library parameter ``param``, so that the command line can re-word it
+    with the option that gave the value (library messages name no command-line option)."""
+    exc.param, exc.shown, exc.problem = param, shown, problem
+    return exc
+
+
 class CheckpointError(CnnError):
     """A checkpoint file is missing, corrupt, or does not fit the network."""
 

@@ -100,6 +100,18 @@ def _simple(op, **attrs):
     return emit
 
 
+def _residual(g, layer, x, where):
+    """``block(x) + shortcut(x)``: the inner layers' nodes, the shortcut's (a 1x1 Conv and
+    maybe a BatchNormalization, or none), then one ``Add``."""
+    out = x
+    for i, inner in enumerate(layer.block.layers):
+        out = MAPPINGS[inner.type_name](g, inner, out, f"{where}.layers.{i}.{inner.type_name}")
+    short = x
+    for name, inner in zip(("shortcut", "shortcut_bn"), layer.short_layers):
+        short = MAPPINGS[inner.type_name](g, inner, short, f"{where}.{name}")
+    return g.node("Add", [out, short], where)
+
+
 # One entry per registered layer type (tests/test_export.py checks that none is missing).
 MAPPINGS = {
     "conv2d": _conv,
@@ -114,6 +126,7 @@ MAPPINGS = {
     "softmax": _simple("Softmax", axis=-1),
     "batch_norm": _batch_norm,
     "dropout": _simple("Identity"),  # eval mode
+    "residual": _residual,
 }
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cnncli.errors import ConfigError
+
 TOLERANCE = 1e-6
 JITTER = 1e-2  # move_off_kinks' offsets on inputs and biases
 LAYER_NUDGE = 1e-3  # check_network's offset on each layer's own input
@@ -117,6 +119,10 @@ def check_layer(layer, x: np.ndarray, rng, eps: float = 1e-6, max_entries: int |
     def f():
         return float(np.sum(layer.forward(x) * dout))
 
+    # A layer made of layers (a residual block) can hold a gradient that is exactly 0 (a conv
+    # bias just before batch norm): judged against the resolution of f, as in check_network.
+    floor = max(1e-8, 10 * np.finfo(np.float64).eps * max(abs(f()), 1.0) / eps / TOLERANCE) \
+        if layer.type_name == "residual" else 1e-8
     results = []
     idx = _entries(x.size, max_entries, rng)
     results.append(compare(index, layer.type_name, "x", dx.reshape(-1)[idx],
@@ -124,7 +130,7 @@ def check_layer(layer, x: np.ndarray, rng, eps: float = 1e-6, max_entries: int |
     for name, p in layer.params.items():
         idx = _entries(p.size, max_entries, rng)
         results.append(compare(index, layer.type_name, name, grads[name].reshape(-1)[idx],
-                               *_differences(f, p, idx, eps)))
+                               *_differences(f, p, idx, eps), floor=floor))
     return results
 
 
@@ -181,3 +187,40 @@ def move_off_kinks(net, x: np.ndarray, rng, scale: float | None = None) -> np.nd
         if key.endswith(".b"):
             p += rng.normal(0.0, scale, p.shape)
     return x + rng.uniform(-scale, scale, x.shape)
+
+
+class BatchTooSmall(ConfigError):
+    """A batch of one sample, where a batch norm layer is checked in train mode."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        super().__init__(f"batch {batch}: batch_norm is checked in train mode, where a batch of "
+                         "one sample has no variance; use a batch of 2 or more")
+
+
+def check_config(cfg: dict, batch: int = 4, impl: str = "fast", max_entries: int | None = 200,
+                 offline: bool = False) -> tuple[list[CheckResult], int]:
+    """``cnn gradcheck``: the network of resolved config ``cfg`` built in float64 with conv
+    implementation ``impl`` (initialised, and its dropout masks drawn, from the training's seed
+    streams), checked by ``check_network`` on ``batch`` training samples drawn at random from
+    its dataset (``offline``: never downloaded), inputs and biases moved off kinks. Returns the
+    results and the number of samples checked. Raises BatchTooSmall for a batch of one with
+    batch norm."""
+    from cnncli.data import load_dataset, one_hot
+    from cnncli.network import build_network
+    from cnncli.seeds import rng_stream
+    from cnncli.train import make_loss
+
+    ds = load_dataset(cfg["data"], cfg["seed"], offline)
+    net = build_network(cfg["network"], ds.input_shape, rng_stream(cfg["seed"], "init"),
+                        np.float64, impl=impl)
+    net.set_rng(rng_stream(cfg["seed"], "noise"))  # dropout masks: training's stream
+    if batch < 2 and any(layer.type_name == "batch_norm" for layer in net.layers):
+        raise BatchTooSmall(batch)
+    rng = np.random.default_rng(cfg["seed"])
+    picked = np.sort(rng.choice(len(ds.y_train), min(batch, len(ds.y_train)), replace=False))
+    x = ds.images(ds.x_train[picked], np.float64)
+    y = one_hot(ds.y_train[picked], ds.n_classes, np.float64)
+    x = move_off_kinks(net, x, rng)
+    results = check_network(net, make_loss(cfg["training"], net, ds), x, y, rng, max_entries=max_entries)
+    return results, len(x)

@@ -64,6 +64,8 @@ def _run(trainer, t, start, end, steps, augment, on_step) -> LRFindResult:
     rates, losses, smoothed = [], [], []
     avg, best, stopped = 0.0, math.inf, f"all {steps} steps done"
     trainer.net.train()
+    for k in trainer.frozen:  # frozen layers (training.freeze): eval mode, as in training
+        trainer.net.layers[k].training = False
     for i in range(steps):
         if b >= len(sizes):  # a new epoch
             order = trainer.shuffle_rng.permutation(len(y)) if t["shuffle"] else np.arange(len(y))
@@ -95,7 +97,7 @@ def _run(trainer, t, start, end, steps, augment, on_step) -> LRFindResult:
             break
         best = min(best, s)
         trainer.net.backward(trainer.loss.gradient(out, target))
-        trainer.optimizer.step(trainer.net)
+        trainer.optimizer.step(trainer._trainable)  # frozen layers stay unchanged
     return _result(np.array(rates), np.array(losses), np.array(smoothed), stopped)
 
 

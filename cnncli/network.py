@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cnncli.errors import CheckpointError, ConfigError
-from cnncli.layers import LAYERS, Layer, layer_class
+from cnncli.layers.base import LAYERS, Layer, layer_class
 from cnncli.layers.base import check_keys
 from cnncli.blas import applied
 
@@ -135,13 +135,17 @@ class Network:
 
     def summary(self) -> list[dict]:
         """One row per layer: index, type, output shape (per sample), parameter count, buffer
-        values (saved, not trained)."""
+        values (saved, not trained). A residual block's row is followed by rows of its inner
+        layers, indexed ``<i>.<j>`` with ``depth`` 1 (2 inside a nested block, ...)."""
         rows, shape = [], self.input_shape
         for i, layer in enumerate(self.layers):
+            in_shape = shape
             shape = layer.output_shape(shape) if shape is not None else None
             rows.append({"index": i, "type": layer.type_name, "output_shape": shape,
                          "params": layer.num_params(),
                          "buffers": int(sum(b.size for b in layer.buffers.values()))})
+            if hasattr(layer, "summary"):  # a residual block: its inner layers, depth 1 deeper
+                rows.extend(layer.summary(in_shape, str(i)))
         return rows
 
     @property

@@ -9,9 +9,7 @@ Nothing here prints; problems are raised as CnnError subclasses naming the file.
 
 from __future__ import annotations
 
-import csv
 import gc
-import io
 import math
 import os
 import time
@@ -23,7 +21,6 @@ from cnncli.errors import CnnError, RunDirError
 
 DPI = 100
 CURVES_NAME = "curves.png"
-CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 # ---------------------------------------------------------------- throttling per-epoch drawing
 RATIO = 20.0
@@ -92,6 +89,8 @@ def plot_run_curves(run_path, name: str, force: bool = False) -> Path | None:
         stamp = None
     if stamp is not None and stamp == state.stamp and out.exists():
         return None
+    from cnncli.run import read_metrics
+
     start = _clock()
     rows = read_metrics(run_path)
     fig = curves_figure([(rows, name)], title=f"{name}: {_epochs(len(rows))}")
@@ -107,46 +106,6 @@ def plot_run_curves(run_path, name: str, force: bool = False) -> Path | None:
 
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
-
-
-# ---------------------------------------------------------------- metrics.csv
-def read_metrics(run_path) -> list[dict]:
-    """The rows of ``RUN_DIR/metrics.csv`` as ``{column: float}`` (epoch as int).
-
-    Raises RunDirError when the directory or the file is missing, when a column is missing or a
-    value is not a number, and when there is no row (no epoch has finished)."""
-    run_path = Path(run_path)
-    if not run_path.exists():
-        raise RunDirError(f"{run_path}: no such run directory")
-    if not run_path.is_dir():
-        raise RunDirError(f"{run_path}: not a directory; give a run directory (it holds metrics.csv)")
-    path = run_path / "metrics.csv"
-    if not path.is_file():
-        raise RunDirError(f"{run_path}: no metrics.csv, so not a cnncli run directory")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None:
-        raise RunDirError(f"{path}: is empty (no header); not a cnncli metrics file")
-    missing = [c for c in CURVE_COLUMNS if c not in reader.fieldnames]
-    if missing:
-        raise RunDirError(f"{path}: lacks the column(s) {', '.join(missing)}; found "
-                          f"{', '.join(reader.fieldnames) or 'none'}")
-    rows = []
-    for line, raw in enumerate(reader, start=2):
-        row = {}
-        for c in CURVE_COLUMNS:
-            try:
-                row[c] = float(raw[c])
-            except (TypeError, ValueError):
-                raise RunDirError(f"{path}, line {line}: {c} is {raw[c]!r}, expected a number") from None
-        row["epoch"] = int(row["epoch"])
-        rows.append(row)
-    if not rows:
-        raise RunDirError(f"{path}: no finished epoch yet (a header and no rows)")
-    return rows
 
 
 # ---------------------------------------------------------------- figures and saving
@@ -320,6 +279,8 @@ def plot_runs(out, run_dirs: list[Path]) -> Path:
     """``cnn plot``: the curves of several runs in one figure, written to ``out``.
 
     Every directory is checked first; all problems are reported in one RunDirError."""
+    from cnncli.run import read_metrics
+
     rows, problems = [], []
     for d in run_dirs:
         try:

@@ -15,11 +15,12 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cnncli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image, resize_stored
-from cnncli.errors import CheckpointError, DataError
+from cnncli.errors import CheckpointError, DataError, about_value
+from cnncli.npzfile import NpzReadError, read_npz
 
 NPZ_KEYS = ("x", "x_test")  # the array an .npz of images is read from, in this order
-MISSING_HINT = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
-                "input_scale": "--input-scale S"}
+MISSING_HINT = {"input_shape": "size and channels", "pixel_max": "pixel_max",
+                "input_scale": "input_scale"}  # what supplies each missing key
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,20 @@ def model_input(path, meta: dict, net, size: tuple[int, int] | None = None,
 
     ``size`` and ``channels`` must agree with the network (they only fill in a description
     that lacks them); ``pixel_max`` and ``input_scale`` replace the recorded values. What is
-    still missing is a CheckpointError naming the options that supply it.
+    still missing is a CheckpointError naming the parameters that supply it (its ``missing``:
+    the keys of MISSING_HINT); a value that does not fit is a DataError ``about_value``.
     """
     recorded = tuple(int(d) for d in (meta.get("input_shape") or net.input_shape or ()))
     missing = []
     if len(recorded) == 3:
         shape = recorded
         if size is not None and tuple(size) != shape[1:]:
-            raise DataError(f"--size {size[0]} {size[1]}: the model takes {shape[1]}x{shape[2]} "
-                            "images; give that size, or leave --size out (images are resized to "
-                            "the model's size)")
+            raise _bad_value("size", f"{size[0]} {size[1]}",
+                             f"the model takes {shape[1]}x{shape[2]} images; give that size, or "
+                             "no size (images are resized to the model's size)")
         if channels is not None and channels != shape[0]:
-            raise DataError(f"--channels {channels}: the model takes {shape[0]}-channel images")
+            raise _bad_value("channels", str(channels),
+                             f"the model takes {shape[0]}-channel images")
     elif size is not None and channels is not None:
         shape = (int(channels), int(size[0]), int(size[1]))
     else:
@@ -72,20 +75,27 @@ def model_input(path, meta: dict, net, size: tuple[int, int] | None = None,
     if scale is None:
         missing.append("input_scale")
     if missing:
-        options = ", ".join(MISSING_HINT[k] for k in missing)
-        raise CheckpointError(
+        hint = (f"{', '.join(MISSING_HINT[k] for k in missing)} (e.g. pixel_max 255 and "
+                "input_scale 0.00392156862745098 for 8-bit images scaled to 0-1)")
+        exc = CheckpointError(
             f"{path}: lacks the input description ({', '.join(missing)}; written in checkpoint "
             f"format {meta.get('format_version')} by cnncli {meta.get('cnncli_version', '?')}): "
-            f"give {options} (e.g. --pixel-max 255 --input-scale 0.00392156862745098 for 8-bit "
-            "images scaled to 0-1), or train the model again with this version")
+            f"give {hint}, or train the model again with this version")
+        exc.missing, exc.hint = missing, hint  # the command line words the hint with its options
+        raise exc
     names = meta.get("class_names")
     n_out = net.output_shape[0]
     if not isinstance(names, list) or len(names) != n_out:
         names = [str(i) for i in range(n_out)]
-    for key, value in (("--pixel-max", pm), ("--input-scale", scale)):
+    for key, value in (("pixel_max", pm), ("input_scale", scale)):
         if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
-            raise DataError(f"{key} must be a positive number, got {value!r}")
+            raise about_value(DataError(f"{key} must be a positive number, got {value!r}"), key,
+                              "", f"must be a positive number, got {value!r}")
     return ModelInput(shape, [str(n) for n in names], float(pm), float(scale))
+
+
+def _bad_value(param: str, shown: str, problem: str) -> DataError:
+    return about_value(DataError(f"{param} {shown}: {problem}"), param, shown, problem)
 
 
 # ---------------------------------------------------------------- what to predict
@@ -165,18 +175,22 @@ def _images_below(folder: Path, extensions) -> tuple[list[Path], int]:
 
 
 def _npz_images(path: Path, shape) -> np.ndarray:
+    def pick(files):
+        key = next((k for k in NPZ_KEYS if k in files), None)
+        if key is None:
+            raise DataError(f"{path}: holds no image array named {' or '.join(NPZ_KEYS)} "
+                            f"(it has: {', '.join(files) or 'nothing'})")
+        return [key]
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            key = next((k for k in NPZ_KEYS if k in f.files), None)
-            if key is None:
-                raise DataError(f"{path}: holds no image array named {' or '.join(NPZ_KEYS)} "
-                                f"(it has: {', '.join(f.files) or 'nothing'})")
-            x = f[key]
-    except DataError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
-        raise DataError(f"{path}: not a readable .npz ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:160]})") from None
+        (key, x), = read_npz(path, pick).items()
+    except NpzReadError as exc:
+        if exc.reason == "not_array":
+            raise DataError(f"{path}: '{exc.key}' in the archive is not a NumPy array (.npy)") from None
+        if exc.cause is None:
+            raise DataError(f"{path}: not a readable .npz (a single .npy array, not an archive)") from None
+        raise DataError(f"{path}: not a readable .npz ({type(exc.cause).__name__}: "
+                        f"{' '.join(str(exc.cause).split())[:160]})") from None
     if x.ndim == 3 and shape[0] == 1:
         x = x[:, None]
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(shape) or x.dtype.kind not in "uif":

@@ -1,7 +1,9 @@
 """A run directory: config.yaml, metrics.csv, last.npz, best.npz, train.log and a lock.
 
 Nothing is ever overwritten by a new run: a new run needs a missing or empty directory, and
-``--resume`` continues the run a directory holds, under an exclusive lock."""
+resuming continues the run a directory holds, under an exclusive lock. This module writes the
+files and reads them back: ``read_metrics`` (plots and ``cnn runs``), ``resume_config`` and
+``resume`` (the checks before a run goes on, and loading its last.npz)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from pathlib import Path
 from cnncli.atomic import atomic_file
 from cnncli.checkpoint import save_checkpoint
 from cnncli.config import dump_config
-from cnncli.errors import RunDirError
-from cnncli.train import METRIC_COLUMNS
+from cnncli.errors import CheckpointError, ConfigError, RunDirError
+from cnncli.metrics import METRIC_COLUMNS
 
 LOCK_NAME = ".lock"
 # The temporary files of atomic writes (``.<name>.<pid>.tmp``) a killed process may leave behind.
@@ -68,6 +70,56 @@ def metrics_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def read_run_config(run_path) -> dict:
+    """The raw mapping in ``RUN_DIR/config.yaml`` (not validated), or a ConfigError."""
+    from cnncli.config import read_config_file
+
+    return read_config_file(Path(run_path) / "config.yaml")
+
+
+CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+
+
+def read_metrics(run_path, columns=CURVE_COLUMNS, need_rows: bool = True) -> list[dict]:
+    """The rows of ``RUN_DIR/metrics.csv`` as ``{column: float}`` for ``columns`` (epoch as int).
+
+    Raises RunDirError when the directory or the file is missing, when a column is missing or a
+    value is not a number, and (``need_rows``) when there is no row (no epoch has finished)."""
+    run_path = Path(run_path)
+    if not run_path.exists():
+        raise RunDirError(f"{run_path}: no such run directory")
+    if not run_path.is_dir():
+        raise RunDirError(f"{run_path}: not a directory; give a run directory (it holds metrics.csv)")
+    path = run_path / "metrics.csv"
+    if not path.is_file():
+        raise RunDirError(f"{run_path}: no metrics.csv, so not a cnncli run directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        raise RunDirError(f"{path}: is empty (no header); not a cnncli metrics file")
+    missing = [c for c in columns if c not in reader.fieldnames]
+    if missing:
+        raise RunDirError(f"{path}: lacks the column(s) {', '.join(missing)}; found "
+                          f"{', '.join(reader.fieldnames) or 'none'}")
+    rows = []
+    for line, raw in enumerate(reader, start=2):
+        row = {}
+        for c in columns:
+            try:
+                row[c] = float(raw[c])
+            except (TypeError, ValueError):
+                raise RunDirError(f"{path}, line {line}: {c} is {raw[c]!r}, expected a number") from None
+        if "epoch" in row:
+            row["epoch"] = int(row["epoch"])
+        rows.append(row)
+    if need_rows and not rows:
+        raise RunDirError(f"{path}: no finished epoch yet (a header and no rows)")
+    return rows
+
+
 class RunDir:
     """One run's directory, locked for as long as this object lives (``close`` releases it)."""
 
@@ -93,7 +145,7 @@ class RunDir:
             run.close()
             raise
         run.remove_stale_files()
-        run.write("config.yaml", dump_config(cfg))
+        run.write_config(cfg)
         run.write("metrics.csv", metrics_csv([]))
         return run
 
@@ -156,6 +208,10 @@ class RunDir:
             self._lock_file.close()
             self._lock_file = None
 
+    def write_config(self, cfg: dict) -> None:
+        """config.yaml: the resolved config the run trains with."""
+        self.write("config.yaml", dump_config(cfg))
+
     def write(self, name: str, text: str) -> None:
         try:
             write_text_atomic(self.path / name, text)
@@ -210,8 +266,16 @@ def _refuse_used(path: Path) -> None:
     """A new run needs a missing or empty directory (the leftovers of a killed start count as
     empty)."""
     if path.is_dir() and any(not _leftover(p.name) for p in path.iterdir()):
-        raise RunDirError(f"{path}: run directory exists and is not empty; choose another "
-                          f"--run-dir, or continue that run with: cnn train --resume {path}")
+        raise RunDirUsed(path)
+
+
+class RunDirUsed(RunDirError):
+    """A new run's directory holds files already (``path``: that directory)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"{path}: run directory exists and is not empty; choose another "
+                         "directory, or continue the run it holds")
 
 
 def _leftover(name: str) -> bool:
@@ -225,27 +289,99 @@ def run_meta(cfg: dict, config_name: str) -> dict:
     return {"config": cfg, "config_name": config_name}
 
 
-def train_epochs(trainer, run: RunDir, config_name: str, run_epoch=None, on_epoch=None,
-                 cfg: dict | None = None) -> None:
-    """Train until the planned epoch count (or early stopping), saving each epoch through
-    ``run.save_epoch`` and refreshing curves.png. The loop ``cnn train`` and every sweep trial run.
+# ---------------------------------------------------------------- resuming
+def _diff_beyond_epochs(stored: dict, wanted: dict) -> list[str]:
+    """How two configs differ, the epoch count aside (the one thing a resumed run may change)."""
+    from cnncli.config import config_diff
 
-    ``run_epoch(trainer) -> row`` trains one epoch (default ``trainer.train_epoch()``);
-    ``on_epoch(row)`` is called after the epoch is saved (an exception there stops training,
-    the epoch kept). ``cfg``: the config the checkpoints record (default ``trainer.cfg``).
-    Raises what the trainer raises (``Interrupted``, ``TrainingError``).
-    """
-    import numpy as np
+    return [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
 
-    from cnncli.plots import plot_run_curves
 
-    meta = run_meta(cfg if cfg is not None else trainer.cfg, config_name)
-    # A diverging run overflows on its way to the non-finite loss that stops it: no warnings.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        while trainer.epoch < trainer.epochs and not trainer.should_stop_early():
-            row = run_epoch(trainer) if run_epoch is not None else trainer.train_epoch()
-            is_best = trainer.best["epoch"] == row["epoch"]
-            run.save_epoch(trainer, meta, is_best)
-            plot_run_curves(run.path, config_name)
-            if on_epoch is not None:
-                on_epoch(row)
+def resume_config(path, config=None, overrides=()) -> dict:
+    """The config to continue the run in directory ``path`` with: its config.yaml with
+    ``overrides`` applied, or config file ``config`` with ``overrides``. A ConfigError when it
+    differs from the run's in anything but the epoch count."""
+    from cnncli.config import absolute_data_path, apply_overrides, load_config, validate
+
+    path = Path(path)
+    # A run's config.yaml holds an absolute data.path; one written by an older cnncli may hold
+    # a relative one, which was read from the current directory: still is.
+    stored_raw = absolute_data_path(read_run_config(path), Path.cwd())
+    stored = validate(stored_raw, str(path / "config.yaml"))
+    raw = dict(stored)
+    wanted = load_config(config, overrides) if config is not None \
+        else validate(absolute_data_path(apply_overrides(raw, overrides), Path.cwd()), "overrides")
+    diff = _diff_beyond_epochs(stored, wanted)
+    if diff:
+        raise ConfigError(f"cannot resume {path}: the config differs from the run's in "
+                          + "; ".join(diff) + " (only the epoch count may change)")
+    return wanted
+
+
+def resume(run: RunDir, cfg: dict, trainer=None, offline: bool = False):
+    """Continue ``run`` with config ``cfg`` (see ``resume_config``): a Trainer (``trainer``, or a
+    new one) holding the state of the run's last.npz, after checking that the checkpoint is this
+    run's (its config, input shape, classes and data fingerprint) and fits the network; then
+    metrics.csv is written again from the checkpoint. Returns ``(trainer, loaded)``; ``loaded``
+    is False when no epoch had finished (no last.npz: the run starts at epoch 1).
+
+    Raises CheckpointError when last.npz is not this run's, ConfigError when ``cfg``'s epoch
+    count is below the epochs already trained. Does not write config.yaml (``run.write_config``).
+    ``offline``: a new trainer's dataset is never downloaded."""
+    import copy
+
+    from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
+    from cnncli.config import absolute_data_path
+    from cnncli.data import load_dataset
+    from cnncli.train import Trainer
+
+    if trainer is None:
+        trainer = Trainer(cfg, data=load_dataset(cfg["data"], cfg["seed"], offline))
+    last = run.path / "last.npz"
+    if not last.exists():
+        return trainer, False
+    arrays, meta = load_checkpoint(last)
+    try:  # re-validated, so that keys added to cnncli since get their defaults
+        stored = checkpoint_config(last, meta)
+    except CheckpointError:
+        stored = meta["config"]  # as it is: the checks below name what does not fit
+    # an older cnncli saved data.path as given, relative to the current directory
+    stored = absolute_data_path(copy.deepcopy(stored), Path.cwd())
+    diff = _diff_beyond_epochs(stored, cfg)
+    if diff:
+        raise CheckpointError(f"{last}: was written by another run (its config differs in "
+                              + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
+                              + "); it is left as it is")
+    data = trainer.data
+    shape = tuple(data.input_shape)
+    if tuple(meta["input_shape"]) != shape or len(meta["class_names"]) != data.n_classes:
+        raise CheckpointError(
+            f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
+            f"{len(meta['class_names'])} classes, but this run's data has "
+            f"{'x'.join(map(str, shape))} images in {data.n_classes} classes")
+    recorded = meta.get("data_fingerprint")
+    if recorded is not None and recorded != trainer.data_fingerprint:
+        raise CheckpointError(
+            f"{last}: this run's data ({cfg['data']['name']}, now "
+            f"{len(data.y_train):,} training / {len(data.y_test):,} test "
+            "samples) is not the data it was trained on: files were changed, added or "
+            "removed since; resuming would not continue the same run. Restore the data, "
+            "or start a new run")
+    check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
+    try:
+        trainer.load_state(arrays, meta)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{last}: does not fit this run's network: {exc}") from None
+    if trainer.epochs < trainer.epoch:
+        raise EpochsBelowTrained(trainer.epochs, trainer.epoch, run.path)
+    run.write("metrics.csv", metrics_csv(trainer.history))
+    return trainer, True
+
+
+class EpochsBelowTrained(ConfigError):
+    """A resumed run's epoch count is below the epochs it has already trained."""
+
+    def __init__(self, epochs: int, trained: int, path):
+        self.epochs, self.trained, self.path = epochs, trained, path
+        super().__init__(f"training.epochs {epochs} is below the {trained} epochs {path} "
+                         "has already trained")

@@ -12,13 +12,13 @@ trials below them.
 from __future__ import annotations
 
 import csv
-import io
 import os
 from pathlib import Path
 
 import yaml
 
-from cnncli.run import lock_is_held
+from cnncli.errors import ConfigError, RunDirError
+from cnncli.run import lock_is_held, read_metrics, read_run_config
 
 RUN_FILES = ("config.yaml", "metrics.csv", "last.npz", "best.npz")
 COLUMNS = ("name", "kind", "dataset", "epochs_done", "epochs_planned", "best_test_accuracy",
@@ -83,16 +83,21 @@ def run_row(root: Path, path: Path, names: set) -> dict:
                    note="a start that never wrote config.yaml" if only_leftovers else "no config.yaml")
         return row
     try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        cfg = read_run_config(path)
         row["dataset"] = cfg["data"]["name"]
         row["epochs_planned"] = int(cfg["training"]["epochs"])
-    except Exception as exc:  # any damage: an unreadable or hand-edited file
+    except ConfigError as exc:  # its message begins with the file's path
+        row.update(state="damaged", note=f"config.yaml: {_short('; '.join(exc.problems))}")
+        return row
+    except Exception as exc:  # any other damage: a hand-edited file
         row.update(state="damaged", note=f"config.yaml: {_short(exc)}")
         return row
     try:
-        metrics = _read_metrics(path / "metrics.csv") if "metrics.csv" in names else []
-    except Exception as exc:
-        row.update(state="damaged", note=f"metrics.csv: {_short(exc)}")
+        metrics = read_metrics(path, ("epoch", "test_accuracy", "seconds"), need_rows=False) \
+            if "metrics.csv" in names else []
+    except RunDirError as exc:  # its message begins with the file's path
+        row.update(state="damaged",
+                   note="metrics.csv" + _short(str(exc).removeprefix(str(path / "metrics.csv"))))
         return row
     row["epochs_done"] = len(metrics)
     if metrics:
@@ -146,13 +151,6 @@ def lock_is_held_any(trials: Path) -> bool:
         return any(lock_is_held(p) for p in trials.iterdir() if p.is_dir())
     except OSError:
         return False
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for raw in csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))):
-        rows.append({k: float(raw[k]) for k in ("epoch", "test_accuracy", "seconds")})
-    return rows
 
 
 def _last_lines(path: Path, n: int = 5) -> list[str]:

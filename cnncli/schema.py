@@ -5,11 +5,12 @@ A check takes a value and returns it (normalised) or raises SchemaError("must be
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from cnncli.text import did_you_mean
 
 
 class SchemaError(ValueError):
@@ -89,10 +90,8 @@ def string(v):
 def choice(*options):
     def check(v):
         if v not in options:
-            close = difflib.get_close_matches(v, [str(o) for o in options], n=1) \
-                if isinstance(v, str) and len(v) < 100 else []
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SchemaError(f"must be one of {', '.join(map(str, options))}, got {short_repr(v)}{hint}")
+            raise SchemaError(f"must be one of {', '.join(map(str, options))}, got {short_repr(v)}"
+                              f"{did_you_mean(v, options)}")
         return v
     return check
 
@@ -104,9 +103,7 @@ def optional(check):
 
 
 def unknown_key_message(key, known) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1) if isinstance(key, str) and len(key) < 100 else []
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown key{hint}; known keys: {', '.join(known)}"
+    return f"unknown key{did_you_mean(key, known)}; known keys: {', '.join(known)}"
 
 
 def validate_section(where: str, value, fields: dict[str, Field], problems: list[str]) -> dict:

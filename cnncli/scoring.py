@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnncli.modes import eval_mode
+
 SCORE_RULES = {"softmax": "identity", "sigmoid": "normalise"}  # any other last layer: "softmax"
 
 
@@ -51,25 +53,37 @@ def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250,
     dtype = np.dtype(meta["dtype"]) if "dtype" in meta else _dtype(net)
     scale = np.asarray(info["input_scale"], dtype=dtype)
     rule = score_rule(net)
-    was_training = net.training
-    net.eval()
-    try:
-        outs = []
+    outs = []
+    with eval_mode(net):
         for i in range(0, len(x_stored), batch_size):
             xb = np.asarray(x_stored[i:i + batch_size]).astype(dtype, copy=False)
             if info["input_scale"] != 1.0:
                 xb = xb * scale
             if tta:
-                from cnncli.tta import tta_scores
-
                 outs.append(tta_scores(net, xb, tta, rule))
             else:
                 outs.append(outputs_to_scores(net.forward(xb), rule))
-    finally:
-        if was_training:
-            net.train()
     n_out = net.output_shape[0] if net.input_shape is not None else 0
     return np.concatenate(outs) if outs else np.zeros((0, n_out), dtype=dtype)
+
+
+def tta_scores(net, x: np.ndarray, mode: str, rule: str | None = None,
+               first: np.ndarray | None = None) -> np.ndarray:
+    """The mean of ``net``'s scores over the views of ``x`` (inputs as the network takes them).
+
+    x: (N, C, H, W) -> (N, K). ``rule``: how outputs become scores (default: ``net``'s own);
+    ``first``: the outputs for x itself when already computed (saves one pass).
+    """
+    from cnncli.tta import views
+
+    rule = rule or score_rule(net)
+    total = None
+    vs = views(x, mode)
+    for i, v in enumerate(vs):
+        out = first if (i == 0 and first is not None) else net.forward(np.ascontiguousarray(v))
+        s = outputs_to_scores(out, rule)
+        total = s.astype(np.float64) if total is None else total + s
+    return (total / len(vs)).astype(x.dtype, copy=False)
 
 
 def _dtype(net) -> np.dtype:

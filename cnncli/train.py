@@ -12,11 +12,11 @@ from cnncli.data import Dataset, load_dataset, one_hot
 from cnncli.data.augment import augment, is_active
 from cnncli.errors import ConfigError, TrainingError
 from cnncli.losses import CrossEntropyLoss, MSELoss
+from cnncli.modes import eval_mode
 from cnncli.network import Network, build_network
 from cnncli.optim import OPTIMIZERS
+from cnncli.seeds import rng_stream
 
-METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
-                  "learning_rate"]
 EVAL_BATCH = 250  # samples per forward pass when evaluating (bounds memory)
 
 
@@ -77,23 +77,18 @@ def evaluate(net: Network, loss, data: Dataset, split: str, dtype, tta: str | No
     that of the images as they are."""
     x, y = data.split(split)
     total, preds = 0.0, np.empty(len(y), dtype=np.int64)
-    was_training = net.training
-    net.eval()
-    try:
+    with eval_mode(net):
         for i in range(0, len(y), EVAL_BATCH):
             xb = data.images(x[i:i + EVAL_BATCH], dtype)
             yb = y[i:i + EVAL_BATCH]
             out = net.forward(xb)
             total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
             if tta:
-                from cnncli.tta import tta_scores
+                from cnncli.scoring import tta_scores
 
                 preds[i:i + len(yb)] = tta_scores(net, xb, tta, first=out).argmax(axis=1)
             else:
                 preds[i:i + len(yb)] = out.argmax(axis=1)
-    finally:
-        if was_training:
-            net.train()
     return {"loss": total / len(y), "accuracy": float((preds == y).mean()), "predictions": preds}
 
 
@@ -104,6 +99,10 @@ def single_value_batch_norm(net: Network, batch: int) -> str | None:
     for i, layer in enumerate(net.layers):
         if layer.type_name == "batch_norm" and batch * int(np.prod(shape[1:])) < 2:
             return f"network[{i}] (batch_norm)"
+        if layer.type_name == "residual":  # its inner layers, as a network of their own
+            inner = single_value_batch_norm(layer.block, batch)
+            if inner is not None:
+                return f"network[{i}] (residual) " + inner.replace("network[", "layers[", 1)
         shape = layer.output_shape(shape)
     return None
 
@@ -121,7 +120,7 @@ class Trainer:
         t = cfg["training"]
         self.dtype = np.dtype(t["dtype"])
         self.data = data if data is not None else load_dataset(cfg["data"], cfg["seed"])
-        init_rng = np.random.default_rng([cfg["seed"], 1])
+        init_rng = rng_stream(cfg["seed"], "init")
         self.net = build_network(cfg["network"], self.data.input_shape, init_rng, self.dtype,
                                  impl=t["impl"])
         self.loss = make_loss(t, self.net, self.data)
@@ -130,15 +129,28 @@ class Trainer:
         # every conv layer and every gradient (the first layer's input gradient too, which
         # nobody uses); the fast path skips that gradient.
         self.net.input_grad = t["impl"] == "reference"
-        self.shuffle_rng = np.random.default_rng([cfg["seed"], 2])
+        # fine-tuning (cnncli.finetune): start from a checkpoint's leading layers; frozen
+        # layers run in eval mode and the optimizer sees only the others
+        from cnncli.finetune import Trainable, init_from_checkpoint, skip_frozen_gradients
+        from cnncli.freeze import frozen_indices
+
+        self.frozen = frozen_indices(t.get("freeze"))
+        self.init_report = None
+        if t.get("init_from"):
+            self.init_report = init_from_checkpoint(self.net, t["init_from"],
+                                                    t.get("init_from_layers"))
+        if self.frozen and t["impl"] != "reference":
+            skip_frozen_gradients(self.net, self.frozen)
+        self._trainable = Trainable(self.net, self.frozen) if self.frozen else self.net
+        self.shuffle_rng = rng_stream(cfg["seed"], "shuffle")
         self.augment = cfg["data"].get("augment") if is_active(cfg["data"].get("augment")) else None
-        self.augment_rng = np.random.default_rng([cfg["seed"], 3])
-        self.noise_rng = np.random.default_rng([cfg["seed"], 4])
+        self.augment_rng = rng_stream(cfg["seed"], "augment")
+        self.noise_rng = rng_stream(cfg["seed"], "noise")
         self.net.set_rng(self.noise_rng)
         self._check_batches()
         from cnncli.ema import EMA
 
-        self.ema = EMA(t["ema"], self.net) if t.get("ema") else None
+        self.ema = EMA(t["ema"], self.net, self._trainable) if t.get("ema") else None
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": 0, "test_accuracy": -1.0}
@@ -206,6 +218,8 @@ class Trainer:
         n = min(n, n_batches * bs)  # the samples trained on (drop_last may skip the last few)
         loss_sum, correct = 0.0, 0
         self.net.train()
+        for i in self.frozen:  # frozen layers: eval mode (batch norm keeps its statistics)
+            self.net.layers[i].training = False
         targets = np.eye(self.data.n_classes, dtype=self.dtype)  # row k: the one-hot target of class k
         for b in range(n_batches):
             if self.stop_requested:
@@ -229,7 +243,7 @@ class Trainer:
             correct += int((out.argmax(axis=1) == yb).sum())
             loss_sum += batch_loss * len(yb)
             self.net.backward(self.loss.gradient(out, target))
-            self.optimizer.step(self.net)
+            self.optimizer.step(self._trainable)
             if self.ema is not None:
                 self.ema.update(self.net)
             if on_batch is not None:
@@ -278,6 +292,8 @@ class Trainer:
         }
         if self.ema is not None:
             meta["ema_updates"] = self.ema.updates
+        if self.init_report is not None:
+            meta["init_from"] = self.init_report.meta()
         return arrays, meta
 
     @property

@@ -4,9 +4,9 @@ Modes:
     ``flip``: the image and its horizontal mirror (2 views);
     ``flip_shift``: those two, each also shifted by one pixel down-right and by one pixel
     up-left (zero fill), 6 views.
-The scores of the views (``cnncli.scoring``: per-class probabilities) are averaged with equal
-weights; the prediction is the class of the highest mean score. A mirror image must still show
-the same class for this to help (CIFAR-10, Fashion-MNIST: yes; digits and text: no).
+The scores of the views (``cnncli.scoring.tta_scores``: per-class probabilities) are averaged
+with equal weights; the prediction is the class of the highest mean score. A mirror image
+must still show the same class for this to help (CIFAR-10, Fashion-MNIST: yes; digits and text: no).
 """
 
 from __future__ import annotations
@@ -45,21 +45,3 @@ def views(x: np.ndarray, mode: str) -> list[np.ndarray]:
         out += [_shift(v, d, d) for d in (1, -1) for v in (x, flipped)]
     return out
 
-
-def tta_scores(net, x: np.ndarray, mode: str, rule: str | None = None,
-               first: np.ndarray | None = None) -> np.ndarray:
-    """The mean of ``net``'s scores over the views of ``x`` (inputs as the network takes them).
-
-    x: (N, C, H, W) -> (N, K). ``rule``: how outputs become scores (default: ``net``'s own);
-    ``first``: the outputs for x itself when already computed (saves one pass).
-    """
-    from cnncli.scoring import outputs_to_scores, score_rule
-
-    rule = rule or score_rule(net)
-    total = None
-    vs = views(x, mode)
-    for i, v in enumerate(vs):
-        out = first if (i == 0 and first is not None) else net.forward(np.ascontiguousarray(v))
-        s = outputs_to_scores(out, rule)
-        total = s.astype(np.float64) if total is None else total + s
-    return (total / len(vs)).astype(x.dtype, copy=False)

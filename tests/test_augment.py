@@ -8,9 +8,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import load_config
 from cnncli.data.augment import apply, augment, check_spec, draw
 from cnncli.schema import SchemaError
@@ -18,7 +16,6 @@ from cnncli.train import Trainer
 from conftest import ROOT
 from test_cli import _train_subprocess, _wait_for_epoch, assert_same_run, read_metrics
 
-runner = CliRunner()
 SHAPES = str(ROOT / "configs" / "shapes.yaml")
 AUG = ["--set", "data.augment.crop_padding=1", "--set", "data.augment.shift=1",
        "--set", "data.augment.flip=horizontal"]
@@ -136,11 +133,11 @@ def test_state_and_load_state_continue_the_augmentation_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_then_resume_with_augmentation_equals_an_uninterrupted_run(tmp_path):
+def test_sigint_then_resume_with_augmentation_equals_an_uninterrupted_run(cnn, tmp_path):
     """The pattern of test_cli.py's SIGINT test, with crop, shift and flip on."""
     args = ["--set", "data.n=5000", "--epochs", "15", *AUG]
     full = tmp_path / "full"
-    result = runner.invoke(app, ["train", SHAPES, "--run-dir", str(full), "--quiet", *args])
+    result = cnn("train", SHAPES, "--run-dir", str(full), "--quiet", *args)
     assert result.exit_code == 0, result.output
     run = tmp_path / "interrupted"
     proc = _train_subprocess([SHAPES, "--run-dir", run, *args])
@@ -150,6 +147,6 @@ def test_sigint_then_resume_with_augmentation_equals_an_uninterrupted_run(tmp_pa
     assert proc.returncode == 130, err
     k = len(read_metrics(run))
     assert 3 <= k < 15
-    result = runner.invoke(app, ["train", "--resume", str(run), "--quiet"])
+    result = cnn("train", "--resume", str(run), "--quiet")
     assert result.exit_code == 0, result.output
     assert_same_run(run, full)

@@ -12,20 +12,12 @@ import zipfile
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cnncli import __version__
-from cnncli.cli import app
 from cnncli.checkpoint import load_checkpoint
 from conftest import ROOT
 
-runner = CliRunner()
 SHAPES = str(ROOT / "configs" / "shapes.yaml")
-
-
-def cnn(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
 
 
 def read_metrics(run):
@@ -51,14 +43,14 @@ def params(path):
 
 
 @pytest.fixture(scope="module")
-def shapes_run(tmp_path_factory):
+def shapes_run(cnn, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "shapes"
     result = cnn("train", SHAPES, "--run-dir", run)
     assert result.exit_code == 0, result.output
     return run, result.output
 
 
-def test_version_and_help():
+def test_version_and_help(cnn):
     assert cnn("--version").output.strip() == f"cnncli {__version__}"
     for command in ["train", "eval", "generate-shapes", "summary", "gradcheck"]:
         result = cnn(command, "--help")
@@ -100,14 +92,14 @@ def test_best_checkpoint_holds_the_best_epoch(shapes_run):
     assert meta["config"]["seed"] == 0 and "rng_state" in meta
 
 
-def test_same_config_and_seed_give_identical_runs(tmp_path, shapes_run):
+def test_same_config_and_seed_give_identical_runs(cnn, tmp_path, shapes_run):
     run, _ = shapes_run
     again = tmp_path / "again"
     assert cnn("train", SHAPES, "--run-dir", again, "--quiet").exit_code == 0
     assert_same_run(run, again)
 
 
-def test_existing_run_directory_is_never_overwritten(shapes_run):
+def test_existing_run_directory_is_never_overwritten(cnn, shapes_run):
     run, _ = shapes_run
     before = (run / "metrics.csv").read_bytes()
     result = cnn("train", SHAPES, "--run-dir", run)
@@ -116,7 +108,7 @@ def test_existing_run_directory_is_never_overwritten(shapes_run):
     assert (run / "metrics.csv").read_bytes() == before
 
 
-def test_default_run_directory(tmp_path):
+def test_default_run_directory(cnn, tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -130,7 +122,7 @@ def test_default_run_directory(tmp_path):
     assert result.output.count("\n") == 1  # --quiet: only the final line
 
 
-def test_cli_overrides(tmp_path):
+def test_cli_overrides(cnn, tmp_path):
     run = tmp_path / "r"
     result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2, "--lr", "1e-3", "--batch-size", 32,
                  "--seed", 3, "--set", "data.noise=0.1", "--quiet")
@@ -142,7 +134,7 @@ def test_cli_overrides(tmp_path):
     assert cfg["training"]["batch_size"] == 32 and cfg["seed"] == 3 and cfg["data"]["noise"] == 0.1
 
 
-def test_eval_reproduces_the_run(shapes_run):
+def test_eval_reproduces_the_run(cnn, shapes_run):
     run, _ = shapes_run
     rows = read_metrics(run)
     result = cnn("eval", run / "last.npz", "--json")
@@ -157,7 +149,7 @@ def test_eval_reproduces_the_run(shapes_run):
     assert "Confusion matrix" in table.output and "diamond" in table.output
 
 
-def test_generate_shapes_then_train_on_the_file(tmp_path):
+def test_generate_shapes_then_train_on_the_file(cnn, tmp_path):
     out = tmp_path / "shapes.npz"
     result = cnn("generate-shapes", "--out", out, "--n", 200, "--seed", 1)
     assert result.exit_code == 0, result.output
@@ -174,14 +166,14 @@ def test_generate_shapes_then_train_on_the_file(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_summary_table():
+def test_summary_table(cnn):
     result = cnn("summary", SHAPES)
     assert result.exit_code == 0
     for text in ["conv2d", "4x2x2", "136", "192"]:
         assert text in result.output
 
 
-def test_gradcheck_command_passes_for_shipped_configs(digits_folder, monkeypatch, tmp_path):
+def test_gradcheck_command_passes_for_shipped_configs(cnn, digits_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path))  # the folder dataset's decoding cache
     for config in sorted((ROOT / "configs").glob("*.yaml")):
         if "mnist" in config.name or config.name == "cifar10.yaml":
@@ -193,7 +185,7 @@ def test_gradcheck_command_passes_for_shipped_configs(digits_folder, monkeypatch
         assert "FAIL" not in result.output and "pass" in result.output
 
 
-def test_gradcheck_catches_a_wrong_gradient(monkeypatch, tmp_path):
+def test_gradcheck_catches_a_wrong_gradient(cnn, monkeypatch, tmp_path):
     """A layer whose backward is the seed post's rotated kernel gradient fails, by name."""
     from cnncli.layers import LAYERS
     from cnncli.layers.conv import Conv2D
@@ -223,7 +215,7 @@ def test_gradcheck_catches_a_wrong_gradient(monkeypatch, tmp_path):
     ("newer", "by a newer cnncli"),
     ("directory", "is a directory"),
 ])
-def test_eval_rejects_bad_checkpoints(tmp_path, shapes_run, kind, phrase):
+def test_eval_rejects_bad_checkpoints(cnn, tmp_path, shapes_run, kind, phrase):
     run, _ = shapes_run
     good = (run / "last.npz").read_bytes()
     path = tmp_path / "ckpt.npz"
@@ -267,7 +259,7 @@ def _wait_for_epoch(run, k, proc, timeout=60):
     raise AssertionError("training did not reach the epoch in time")
 
 
-def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigint_then_resume_equals_an_uninterrupted_run(cnn, tmp_path):
     """Ctrl-C after epoch k exits 130 with last.npz for a finished epoch; --resume finishes the
     run with metrics and parameters identical to an uninterrupted run."""
     full = tmp_path / "full"
@@ -288,7 +280,7 @@ def test_sigint_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert_same_run(run, full)
 
 
-def test_resume_can_extend_epochs_and_refuses_other_changes(tmp_path):
+def test_resume_can_extend_epochs_and_refuses_other_changes(cnn, tmp_path):
     run = tmp_path / "r"
     assert cnn("train", SHAPES, "--run-dir", run, "--epochs", 2, "--quiet").exit_code == 0
     result = cnn("train", "--resume", run, "--epochs", 4, "--quiet")
@@ -301,7 +293,7 @@ def test_resume_can_extend_epochs_and_refuses_other_changes(tmp_path):
     assert result.exit_code == 1 and "no such run directory" in result.output
 
 
-def test_nonfinite_loss_stops_with_a_clear_error(tmp_path):
+def test_nonfinite_loss_stops_with_a_clear_error(cnn, tmp_path):
     linear = tmp_path / "linear.yaml"  # no sigmoid: nothing bounds the outputs
     linear.write_text((ROOT / "configs" / "shapes.yaml").read_text().replace("  - {type: sigmoid}", ""))
     run = tmp_path / "nan"
@@ -335,7 +327,7 @@ def test_sigkill_while_checkpointing_never_leaves_a_broken_file(tmp_path):
     assert zipfile.is_zipfile(path)
 
 
-def test_resume_refuses_fewer_epochs_than_trained(tmp_path):
+def test_resume_refuses_fewer_epochs_than_trained(cnn, tmp_path):
     run = tmp_path / "r"
     assert cnn("train", SHAPES, "--run-dir", run, "--epochs", 3, "--quiet").exit_code == 0
     before = (run / "config.yaml").read_bytes()

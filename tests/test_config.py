@@ -3,14 +3,12 @@
 import textwrap
 
 import pytest
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import apply_overrides, load_config, validate
 from cnncli.errors import ConfigError
 from conftest import ROOT
+from helpers import SHAPES
 
-runner = CliRunner()
 
 GOOD = """\
 seed: 0
@@ -100,10 +98,10 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_broken_config_gives_one_line(tmp_path, case):
+def test_broken_config_gives_one_line(cnn, tmp_path, case):
     text, phrase = BROKEN[case]
     path = write(tmp_path, text)
-    result = runner.invoke(app, ["train", str(path), "--run-dir", str(tmp_path / "run")])
+    result = cnn("train", str(path), "--run-dir", str(tmp_path / "run"))
     assert result.exit_code == 1, result.output
     out = result.stderr if hasattr(result, "stderr") else result.output
     assert phrase in out, out
@@ -113,27 +111,29 @@ def test_broken_config_gives_one_line(tmp_path, case):
     assert not (tmp_path / "run").exists()  # nothing written for an invalid config
 
 
-def test_missing_and_directory_config(tmp_path):
-    result = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
+def test_missing_and_directory_config(cnn, tmp_path):
+    result = cnn("train", str(tmp_path / "nope.yaml"))
     assert result.exit_code == 1 and "no such file" in result.output
-    result = runner.invoke(app, ["summary", str(tmp_path)])
+    result = cnn("summary", str(tmp_path))
     assert result.exit_code == 1 and "is a directory" in result.output
 
 
-def test_non_utf8_and_huge_configs(tmp_path):
+def test_non_utf8_and_huge_configs(cnn, tmp_path):
     p = tmp_path / "latin1.yaml"
     p.write_bytes(b"seed: 0\n# caf\xe9\n")
-    result = runner.invoke(app, ["summary", str(p)])
+    result = cnn("summary", str(p))
     assert result.exit_code == 1 and "is not UTF-8 text" in result.output
     big = tmp_path / "big.yaml"
     big.write_text("# " + "x" * 2_000_000 + "\n")
-    result = runner.invoke(app, ["summary", str(big)])
+    result = cnn("summary", str(big))
     assert result.exit_code == 1 and "a config may be at most" in result.output
 
 
 def test_shipped_configs_are_valid(digits_folder, monkeypatch, tmp_path):
     monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path))  # the folder dataset's decoding cache
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert {"shapes.yaml", "digits.yaml", "mnist.yaml"} <= {p.name for p in paths}  # not vacuous
+    for path in paths:
         # folder-example.yaml trains on the folder `cnn data export digits` writes
         sets = [f"data.path={digits_folder}"] if path.name == "folder-example.yaml" else []
         cfg = load_config(path, sets)
@@ -154,3 +154,15 @@ def test_a_layers_own_impl_is_used_unless_training_impl_is_set():
     assert Trainer(cfg).net.layers[0].impl == "reference"
     cfg = load_config(ROOT / "configs" / "shapes.yaml", ["network.0.impl=reference", "training.impl=fast"])
     assert Trainer(cfg).net.layers[0].impl == "fast"
+
+
+def test_overrides_fill_an_empty_section():
+    """``training:`` left empty in a file is None: --set must still land in it."""
+    raw = apply_overrides({"training": None, "seed": 1}, ["training.epochs=3"])
+    assert raw == {"training": {"epochs": 3}, "seed": 1}
+
+
+def test_summary_takes_set(cnn):
+    result = cnn("summary", SHAPES, "--set", "network.0.out_channels=8")
+    assert result.exit_code == 0, result.output
+    assert "8x2x2" in result.output

@@ -2,15 +2,12 @@
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import load_config
 from cnncli.data import load_dataset
-from cnncli.train import Trainer
+from cnncli.train import Trainer, evaluate
 from conftest import ROOT
-
-runner = CliRunner()
+from helpers import COUNTS, SHAPES, read_metrics
 
 
 def test_digits_config_reaches_95_percent():
@@ -68,13 +65,13 @@ BAD_NPZ = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_NPZ))
-def test_bad_npz_gives_one_line(tmp_path, case):
+def test_bad_npz_gives_one_line(cnn, tmp_path, case):
     changes, phrase = BAD_NPZ[case]
     data = make_npz(tmp_path / "data.npz", **changes)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(f"data: {{name: npz, path: '{data}'}}\nnetwork:\n  - {{type: flatten}}\n"
                    "  - {type: dense, out_features: 3}\ntraining: {epochs: 1}\n")
-    result = runner.invoke(app, ["train", str(cfg), "--run-dir", str(tmp_path / "run")])
+    result = cnn("train", str(cfg), "--run-dir", str(tmp_path / "run"))
     assert result.exit_code == 1, result.output
     assert phrase in result.output and str(data) in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
@@ -90,8 +87,41 @@ def test_pickled_npz_is_refused(tmp_path):
         load_dataset({"name": "npz", "path": str(path), "limit": None}, 0)
 
 
-def test_batch_larger_than_training_set_gives_one_smaller_batch(tmp_path):
+def test_batch_larger_than_training_set_gives_one_smaller_batch(tmp_path, monkeypatch):
+    """batch_size 1000 on 20 training samples: the epoch trains exactly one batch holding every
+    training sample, and its metrics are that batch's (the network before the one update)."""
     cfg = load_config(ROOT / "configs" / "shapes.yaml", ["data.n=30", "training.batch_size=1000",
                                                           "training.epochs=1"])
-    row = Trainer(cfg).train_epoch()
-    assert 0 <= row["train_accuracy"] <= 1
+    trainer = Trainer(cfg)
+    n_train = len(trainer.data.y_train)
+    assert 0 < n_train < 1000
+    assert trainer.batch_sizes() == [n_train]
+    # what the network, before its one update, says of the whole training set
+    expected = evaluate(trainer.net, trainer.loss, trainer.data, "train", trainer.dtype)
+    trained = []  # the size of each batch the network is trained on
+    forward = trainer.net.forward
+    monkeypatch.setattr(trainer.net, "forward",
+                        lambda x: (trained.append(len(x)) if trainer.net.training else None) or forward(x))
+    calls = []
+    row = trainer.train_epoch(lambda b, n, loss: calls.append((b, n, loss)))
+    assert trained == [n_train]  # one forward pass in train mode, of all the samples
+    assert [(b, n) for b, n, _ in calls] == [(1, 1)]  # on_batch once: batch 1 of 1
+    assert row["train_loss"] == pytest.approx(calls[0][2], rel=1e-12)
+    assert row["train_loss"] == pytest.approx(expected["loss"], rel=1e-9)
+    assert row["train_accuracy"] == expected["accuracy"]
+
+
+def test_batch_larger_than_the_training_set_trains_one_smaller_batch(cnn, tmp_path):
+    run = tmp_path / "run"
+    result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2, "--batch-size", 1000,
+                 "--set", "data.n=30", "--quiet")
+    COUNTS["hostile"] += 1
+    assert result.exit_code == 0, result.output
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    from cnncli.train import Trainer
+
+    trainer = Trainer(load_config(run / "config.yaml"))
+    batches = []
+    trainer.train_epoch(lambda b, n, loss: batches.append((b, n)))
+    assert batches == [(1, 1)]  # 20 training samples, batch_size 1000: one batch of 20

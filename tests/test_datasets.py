@@ -363,6 +363,19 @@ def test_cifar10_offline(tmp_path, monkeypatch, served):
     assert ".gz.gz" not in msg
 
 
+@pytest.mark.parametrize("name", ["fashion_mnist", "cifar10"])
+def test_the_offline_argument_is_honoured_without_the_variable(monkeypatch, served, name):
+    """``load_dataset(..., offline=True)`` (``--offline``) never fetches, CNNCLI_OFFLINE unset."""
+    url, root, requests = served
+    if name == "fashion_mnist":
+        write_fashion(root)
+    monkeypatch.setattr(fashion_mnist if name == "fashion_mnist" else cifar10, "MIRRORS", [url])
+    monkeypatch.delenv("CNNCLI_OFFLINE", raising=False)
+    with pytest.raises(DataError) as exc:
+        load_dataset(cfg(name), 0, True)
+    assert "is not downloaded" in one_line(exc) and requests == []
+
+
 # --------------------------------------------------------------------------- the CLI
 def test_cli_train_with_a_bad_cifar_path_is_one_line(tmp_path):
     write_cifar(tmp_path / "c")

@@ -11,27 +11,19 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from cnncli.checkpoint import save_checkpoint
-from cnncli.cli import app
 from cnncli.config import load_config, validate
 from cnncli.data import Dataset
 from cnncli.layers import LAYERS
 from cnncli.network import build_network
 from cnncli.scoring import scores
-from conftest import ROOT
+from conftest import ROOT, run_cnn
 
 onnx = pytest.importorskip("onnx")  # in the test extra: CI runs these
 ort = pytest.importorskip("onnxruntime")
 
 from cnncli.export import MAPPINGS, OPSET, to_onnx  # noqa: E402
-
-runner = CliRunner()
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def run_ort(model, x):
@@ -68,7 +60,7 @@ def _fake_data(cfg):
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
-def test_shipped_configs_export_and_match_onnx_runtime(config, tmp_path, request, monkeypatch):
+def test_shipped_configs_export_and_match_onnx_runtime(cnn, config, tmp_path, request, monkeypatch):
     from cnncli.train import Trainer
 
     sets = []
@@ -238,11 +230,11 @@ def _shapes_checkpoint(tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "s.yaml"
     cfg.write_text((ROOT / "configs" / "shapes.yaml").read_text())
-    assert cnn("train", cfg, "--run-dir", run, "--epochs", 2, "--quiet").exit_code == 0
+    assert run_cnn("train", cfg, "--run-dir", run, "--epochs", 2, "--quiet").exit_code == 0
     return run / "last.npz"
 
 
-def test_missing_onnx_package_says_how_to_install(monkeypatch, tmp_path):
+def test_missing_onnx_package_says_how_to_install(cnn, monkeypatch, tmp_path):
     ckpt = _shapes_checkpoint(tmp_path)
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     result = cnn("export", ckpt, "-o", tmp_path / "m.onnx")
@@ -252,7 +244,7 @@ def test_missing_onnx_package_says_how_to_install(monkeypatch, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_out_that_is_a_directory_or_in_a_missing_folder_is_named(tmp_path):
+def test_out_that_is_a_directory_or_in_a_missing_folder_is_named(cnn, tmp_path):
     """The line names the file the user gave, never the temporary file written first."""
     ckpt = _shapes_checkpoint(tmp_path)
     (tmp_path / "models").mkdir()
@@ -265,7 +257,7 @@ def test_out_that_is_a_directory_or_in_a_missing_folder_is_named(tmp_path):
     assert list((tmp_path / "models").iterdir()) == []
 
 
-def test_export_of_a_format_1_checkpoint_says_what_is_missing(tmp_path):
+def test_export_of_a_format_1_checkpoint_says_what_is_missing(cnn, tmp_path):
     from cnncli.checkpoint import load_checkpoint
 
     ckpt = _shapes_checkpoint(tmp_path)

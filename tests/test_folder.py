@@ -5,21 +5,19 @@ through the network, digits exported and trained as a folder, and the data comma
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import load_config
 from cnncli.data import load_dataset
 from cnncli.errors import DataError
 from cnncli.train import Trainer
-from conftest import ROOT
+from conftest import ROOT, run_cnn
 
-runner = CliRunner()
 
 NET = [{"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "relu"},
        {"type": "flatten"}, {"type": "dense", "out_features": 2}]
@@ -62,8 +60,7 @@ def write_config(tmp_path, path, net=NET, **data):
 def train_fails(tmp_path, folder, phrase, **data):
     """cnn train on the folder: exit 1, one line holding ``phrase``, no run directory."""
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(write_config(tmp_path, folder, **data)),
-                                 "--run-dir", str(run)])
+    result = run_cnn("train", str(write_config(tmp_path, folder, **data)), "--run-dir", str(run))
     assert result.exit_code == 1, result.output
     assert phrase in result.output, result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
@@ -119,7 +116,7 @@ def test_train_and_test_folders_are_the_two_splits(tmp_path):
         assert (ds.x_test[4, 0] == np.asarray(im)).all()
 
 
-def test_relative_path_in_a_config_file_is_relative_to_its_folder(tmp_path, monkeypatch):
+def test_relative_path_in_a_config_file_is_relative_to_its_folder(cnn, tmp_path, monkeypatch):
     make_folder(tmp_path / "project" / "pics")
     (tmp_path / "project" / "configs").mkdir()
     write_config(tmp_path / "project" / "configs", "../pics")
@@ -128,8 +125,8 @@ def test_relative_path_in_a_config_file_is_relative_to_its_folder(tmp_path, monk
     cfg = load_config(cfg_path)
     assert os.path.isabs(cfg["data"]["path"])
     assert os.path.samefile(cfg["data"]["path"], tmp_path / "project" / "pics")
-    assert runner.invoke(app, ["train", cfg_path, "--run-dir", "run", "-q"]).exit_code == 0
-    result = runner.invoke(app, ["train", cfg_path, "--resume", "run", "--epochs", "2", "-q"])
+    assert cnn("train", cfg_path, "--run-dir", "run", "-q").exit_code == 0
+    result = cnn("train", cfg_path, "--resume", "run", "--epochs", "2", "-q")
     assert result.exit_code == 0, result.output  # the same config: the same resolved path
 
 
@@ -147,12 +144,12 @@ def test_size_resizes_every_image_and_channels_choose_the_form(tmp_path):
     assert any((decode_image(root / "dog" / "00.png", (7, 8), 1) == a).all() for a in one)
 
 
-def test_the_run_trains_on_rgb_images_with_the_configs_layers(tmp_path):
+def test_the_run_trains_on_rgb_images_with_the_configs_layers(cnn, tmp_path):
     root = make_folder(tmp_path / "pics", mode="RGB")
     (root / ".ipynb_checkpoints").mkdir()  # hidden folders are not classes
     (root / "dog" / "labels.csv").write_text("not an image")
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(write_config(tmp_path, root)), "--run-dir", str(run)])
+    result = cnn("train", str(write_config(tmp_path, root)), "--run-dir", str(run))
     assert result.exit_code == 0, result.output
     assert "pics: ignored 1 file(s) that are not images by their extension" in result.output
     assert "Final test accuracy" in result.output
@@ -264,13 +261,12 @@ def test_each_bad_input_is_one_line_exit_1_and_no_run_directory(tmp_path, monkey
     train_fails(tmp_path, root, phrase)
 
 
-def test_mixed_sizes_without_size_name_two_files(tmp_path):
+def test_mixed_sizes_without_size_name_two_files(cnn, tmp_path):
     root = make_folder(tmp_path / "pics", shape=(6, 5))
     Image.fromarray(np.zeros((7, 5), np.uint8)).save(root / "dog" / "02.png")
     out = train_fails(tmp_path, root, "is 6x5 (HxW) but")
     assert "cat/00.png" in out and "dog/02.png is 7x5" in out and "data.size" in out
-    assert runner.invoke(app, ["train", str(write_config(tmp_path, root, size=[6, 5])), "--run-dir",
-                               str(tmp_path / "ok"), "--quiet"]).exit_code == 0
+    assert cnn("train", str(write_config(tmp_path, root, size=[6, 5])), "--run-dir", str(tmp_path / "ok"), "--quiet").exit_code == 0
 
 
 def test_a_png_whose_exif_rotation_comes_after_its_pixels_is_caught_by_the_size_check(tmp_path):
@@ -307,13 +303,12 @@ def test_memory_refusal_names_the_figure_before_decoding(tmp_path, monkeypatch):
     train_fails(tmp_path, root, "the 20 images would take 0.00 MB (600 bytes) as 1x6x5 uint8")
 
 
-def test_skip_bad_skips_counts_and_names_the_files(tmp_path):
+def test_skip_bad_skips_counts_and_names_the_files(cnn, tmp_path):
     root = make_folder(tmp_path / "pics")
     _truncated(root)
     _not_an_image(root)
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(write_config(tmp_path, root, skip_bad=True)),
-                                 "--run-dir", str(run)])
+    result = cnn("train", str(write_config(tmp_path, root, skip_bad=True)), "--run-dir", str(run))
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.output.splitlines() if "skipped" in ln)
     assert "skipped 2 unreadable image(s) (skip_bad)" in line
@@ -364,17 +359,17 @@ def test_second_load_opens_no_image_and_a_touched_added_or_removed_file_invalida
     assert len(removed.y_train) + len(removed.y_test) == 12 and opened
 
 
-def test_cnn_train_second_run_reads_no_image_file(tmp_path, monkeypatch):
+def test_cnn_train_second_run_reads_no_image_file(cnn, tmp_path, monkeypatch):
     root = make_folder(tmp_path / "pics")
     cfg = write_config(tmp_path, root)
-    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(tmp_path / "r1")]).exit_code == 0
+    assert cnn("train", str(cfg), "--run-dir", str(tmp_path / "r1")).exit_code == 0
     from cnncli.data import folder
 
     folder._MEMO.clear()
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
-    result = runner.invoke(app, ["train", str(cfg), "--run-dir", str(tmp_path / "r2")])
+    result = cnn("train", str(cfg), "--run-dir", str(tmp_path / "r2"))
     assert result.exit_code == 0, result.output
     assert [p for p in opened if str(p).endswith(".png")] == []
 
@@ -446,9 +441,9 @@ def test_digits_exported_as_a_folder_train_as_configs_digits_does(digits_folder)
 
 
 # ------------------------------------------------------------------ data export, data preview
-def test_export_writes_eight_bit_pngs_of_each_split_and_never_overwrites(tmp_path):
+def test_export_writes_eight_bit_pngs_of_each_split_and_never_overwrites(cnn, tmp_path):
     out = tmp_path / "shapes"
-    result = runner.invoke(app, ["data", "export", "shapes", "-o", str(out), "--limit", "30"])
+    result = cnn("data", "export", "shapes", "-o", str(out), "--limit", "30")
     assert result.exit_code == 0, result.output
     ds = load_dataset({"name": "shapes", "n": 500, "noise": 0.25, "test_size": 0.33,
                        "stratify": False, "limit": None}, 0)
@@ -462,7 +457,7 @@ def test_export_writes_eight_bit_pngs_of_each_split_and_never_overwrites(tmp_pat
             expected = np.clip(np.rint(x[0, 0] * 255), 0, 255)
             assert (np.asarray(im) == expected).all()
     assert sorted(p.name for p in (out / "train").iterdir()) == sorted(ds.class_names)
-    again = runner.invoke(app, ["data", "export", "shapes", "-o", str(out)])
+    again = cnn("data", "export", "shapes", "-o", str(out))
     assert again.exit_code == 1 and "exists and is not an empty folder" in again.output
     assert len(list((out / "train").glob("*/*.png"))) == 30
     assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no temporary folder left
@@ -471,36 +466,35 @@ def test_export_writes_eight_bit_pngs_of_each_split_and_never_overwrites(tmp_pat
     calls = []
     export_folder(ds, tmp_path / "again", limit=150, on_image=lambda *a: calls.append(a))
     assert calls == [(100, 300), (200, 300), (300, 300)]  # the progress bar's updates
-    bad = runner.invoke(app, ["data", "export", "cifar", "-o", str(tmp_path / "c")])
+    bad = cnn("data", "export", "cifar", "-o", str(tmp_path / "c"))
     assert bad.exit_code == 2 and "datasets to export: shapes, digits, mnist" in bad.output
 
 
-def test_preview_draws_resized_augmented_training_images(tmp_path):
+def test_preview_draws_resized_augmented_training_images(cnn, tmp_path):
     root = make_folder(tmp_path / "pics", mode="RGB")
     cfg = write_config(tmp_path, root, size=[12, 10], augment={"crop_padding": 2, "flip": "horizontal"})
     out = tmp_path / "grid.png"
-    result = runner.invoke(app, ["data", "preview", str(cfg), "-o", str(out), "--per-class", "3"])
+    result = cnn("data", "preview", str(cfg), "-o", str(out), "--per-class", "3")
     assert result.exit_code == 0, result.output
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size[0] > 100
-    result = runner.invoke(app, ["data", "preview", str(cfg), "-o", str(tmp_path / "g.png"),
-                                 "--set", "data.augment.crop_padding=-1"])
+    result = cnn("data", "preview", str(cfg), "-o", str(tmp_path / "g.png"), "--set", "data.augment.crop_padding=-1")
     assert result.exit_code == 1 and "data.augment: crop_padding: must be an integer >= 0" in result.output
 
 
-def test_class_and_file_names_that_look_like_rich_markup_are_shown_as_they_are(tmp_path):
+def test_class_and_file_names_that_look_like_rich_markup_are_shown_as_they_are(cnn, tmp_path):
     """Folder and file names are the user's: cnn eval's and cnn predict's tables print them
     literally (Rich would read "[draft]" as a style and drop it)."""
     root = make_folder(tmp_path / "pics", classes=("[bold]cats", "[draft] dogs"))
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(write_config(tmp_path, root)), "--run-dir", str(run), "-q"])
+    result = cnn("train", str(write_config(tmp_path, root)), "--run-dir", str(run), "-q")
     assert result.exit_code == 0, result.output
-    shown = runner.invoke(app, ["eval", str(run / "last.npz")], env={"COLUMNS": "200"})
+    shown = cnn("eval", str(run / "last.npz"), env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
     picture = root / "[draft] dogs" / "[red]00.png"
     (root / "[draft] dogs" / "00.png").rename(picture)
-    shown = runner.invoke(app, ["predict", str(run / "last.npz"), str(picture)], env={"COLUMNS": "200"})
+    shown = cnn("predict", str(run / "last.npz"), str(picture), env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert "[red]00.png" in shown.stdout
     assert "[bold]cats" in shown.stdout and "[draft] dogs" in shown.stdout
@@ -511,11 +505,11 @@ def _train_and_draw_every_picture(tmp_path, root):
     predict --plot, data preview; each must succeed."""
     cfg = write_config(tmp_path, root)
     run = tmp_path / "run"
-    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    assert run_cnn("train", str(cfg), "--run-dir", str(run), "-q").exit_code == 0
     for args in (["eval", str(run / "last.npz"), "--plot", str(tmp_path / "e.png")],
                  ["predict", str(run / "last.npz"), str(root), "--plot", str(tmp_path / "p.png"), "-q"],
                  ["data", "preview", str(cfg), "-o", str(tmp_path / "v.png")]):
-        result = runner.invoke(app, args)
+        result = run_cnn(*args)
         assert result.exit_code == 0, (args, result.output)
 
 
@@ -532,13 +526,35 @@ def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     assert label.get_text() == "$5 and $6" and not label.get_parse_math()
 
 
-def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path):
+def test_a_class_folder_name_that_is_not_utf8_is_drawn(tmp_path, monkeypatch):
     """A folder named with Latin-1 bytes trains, and the pictures that show class names draw
     it with a replacement character (matplotlib's fonts refused the undecodable name)."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    drawn = {}  # picture file name -> every text of the figure as it is written
+
+    def savefig(self, fname, *args, **kw):
+        name = Path(getattr(fname, "name", fname)).name  # the atomic write's .<name>.<pid>.tmp
+        drawn[name.split(".")[1] if name.startswith(".") else name] = [
+            t.get_text() for t in self.findobj(Text)]
+        return real_savefig(self, fname, *args, **kw)
+
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", savefig)
     root = make_folder(tmp_path / "pics", classes=("cat",))
     make_folder(tmp_path / "tmp", classes=("x",))
     os.rename(tmp_path / "tmp" / "x", os.fsencode(root) + b"/caf\xe9")
     _train_and_draw_every_picture(tmp_path, root)
+    assert {"e", "p", "v"} <= drawn.keys(), drawn.keys()  # eval --plot, predict --plot, preview
+    for name, texts in drawn.items():  # no surrogate reaches a font
+        assert not [t for t in texts if any("\ud800" <= c <= "\udfff" for c in t)], (name, texts)
+    # the confusion matrix and the preview show every class: caf\xe9 as caf + U+FFFD
+    assert "caf\ufffd" in drawn["e"] and "cat" in drawn["e"], drawn["e"]
+    assert "caf\ufffd" in drawn["v"] and "cat" in drawn["v"], drawn["v"]
+    # predict's tiles are titled with the predicted class: one of the two, as drawable text
+    titles = [t.split()[0] for t in drawn["p"] if t.endswith(".png")]
+    assert titles and set(titles) <= {"cat", "caf\ufffd"}, drawn["p"]
 
 
 def test_help_imports_no_pillow():
@@ -551,7 +567,7 @@ def test_help_imports_no_pillow():
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
 
 
-def test_resume_refuses_a_folder_whose_images_changed(tmp_path, monkeypatch):
+def test_resume_refuses_a_folder_whose_images_changed(cnn, tmp_path, monkeypatch):
     """A resumed run must train on the data it started with: a changed image is refused in one
     line (it would silently train on other data, and no longer be bit-exact)."""
     monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path / "cache"))
@@ -563,16 +579,15 @@ def test_resume_refuses_a_folder_whose_images_changed(tmp_path, monkeypatch):
         "training": {"epochs": 2, "batch_size": 4, "loss": "cross_entropy",
                      "optimizer": {"name": "sgd", "learning_rate": 0.1}}}))
     run = tmp_path / "run"
-    runner = CliRunner()
-    assert runner.invoke(app, ["train", str(cfg), "--run-dir", str(run), "-q"]).exit_code == 0
+    assert cnn("train", str(cfg), "--run-dir", str(run), "-q").exit_code == 0
     Image.fromarray(np.zeros((6, 6), np.uint8)).save(folder / "cat" / "03.png")
     before = (run / "last.npz").read_bytes()
-    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", 3])
+    result = cnn("train", "--resume", str(run), "--epochs", 3)
     assert result.exit_code == 1, result.output
     assert "is not the data it was trained on" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert (run / "last.npz").read_bytes() == before
     make_folder(tmp_path / "fresh", n=8, shape=(6, 6))  # the same seed redraws the originals
     (folder / "cat" / "03.png").write_bytes((tmp_path / "fresh" / "cat" / "03.png").read_bytes())
-    result = runner.invoke(app, ["train", "--resume", str(run), "--epochs", 3, "-q"])
+    result = cnn("train", "--resume", str(run), "--epochs", 3, "-q")
     assert result.exit_code == 0, result.output

@@ -4,14 +4,11 @@ still fail by name, and a gradient that could not be checked at all is never a p
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cnncli import gradcheck
-from cnncli.cli import app
 from cnncli.gradcheck import TOLERANCE, check_layer
 from cnncli.layers import LAYERS, MaxPool2D, ReLU
 
-runner = CliRunner()
 
 KINKY_NETWORK = """
 network:
@@ -48,7 +45,7 @@ def mnist_like_npz(tmp_path, n=120, size=12):
     return path
 
 
-def test_relu_then_max_pool_never_fails_correct_code_on_50_random_batches(tmp_path):
+def test_relu_then_max_pool_never_fails_correct_code_on_50_random_batches(cnn, tmp_path):
     """The issue's false failure: ReLU zeros tie in max-pool windows and the central difference
     straddled the tie. 50 batches (seeds) each on digits and on MNIST-like images: 0 failures."""
     npz = mnist_like_npz(tmp_path)
@@ -57,8 +54,7 @@ def test_relu_then_max_pool_never_fails_correct_code_on_50_random_batches(tmp_pa
     skipped = 0
     for config in configs:
         for seed in range(50):
-            result = runner.invoke(app, ["gradcheck", str(config), "--seed", str(seed),
-                                         "--max-entries", "40"])
+            result = cnn("gradcheck", str(config), "--seed", str(seed), "--max-entries", "40")
             assert result.exit_code == 0, (config, seed, result.output)
             assert "FAIL" not in result.output and "unchecked" not in result.output
             assert "skipped at kinks" in result.output  # the column is shown
@@ -68,7 +64,7 @@ def test_relu_then_max_pool_never_fails_correct_code_on_50_random_batches(tmp_pa
     assert skipped > 0
 
 
-def test_a_max_pool_routing_to_the_wrong_window_entry_fails_by_name(monkeypatch, tmp_path):
+def test_a_max_pool_routing_to_the_wrong_window_entry_fails_by_name(cnn, monkeypatch, tmp_path):
     class WrongWindowMaxPool(MaxPool2D):
         """Sends each window's gradient to the entry after its maximum (row-major, cyclic)."""
 
@@ -91,7 +87,7 @@ def test_a_max_pool_routing_to_the_wrong_window_entry_fails_by_name(monkeypatch,
     WrongWindowMaxPool.type_name = "wrong_max_pool2d"
     monkeypatch.setitem(LAYERS, "wrong_max_pool2d", WrongWindowMaxPool)
     config = kinky_config(tmp_path, "{name: digits}", pool="wrong_max_pool2d")
-    result = runner.invoke(app, ["gradcheck", str(config)])
+    result = cnn("gradcheck", str(config))
     assert result.exit_code == 1, result.output
     assert "layer 1 (wrong_max_pool2d) x" in result.output
     assert "layer 0" not in result.output.split("Error:")[1]  # only the broken layer is named
@@ -137,7 +133,7 @@ def test_a_wrong_gradient_on_a_kink_free_layer_is_never_skipped():
     assert not r.passed and r.skipped == 0 and r.max_rel_error > 0.1
 
 
-def test_the_command_exits_1_with_a_hint_when_a_gradient_is_unchecked(monkeypatch, tmp_path):
+def test_the_command_exits_1_with_a_hint_when_a_gradient_is_unchecked(cnn, monkeypatch, tmp_path):
     """All-black images and no jitter: the ReLU input and every max-pool window sit on kinks."""
     monkeypatch.setattr(gradcheck, "JITTER", 0.0)
     monkeypatch.setattr(gradcheck, "LAYER_NUDGE", 0.0)
@@ -145,7 +141,7 @@ def test_the_command_exits_1_with_a_hint_when_a_gradient_is_unchecked(monkeypatc
     np.savez(npz, x_train=np.zeros((10, 8, 8), np.uint8), y_train=np.arange(10),
              x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.arange(2))
     config = kinky_config(tmp_path, f"{{name: npz, path: '{npz}'}}")
-    result = runner.invoke(app, ["gradcheck", str(config)])
+    result = cnn("gradcheck", str(config))
     assert result.exit_code == 1, result.output
     assert "unchecked" in result.output
     assert "layer 0 (relu) x" in result.output and "layer 1 (max_pool2d) x" in result.output

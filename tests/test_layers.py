@@ -11,8 +11,17 @@ from cnncli.layers import LAYERS, AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, 
 
 
 def assert_gradients(layer, x, rng):
-    for r in check_layer(layer, x, rng, max_entries=None):
+    """Every entry of the input gradient and of each parameter's gradient agrees with central
+    finite differences, and every one was compared: none skipped at a kink. The layers checked
+    here are smooth (conv, dense, flatten, sigmoid, tanh, softmax, average pooling), or their
+    inputs sit off every kink (ReLU's moved away from 0; random normals make no max-pool ties)."""
+    results = check_layer(layer, x, rng, max_entries=None)
+    sizes = {"x": x.size, **{name: p.size for name, p in layer.params.items()}}
+    assert sorted(r.name for r in results) == sorted(sizes)
+    for r in results:
         assert r.max_rel_error < TOLERANCE, (r.type, r.name, r.max_rel_error)
+        assert r.skipped == 0, (r.type, r.name, f"{r.skipped} entries skipped at kinks")
+        assert r.checked == sizes[r.name], (r.type, r.name, r.checked, sizes[r.name])
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
@@ -143,6 +152,8 @@ MINIMAL_SPECS = {
     "global_avg_pool2d": ({}, (3, 4, 5), (3,)),
     "batch_norm": ({}, (3, 4, 5), (3, 4, 5)),
     "dropout": ({"p": 0.3}, (5,), (5,)),
+    "residual": ({"layers": [{"type": "conv2d", "out_channels": 2, "kernel_size": 3,
+                              "padding": 1}, {"type": "relu"}]}, (2, 4, 5), (2, 4, 5)),
 }
 
 

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.data import mnist
 from cnncli.data.mnist import load_mnist, read_idx
 from cnncli.errors import DataError
 
-from conftest import MNIST_DIR, needs_mnist  # noqa: E402  (the shared folder, CNNCLI_DATA_DIR or the cache)
+from conftest import MNIST_DIR, find_mnist, mnist_candidates, needs_mnist  # noqa: E402  (the shared folder, CNNCLI_DATA_DIR or the cache)
 
 SHARED_MNIST = MNIST_DIR
 needs_shared = needs_mnist
@@ -350,55 +348,54 @@ def test_offline_never_touches_the_network(tmp_path, monkeypatch, server):
     assert server[2] == []
 
 
-def test_offline_cli_flag_through_train(tmp_path, monkeypatch, server):
+def test_offline_cli_flag_through_train(cnn, tmp_path, monkeypatch, server):
     use_server(monkeypatch, server)
     cfg = tmp_path / "m.yaml"
     cfg.write_text((Path(__file__).resolve().parents[1] / "configs" / "mnist.yaml").read_text())
-    result = CliRunner().invoke(app, ["train", str(cfg), "--offline", "--epochs", "1",
-                                      "--run-dir", str(tmp_path / "run")])
+    result = cnn("train", str(cfg), "--offline", "--epochs", "1", "--run-dir", str(tmp_path / "run"))
     assert result.exit_code == 1
     assert "CNNCLI_OFFLINE" in result.output and server[2] == []
     assert len(result.output.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- cnn data download
-def test_cli_download_into_dir(tmp_path, monkeypatch, server):
+def test_cli_download_into_dir(cnn, tmp_path, monkeypatch, server):
     use_server(monkeypatch, server)
     dest = tmp_path / "dl"
-    result = CliRunner().invoke(app, ["data", "download", "mnist", "--dir", str(dest)])
+    result = cnn("data", "download", "mnist", "--dir", str(dest))
     assert result.exit_code == 0, result.output
     assert leftovers(dest) == sorted(GZ_NAMES)
     assert f"is in {dest}" in result.output and "12 training / 7 test images" in result.output
     assert result.output.count("downloaded") == 4
     assert not cache(tmp_path).exists()
-    again = CliRunner().invoke(app, ["data", "download", "mnist", "--dir", str(dest)])
+    again = cnn("data", "download", "mnist", "--dir", str(dest))
     assert again.exit_code == 0 and again.output.count("already present") == 4
     assert len(server[2]) == 4
 
 
-def test_cli_download_to_cache_by_default(tmp_path, monkeypatch, server):
+def test_cli_download_to_cache_by_default(cnn, tmp_path, monkeypatch, server):
     use_server(monkeypatch, server)
-    result = CliRunner().invoke(app, ["data", "download", "mnist"])
+    result = cnn("data", "download", "mnist")
     assert result.exit_code == 0, result.output
     assert leftovers(cache(tmp_path)) == sorted(GZ_NAMES) and str(cache(tmp_path)) in result.output
 
 
-def test_cli_download_failure_is_one_line(tmp_path):
-    result = CliRunner().invoke(app, ["data", "download", "mnist", "--dir", str(tmp_path / "x")])
+def test_cli_download_failure_is_one_line(cnn, tmp_path):
+    result = cnn("data", "download", "mnist", "--dir", str(tmp_path / "x"))
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and "could not download" in lines[0]
 
 
 @pytest.mark.parametrize("name", ["cifar100", "shapes"])
-def test_cli_download_unknown_dataset(name):
-    result = CliRunner().invoke(app, ["data", "download", name])
+def test_cli_download_unknown_dataset(cnn, name):
+    result = cnn("data", "download", name)
     assert result.exit_code == 2
     assert f"unknown dataset '{name}'" in result.output and "mnist" in result.output
 
 
-def test_cli_download_help_has_an_example():
-    result = CliRunner().invoke(app, ["data", "download", "--help"])
+def test_cli_download_help_has_an_example(cnn):
+    result = cnn("data", "download", "--help")
     assert result.exit_code == 0 and "cnn data download mnist --dir" in result.output
 
 
@@ -469,9 +466,24 @@ def test_batch_norm_config_learns_on_a_subset():
 
 @needs_shared
 @pytest.mark.parametrize("config", ["mnist.yaml", "mnist-lenet.yaml", "mnist-bn.yaml"])
-def test_gradcheck_passes_for_the_mnist_configs(config):
+def test_gradcheck_passes_for_the_mnist_configs(cnn, config):
     root = Path(__file__).resolve().parents[1]
-    result = CliRunner().invoke(app, ["gradcheck", str(root / "configs" / config), "--max-entries", "20",
-                                      "--set", f"data.path={SHARED_MNIST}", "--set", "data.limit=100"])
+    result = cnn("gradcheck", str(root / "configs" / config), "--max-entries", "20", "--set", f"data.path={SHARED_MNIST}", "--set", "data.limit=100")
     assert result.exit_code == 0, result.output
     assert "FAIL" not in result.output and "gradients pass" in result.output
+
+
+def test_tests_find_mnist_in_cnncli_data_dir_and_the_cache(tmp_path, monkeypatch):
+    from cnncli.data.mnist import FILES
+
+    monkeypatch.setenv("CNNCLI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folders = mnist_candidates()
+    assert tmp_path / "data" / "mnist" in folders and tmp_path / "cache" / "cnncli" / "mnist" in folders
+    assert find_mnist([tmp_path / "data" / "mnist"]) is None
+    for folder in (tmp_path / "data" / "mnist", tmp_path / "cache" / "cnncli" / "mnist"):
+        folder.mkdir(parents=True)
+        for name in FILES:
+            (folder / f"{name}.gz").write_bytes(b"")
+    assert find_mnist([tmp_path / "nowhere", *folders[1:]]) == tmp_path / "data" / "mnist"
+    assert find_mnist([tmp_path / "cache" / "cnncli" / "mnist"]) == tmp_path / "cache" / "cnncli" / "mnist"

@@ -8,17 +8,14 @@ import signal
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 import cnncli
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
-from cnncli.cli import app
 from cnncli.config import validate
 from cnncli.errors import ConfigError
 from cnncli.train import Trainer, evaluate
 from conftest import ROOT
 
-runner = CliRunner()
 
 NORM_NET = [  # shapes 1x3x3 -> 4, with every new layer
     {"type": "conv2d", "out_channels": 4, "kernel_size": 2},  # -> 4x2x2
@@ -45,10 +42,6 @@ def norm_config(**training):
            "network": NORM_NET,
            "training": {"epochs": 3, "batch_size": 16, "loss": "cross_entropy", **training}}
     return validate(raw)
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 OPTIMIZERS = {
@@ -141,7 +134,7 @@ def test_last_batch_of_one_is_refused_in_one_line_or_dropped():
     assert Trainer(validate(raw)).batch_sizes()[-1] == 1
 
 
-def test_cli_refuses_a_last_batch_of_one(tmp_path):
+def test_cli_refuses_a_last_batch_of_one(cnn, tmp_path):
     cfg = tmp_path / "bn.yaml"
     cfg.write_text(yaml.safe_dump(dict(norm_config(batch_size=20))))
     result = cnn("train", cfg, "--run-dir", tmp_path / "run")
@@ -156,7 +149,7 @@ def _write(tmp_path, cfg, name="c.yaml"):
     return path
 
 
-def test_resume_with_dropout_and_batch_norm_is_bit_exact(tmp_path):
+def test_resume_with_dropout_and_batch_norm_is_bit_exact(cnn, tmp_path):
     """Ctrl-C after a few epochs, then --resume: metrics, parameters and buffers equal an
     uninterrupted run's bit for bit (the dropout generator's state is in the checkpoint)."""
     from test_cli import _train_subprocess, _wait_for_epoch, assert_same_run
@@ -179,7 +172,7 @@ def test_resume_with_dropout_and_batch_norm_is_bit_exact(tmp_path):
     assert_same_run(run, full)
 
 
-def test_checkpoint_holds_buffers_and_the_input_description(tmp_path):
+def test_checkpoint_holds_buffers_and_the_input_description(cnn, tmp_path):
     raw = {"seed": 0, "data": {"name": "digits"}, "network": [
         {"type": "conv2d", "out_channels": 4, "kernel_size": 3}, {"type": "batch_norm"},
         {"type": "relu"}, {"type": "global_avg_pool2d"}, {"type": "dense", "out_features": 10}],
@@ -206,7 +199,7 @@ def test_checkpoint_holds_buffers_and_the_input_description(tmp_path):
     assert json.loads(result.output)["accuracy"] == acc
 
 
-def test_a_format_1_checkpoint_still_evaluates(tmp_path):
+def test_a_format_1_checkpoint_still_evaluates(cnn, tmp_path):
     """Written as cnncli 0.1.0 did: no buffers, no dtype/input_scale/pixel_max in meta."""
     run = tmp_path / "run"
     shapes = _write(tmp_path, validate(yaml.safe_load(open(ROOT / "configs" / "shapes.yaml"))))
@@ -231,7 +224,7 @@ def test_a_format_1_checkpoint_still_evaluates(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(tmp_path):
+def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(cnn, tmp_path):
     """`cnn gradcheck` on configs/mnist-bn.yaml's network (on random data of MNIST's shape and
     range, so that no files are needed): batch norm through its batch statistics, dropout with
     a fixed mask, and the conv biases before batch norm, whose gradient is exactly 0."""
@@ -255,7 +248,7 @@ def test_gradcheck_covers_batch_norm_in_train_mode_and_dropout(tmp_path):
     assert one.exit_code == 2 and "use --batch 2 or more" in one.stderr
 
 
-def test_gradcheck_of_a_dropout_network_is_the_same_every_time(tmp_path):
+def test_gradcheck_of_a_dropout_network_is_the_same_every_time(cnn, tmp_path):
     """The dropout masks cnn gradcheck holds fixed come from the config's seed (stream 4, as in
     training), so two runs print the same table."""
     raw = {"seed": 3, "data": {"name": "digits"}, "network": [
@@ -268,7 +261,7 @@ def test_gradcheck_of_a_dropout_network_is_the_same_every_time(tmp_path):
     assert "2 dropout" in first.output and first.output == second.output
 
 
-def test_summary_shows_buffers_apart_from_parameters():
+def test_summary_shows_buffers_apart_from_parameters(cnn):
     result = cnn("summary", ROOT / "configs" / "mnist-bn.yaml")
     assert result.exit_code == 0, result.output
     assert "buffers" in result.output

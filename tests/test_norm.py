@@ -13,8 +13,16 @@ from cnncli.optim import SGD, Adam
 
 
 def assert_gradients(layer, x, rng):
-    for r in check_layer(layer, x, rng, max_entries=None):
+    """Every entry of the input gradient and of each parameter's gradient agrees with central
+    finite differences, and every one was compared: none skipped at a kink. Batch norm (in
+    either mode), dropout (its masks fixed) and global average pooling have no kink."""
+    results = check_layer(layer, x, rng, max_entries=None)
+    sizes = {"x": x.size, **{name: p.size for name, p in layer.params.items()}}
+    assert sorted(r.name for r in results) == sorted(sizes)
+    for r in results:
         assert r.max_rel_error < TOLERANCE, (r.type, r.name, r.max_rel_error)
+        assert r.skipped == 0, (r.type, r.name, f"{r.skipped} entries skipped at kinks")
+        assert r.checked == sizes[r.name], (r.type, r.name, r.checked, sizes[r.name])
 
 
 # With two values per channel, the normalised values are +-1 whatever x is, up to eps: the

@@ -13,22 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cnncli import plots
-from cnncli.cli import app
+from cnncli.run import read_metrics
+from conftest import run_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ROOT / "configs" / "shapes.yaml"
-runner = CliRunner()
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def ok(*args):
-    result = cnn(*args)
+    result = run_cnn(*args)
     assert result.exit_code == 0, result.output
     return result
 
@@ -157,7 +152,7 @@ def test_plot_two_runs(runs, tmp_path):
 
 
 def test_plot_legend_names_the_runs(runs):
-    rows = [plots.read_metrics(r) for r in runs]
+    rows = [read_metrics(r) for r in runs]
     fig = plots.curves_figure(list(zip(rows, plots.run_labels(list(runs)))), "2 runs")
     texts = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert {"run-a", "run-b", "train", "test"} <= texts
@@ -179,13 +174,13 @@ def test_plot_help_documents_out_and_an_example():
     assert "plot.png" in text and "cnn plot runs/" in text
 
 
-def test_plot_missing_dir_is_one_error(tmp_path):
+def test_plot_missing_dir_is_one_error(cnn, tmp_path):
     line = error_line(cnn("plot", tmp_path / "nope", "--out", tmp_path / "p.png"))
     assert "nope: no such run directory" in line
     assert not (tmp_path / "p.png").exists()
 
 
-def test_plot_dir_without_rows_or_metrics_is_one_error(runs, tmp_path):
+def test_plot_dir_without_rows_or_metrics_is_one_error(cnn, runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert "no metrics.csv" in error_line(cnn("plot", empty, "--out", tmp_path / "p.png"))
@@ -198,7 +193,7 @@ def test_plot_dir_without_rows_or_metrics_is_one_error(runs, tmp_path):
     assert not (tmp_path / "p.png").exists()
 
 
-def test_plot_unknown_picture_format_is_one_error(runs, tmp_path):
+def test_plot_unknown_picture_format_is_one_error(cnn, runs, tmp_path):
     assert "cannot write a .xyz picture" in error_line(cnn("plot", runs[0], "--out", tmp_path / "p.xyz"))
 
 
@@ -331,7 +326,7 @@ def test_accuracy_tick_labels_never_repeat_on_narrow_ranges(lo, hi):
     assert all(label.endswith("%") for label in labels)
 
 
-def test_show_kernels_without_conv_layers_is_one_error(dense_checkpoint, tmp_path):
+def test_show_kernels_without_conv_layers_is_one_error(cnn, dense_checkpoint, tmp_path):
     out = tmp_path / "k.png"
     line = error_line(cnn("show-kernels", dense_checkpoint, "--out", out))
     assert "no conv2d layer" in line and "dense" in line
@@ -369,3 +364,17 @@ def test_pictures_need_no_display_even_with_a_gui_backend_set(tmp_path):
                              str(tmp_path / "p.png")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     check_picture(tmp_path / "p.png", size=(880, 450))
+
+
+def test_every_command_that_writes_a_picture_prints_where(cnn, tmp_path):
+    run = tmp_path / "run"
+    result = cnn("train", SHAPES, "--run-dir", run, "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert f"Curves: {run / 'curves.png'}" in result.output
+    for args, out in [(["eval", run / "best.npz", "--plot", tmp_path / "e.png"], tmp_path / "e.png"),
+                      (["generate-shapes", "-o", tmp_path / "s.npz", "--preview", tmp_path / "p.png"], tmp_path / "p.png"),
+                      (["plot", run, "-o", tmp_path / "c.png"], tmp_path / "c.png"),
+                      (["show-kernels", run / "best.npz", "-o", tmp_path / "k.png"], tmp_path / "k.png")]:
+        result = cnn(*args)
+        assert result.exit_code == 0, result.output
+        assert f"Wrote {out}" in result.output and out.is_file(), args

@@ -6,32 +6,24 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cnncli.checkpoint import load_checkpoint, save_checkpoint
-from cnncli.cli import app
 from cnncli.config import load_config
 from cnncli.data import load_dataset
 from cnncli.data.images import write_png
 from cnncli.metrics import confusion_matrix
 from cnncli.train import evaluate, make_loss
-from conftest import ROOT
-
-runner = CliRunner()
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from conftest import ROOT, run_cnn
 
 
 def predict_json(*args):
-    result = cnn("predict", *args, "--json", "-q")
+    result = run_cnn("predict", *args, "--json", "-q")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(cnn, tmp_path_factory):
     """configs/digits.yaml trained one epoch (stored form 0-16, pixel_max 16)."""
     run = tmp_path_factory.mktemp("predict") / "digits"
     result = cnn("train", ROOT / "configs" / "digits.yaml", "--epochs", 1, "--run-dir", run, "-q")
@@ -40,7 +32,7 @@ def digits_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory, monkeypatch_module):
+def folder_run(cnn, tmp_path_factory, monkeypatch_module):
     """An exported digits folder (300 train / 300 test PNGs) and a model trained on it."""
     base = tmp_path_factory.mktemp("predict-folder")
     monkeypatch_module.setenv("CNNCLI_DATA_DIR", str(base / "cache"))
@@ -71,7 +63,7 @@ def _eval_predictions(checkpoint):
     return ds, res["predictions"]
 
 
-def test_npz_predictions_equal_eval_labels_and_confusion_matrix(digits_run, tmp_path):
+def test_npz_predictions_equal_eval_labels_and_confusion_matrix(cnn, digits_run, tmp_path):
     best = digits_run / "best.npz"
     ds, expected = _eval_predictions(best)
     npz = tmp_path / "test.npz"
@@ -102,7 +94,7 @@ def test_files_and_folders_schema_order_and_agreement_with_eval(folder_run):
     assert one["score"] == pytest.approx(rows[5]["score"], rel=1e-12)
 
 
-def test_top_k_csv_and_table(folder_run, tmp_path):
+def test_top_k_csv_and_table(cnn, folder_run, tmp_path):
     folder, run = folder_run
     files = sorted((folder / "test" / "7").glob("*.png"))[:4]
     out = tmp_path / "p.csv"
@@ -119,12 +111,11 @@ def test_top_k_csv_and_table(folder_run, tmp_path):
     assert [t["path"] for t in table] == [r["path"] for r in rows]
     assert [float(t["top3_score"]) for t in table] == [r["top"][2]["score"] for r in rows]
     assert [t["class"] for t in table] == [r["class"] for r in rows]
-    shown = runner.invoke(app, ["predict", str(run / "best.npz"), str(files[0]), "-k", "3"],
-                          env={"COLUMNS": "200"})
+    shown = cnn("predict", str(run / "best.npz"), str(files[0]), "-k", "3", env={"COLUMNS": "200"})
     assert shown.exit_code == 0 and files[0].name in shown.stdout and "#3" in shown.stdout
 
 
-def test_csv_in_a_missing_folder_names_the_file(digits_run, tmp_path):
+def test_csv_in_a_missing_folder_names_the_file(cnn, digits_run, tmp_path):
     x = tmp_path / "in.npz"
     np.savez(x, x=np.zeros((2, 8, 8)))
     out = tmp_path / "nope" / "p.csv"
@@ -134,7 +125,7 @@ def test_csv_in_a_missing_folder_names_the_file(digits_run, tmp_path):
     assert line.startswith(f"Error: {out}: ") and ".tmp" not in line, line
 
 
-def test_plot_writes_a_png(folder_run, tmp_path):
+def test_plot_writes_a_png(cnn, folder_run, tmp_path):
     from PIL import Image
 
     folder, run = folder_run
@@ -146,7 +137,7 @@ def test_plot_writes_a_png(folder_run, tmp_path):
         assert im.format == "PNG" and im.width > 200 and im.height > 200
 
 
-def test_scores_equal_onnx_runtime_outputs(folder_run, tmp_path):
+def test_scores_equal_onnx_runtime_outputs(cnn, folder_run, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     folder, run = folder_run
     model = tmp_path / "m.onnx"
@@ -175,7 +166,7 @@ def test_labels_do_not_depend_on_batch_size(folder_run):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
 
 
-def test_checkpoint_without_input_description_names_the_options(digits_run, tmp_path):
+def test_checkpoint_without_input_description_names_the_options(cnn, digits_run, tmp_path):
     arrays, meta = load_checkpoint(digits_run / "best.npz")
     for key in ("input_scale", "pixel_max"):
         meta.pop(key, None)
@@ -194,7 +185,7 @@ def test_checkpoint_without_input_description_names_the_options(digits_run, tmp_
     assert fixed == predict_json(digits_run / "best.npz", npz)
 
 
-def test_unreadable_image_names_the_file_unless_skip_bad(folder_run, tmp_path):
+def test_unreadable_image_names_the_file_unless_skip_bad(cnn, folder_run, tmp_path):
     folder, run = folder_run
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -215,7 +206,7 @@ def test_unreadable_image_names_the_file_unless_skip_bad(folder_run, tmp_path):
     assert "1 file(s) in the given folders are not images" in result.stderr
 
 
-def test_a_named_pipe_is_refused_not_waited_on(folder_run, tmp_path):
+def test_a_named_pipe_is_refused_not_waited_on(cnn, folder_run, tmp_path):
     import os
 
     folder, run = folder_run
@@ -230,7 +221,7 @@ def test_a_named_pipe_is_refused_not_waited_on(folder_run, tmp_path):
     assert result.exit_code == 1 and "pipe.npz: not a regular file" in result.stderr
 
 
-def test_csv_keeps_undecodable_file_names_as_their_bytes(folder_run, tmp_path):
+def test_csv_keeps_undecodable_file_names_as_their_bytes(cnn, folder_run, tmp_path):
     """A file name that is not UTF-8 (an old camera's card) goes into the CSV as its own bytes,
     so the path column still opens the file."""
     import os
@@ -247,7 +238,7 @@ def test_csv_keeps_undecodable_file_names_as_their_bytes(folder_run, tmp_path):
     assert row.startswith(raw + b",")
 
 
-def test_skip_bad_with_no_readable_image_left_is_an_error(folder_run, tmp_path):
+def test_skip_bad_with_no_readable_image_left_is_an_error(cnn, folder_run, tmp_path):
     folder, run = folder_run
     (tmp_path / "a.png").write_bytes(b"not a png")
     (tmp_path / "b.jpg").write_bytes(b"")
@@ -258,7 +249,7 @@ def test_skip_bad_with_no_readable_image_left_is_an_error(folder_run, tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp_path):
+def test_other_sizes_and_colour_images_are_converted_with_a_note(cnn, folder_run, tmp_path):
     folder, run = folder_run
     rgb = np.zeros((3, 16, 16), np.uint8)
     rgb[:, 4:12, 7:9] = 255
@@ -279,7 +270,7 @@ def test_other_sizes_and_colour_images_are_converted_with_a_note(folder_run, tmp
     (lambda p: np.savez(p, x_test=np.full((2, 1, 8, 8), -np.inf)),
      "in.npz[0]: 'x_test' holds NaN or infinite values"),
 ])
-def test_bad_npz_inputs_get_one_line(digits_run, tmp_path, make, phrase):
+def test_bad_npz_inputs_get_one_line(cnn, digits_run, tmp_path, make, phrase):
     p = tmp_path / "in.npz"
     make(p)
     result = cnn("predict", digits_run / "best.npz", p)
@@ -287,7 +278,7 @@ def test_bad_npz_inputs_get_one_line(digits_run, tmp_path, make, phrase):
     assert phrase in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_missing_path_and_empty_folder(digits_run, tmp_path):
+def test_missing_path_and_empty_folder(cnn, digits_run, tmp_path):
     result = cnn("predict", digits_run / "best.npz", tmp_path / "nope.png")
     assert result.exit_code == 1 and "no such file or folder" in result.stderr
     result = cnn("predict", digits_run / "best.npz", tmp_path / "nope.npz")
@@ -298,7 +289,7 @@ def test_missing_path_and_empty_folder(digits_run, tmp_path):
     assert result.exit_code == 1 and "no image files below this folder" in result.stderr
 
 
-def test_csv_to_a_folder_is_one_line(folder_run, tmp_path):
+def test_csv_to_a_folder_is_one_line(cnn, folder_run, tmp_path):
     folder, run = folder_run
     one = sorted((folder / "test" / "2").glob("*.png"))[0]
     result = cnn("predict", run / "best.npz", one, "--csv", tmp_path)

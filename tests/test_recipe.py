@@ -360,7 +360,8 @@ def test_resume_with_per_batch_schedules_is_bit_exact(tmp_path, schedule):
 
 
 # ----------------------------------------------------------------------------- TTA
-from cnncli.tta import tta_scores, views  # noqa: E402
+from cnncli.scoring import tta_scores  # noqa: E402
+from cnncli.tta import views  # noqa: E402
 
 
 def _trained_run(tmp_path, **training):
@@ -527,6 +528,37 @@ def test_ema_follows_the_weights_by_its_rule_and_is_what_the_test_metrics_measur
     assert row["test_accuracy"] == res["accuracy"] and row["test_loss"] == res["loss"]
     after = t.net.state_dict()
     assert all(after[k].tobytes() == live[k].tobytes() for k in live)  # swapped back exactly
+
+
+def test_ema_with_frozen_layers_averages_only_what_the_optimizer_trains():
+    """training.freeze with training.ema: the average covers the trained layers (and their
+    buffers); a frozen layer's arrays stay bit for bit those of the network."""
+    from cnncli.train import Trainer
+
+    t = Trainer(validate(small(ema=0.9, epochs=1, freeze=[0])))
+    start = t.net.state_dict()
+    assert set(t.ema.keys) == {k for k, _, _ in t._trainable.parameters()} | \
+        {k for k in t.net.buffers if not k.startswith("layers.0.")}
+    assert not any(k.startswith("layers.0.") for k in t.ema.keys)
+    t.train_epoch()
+    live = t.net.state_dict()
+    for k in live:
+        if k.startswith("layers.0."):
+            assert live[k].tobytes() == start[k].tobytes() == t.ema.state[k].tobytes()
+    assert any(not np.array_equal(start[k], t.ema.state[k]) for k in t.ema.keys)
+
+
+def test_lr_find_leaves_frozen_layers_unchanged():
+    from cnncli.data.augment import augment
+    from cnncli.lrfind import _run
+    from cnncli.train import Trainer
+
+    t = Trainer(validate(small(freeze=[0])))
+    start = t.net.state_dict()
+    _run(t, t.cfg["training"], 1e-4, 1e-1, 8, augment, None)
+    after = t.net.state_dict()
+    assert all(after[k].tobytes() == start[k].tobytes() for k in start if k.startswith("layers.0."))
+    assert any(not np.array_equal(after[k], start[k]) for k in start if k.startswith("layers.2."))
 
 
 def test_ema_is_saved_and_used_by_eval(tmp_path):

@@ -6,23 +6,15 @@ import shutil
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from cnncli.cli import app
 from cnncli.config import load_config
 from cnncli.run import RunDir, run_meta
 from cnncli.train import Trainer
 from conftest import ROOT
 
-runner = CliRunner()
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(cnn, tmp_path_factory):
     """finished, interrupted, running, failed, empty, damaged, foreign and a sweep."""
     root = tmp_path_factory.mktemp("runs")
     base = yaml.safe_load((ROOT / "configs" / "shapes.yaml").read_text())
@@ -53,7 +45,7 @@ def folder(tmp_path_factory):
     return root
 
 
-def test_each_run_directory_is_listed_in_its_state(folder):
+def test_each_run_directory_is_listed_in_its_state(cnn, folder):
     live = RunDir.open_existing(folder / "running")  # this live process holds its lock
     try:
         result = cnn("runs", folder, "--json")
@@ -80,12 +72,12 @@ def test_each_run_directory_is_listed_in_its_state(folder):
     assert rows["lr-sweep/trials/0"]["kind"] == "trial"
 
 
-def test_without_the_lock_a_run_is_no_longer_running(folder):
+def test_without_the_lock_a_run_is_no_longer_running(cnn, folder):
     rows = {r["name"]: r for r in json.loads(cnn("runs", folder, "--json").output)}
     assert rows["running"]["state"] == "interrupted"
 
 
-def test_the_table_and_sorting(folder):
+def test_the_table_and_sorting(cnn, folder):
     result = cnn("runs", folder, "--sort", "best")
     assert result.exit_code == 0 and "Traceback" not in result.output
     for name in ("finished", "interrupted", "failed", "empty", "damaged", "photos", "lr-sweep"):
@@ -99,7 +91,7 @@ def test_the_table_and_sorting(folder):
     assert missing.exit_code == 1 and "no such folder" in missing.output
 
 
-def test_unreadable_files_never_give_a_traceback(folder, tmp_path):
+def test_unreadable_files_never_give_a_traceback(cnn, folder, tmp_path):
     root = tmp_path / "odd"
     shutil.copytree(folder / "finished", root / "a")
     (root / "a" / "metrics.csv").write_bytes(b"\xff\xfe garbage")
@@ -112,10 +104,10 @@ def test_unreadable_files_never_give_a_traceback(folder, tmp_path):
     assert [r["state"] for r in json.loads(result.output)] == ["damaged"] * 3
 
 
-def test_the_table_stays_readable_on_an_80_column_terminal(folder):
+def test_the_table_stays_readable_on_an_80_column_terminal(cnn, folder):
     """Every state and the start of every note are on screen at 80 columns (long notes once
     squeezed the name and state columns to nothing)."""
-    result = CliRunner().invoke(app, ["runs", str(folder)], env={"COLUMNS": "80"})
+    result = cnn("runs", str(folder), env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
     rows = json.loads(cnn("runs", folder, "--json").output)
@@ -125,7 +117,7 @@ def test_the_table_stays_readable_on_an_80_column_terminal(folder):
             assert f"{r['name']}: {r['note'][:20]}" in result.output
 
 
-def test_hidden_folders_are_not_listed(tmp_path):
+def test_hidden_folders_are_not_listed(cnn, tmp_path):
     (tmp_path / ".git" / "objects").mkdir(parents=True)
     (tmp_path / ".git" / "objects" / "x").write_text("blob")
     (tmp_path / "mine").mkdir()

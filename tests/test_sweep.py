@@ -16,21 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 from cnncli.checkpoint import load_checkpoint
-from cnncli.cli import app
 from cnncli.errors import ConfigError
 from cnncli.sweep.spec import load_sweep
 from conftest import ROOT
 
-runner = CliRunner()
 ENV = {**os.environ, "COLUMNS": "200", "OPENBLAS_NUM_THREADS": "1"}
 BASE = yaml.safe_load((ROOT / "configs" / "shapes.yaml").read_text())
-
-
-def cnn(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 def write_sweep(folder: Path, epochs=4, name="s", **sweep) -> Path:
@@ -161,7 +154,7 @@ def test_every_problem_of_a_bad_sweep_file_is_reported_at_once(tmp_path):
     assert len(info.value.problems) == 8
 
 
-def test_a_bad_sweep_file_is_one_line_and_leaves_no_directory(tmp_path):
+def test_a_bad_sweep_file_is_one_line_and_leaves_no_directory(cnn, tmp_path):
     path = write_sweep(tmp_path, metric="test_acc", space={"training.lr": {"low": 1, "high": 2}})
     out = tmp_path / "sweep-out"
     result = cnn("sweep", "run", path, "--sweep-dir", out)
@@ -173,7 +166,7 @@ def test_a_bad_sweep_file_is_one_line_and_leaves_no_directory(tmp_path):
     assert "Traceback" not in result.output and not out.exists()
 
 
-def test_a_sweep_directory_of_another_sweep_is_refused(tmp_path):
+def test_a_sweep_directory_of_another_sweep_is_refused(cnn, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
@@ -184,7 +177,7 @@ def test_a_sweep_directory_of_another_sweep_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- a sweep end to end
 @pytest.fixture(scope="module")
-def six_trials(tmp_path_factory):
+def six_trials(cnn, tmp_path_factory):
     """A 6-trial shapes sweep run by 2 workers."""
     folder = tmp_path_factory.mktemp("sweep")
     path = write_sweep(folder, epochs=6, trials=6, sampler="tpe", space={
@@ -197,7 +190,7 @@ def six_trials(tmp_path_factory):
     return out, result.output
 
 
-def test_a_two_worker_sweep_makes_exactly_its_trials(six_trials):
+def test_a_two_worker_sweep_makes_exactly_its_trials(cnn, six_trials):
     out, output = six_trials
     runs = sorted((out / "trials").iterdir(), key=lambda p: int(p.name))
     assert [p.name for p in runs] == [str(i) for i in range(6)]
@@ -224,7 +217,7 @@ def test_a_two_worker_sweep_makes_exactly_its_trials(six_trials):
     assert "cnn sweep show" not in output
 
 
-def test_best_yaml_trains_to_its_trials_metrics(six_trials, tmp_path):
+def test_best_yaml_trains_to_its_trials_metrics(cnn, six_trials, tmp_path):
     out, _ = six_trials
     rows = read_csv(out / "trials.csv")
     best = max(rows, key=lambda r: (float(r["value"]), -int(r["number"])))
@@ -244,7 +237,7 @@ def test_best_yaml_trains_to_its_trials_metrics(six_trials, tmp_path):
     assert len(metrics(copy)) == 8
 
 
-def test_sweep_show_lists_the_trials(six_trials):
+def test_sweep_show_lists_the_trials(cnn, six_trials):
     out, _ = six_trials
     result = cnn("sweep", "show", out, "--json")
     assert result.exit_code == 0, result.output
@@ -314,7 +307,7 @@ def test_on_a_terminal_a_live_table_shows_the_trials(tmp_path):
     assert "Sweep s: 2 trials (2 complete); best: trial" in text
 
 
-def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(tmp_path):
+def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(cnn, tmp_path):
     """Trials use the same Trainer as cnn train, so every config works in a sweep: here an
     image folder (with augmentation), batch normalisation and a swept dropout rate."""
     folder = tmp_path / "digits-folder"
@@ -352,7 +345,7 @@ def test_a_sweep_over_an_image_folder_with_batch_norm_and_dropout(tmp_path):
 
 # ---------------------------------------------------------------- determinism
 @pytest.mark.parametrize("sampler", ["random", "grid"])
-def test_same_sweep_same_seed_same_trials(tmp_path, sampler):
+def test_same_sweep_same_seed_same_trials(cnn, tmp_path, sampler):
     space = {"training.learning_rate": {"choices": [0.1, 0.3, 0.6]},
              "training.batch_size": {"low": 8, "high": 32, "step": 8}}
     if sampler == "random":
@@ -368,7 +361,7 @@ def test_same_sweep_same_seed_same_trials(tmp_path, sampler):
     assert len({(r["training.learning_rate"], r["training.batch_size"]) for r in tables[0]}) > 1
 
 
-def test_a_grid_with_two_workers_visits_each_point_once(tmp_path):
+def test_a_grid_with_two_workers_visits_each_point_once(cnn, tmp_path):
     path = write_sweep(tmp_path, epochs=2, trials=6, sampler="grid",
                        space={"training.learning_rate": {"low": 0.001, "high": 0.501, "step": 0.1}})
     result = cnn("sweep", "run", path, "--sweep-dir", tmp_path / "out", "--workers", 2, "-q")
@@ -377,7 +370,7 @@ def test_a_grid_with_two_workers_visits_each_point_once(tmp_path):
     assert lrs == pytest.approx([0.001, 0.101, 0.201, 0.301, 0.401, 0.501])
 
 
-def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path):
+def test_resume_with_more_trials_grows_a_finished_sweep(cnn, tmp_path):
     path = write_sweep(tmp_path, epochs=2, trials=2)
     out = tmp_path / "out"
     assert cnn("sweep", "run", path, "--sweep-dir", out, "-q").exit_code == 0
@@ -391,7 +384,7 @@ def test_resume_with_more_trials_grows_a_finished_sweep(tmp_path):
 
 
 # ---------------------------------------------------------------- failed and pruned trials
-def test_invalid_samples_fail_and_the_sweep_goes_on(tmp_path):
+def test_invalid_samples_fail_and_the_sweep_goes_on(cnn, tmp_path):
     path = write_sweep(tmp_path, epochs=2, trials=3, seed=1,
                        space={"network.2.out_features": {"choices": [0, -1, 8]}})
     out = tmp_path / "out"
@@ -405,7 +398,7 @@ def test_invalid_samples_fail_and_the_sweep_goes_on(tmp_path):
     assert all(r["network.2.out_features"] == "8" for r in rows if r["state"] == "COMPLETE")
 
 
-def test_five_failures_in_a_row_stop_the_sweep(tmp_path):
+def test_five_failures_in_a_row_stop_the_sweep(cnn, tmp_path):
     path = write_sweep(tmp_path, epochs=2, trials=3,
                        space={"network.2.out_features": {"choices": [0, -1]}})
     out = tmp_path / "out"
@@ -416,7 +409,7 @@ def test_five_failures_in_a_row_stop_the_sweep(tmp_path):
     assert [r["state"] for r in read_csv(out / "trials.csv")] == ["FAIL"] * 5
 
 
-def test_pruned_trials_stop_early_and_keep_their_run_directory(tmp_path):
+def test_pruned_trials_stop_early_and_keep_their_run_directory(cnn, tmp_path):
     # Five good learning rates run first (the median pruner's start-up trials), then three
     # hopeless ones, which fall below the median: queued in that order with Optuna's
     # enqueue_trial before the workers start.
@@ -460,7 +453,7 @@ def done_trials(out: Path) -> int:
         return 0
 
 
-def test_ctrl_c_stops_the_workers_and_resume_finishes(tmp_path):
+def test_ctrl_c_stops_the_workers_and_resume_finishes(cnn, tmp_path):
     path = write_sweep(tmp_path, epochs=30, trials=4)
     out = tmp_path / "out"
     proc = cnn_process("sweep", "run", path, "--sweep-dir", out, "--workers", 2)
@@ -474,8 +467,7 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes(tmp_path):
     assert not any(Path(f"/proc/{pid}").exists() and pid in children(proc.pid) for pid in workers)
     assert not processes_mentioning(str(out))
     # a database URL in the environment does not apply to an embedded sweep
-    result = runner.invoke(app, ["sweep", "resume", str(out), "--workers", "2"],
-                           env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
+    result = cnn("sweep", "resume", str(out), "--workers", "2", env={"CNNCLI_SWEEP_STORAGE": "postgresql+psycopg://u@127.0.0.1:1/x"})
     assert result.exit_code == 0, result.output
     rows = read_csv(out / "trials.csv")
     assert sum(r["state"] == "COMPLETE" for r in rows) == 4
@@ -490,7 +482,7 @@ def test_ctrl_c_stops_the_workers_and_resume_finishes(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume(tmp_path):
+def test_sigkill_at_random_moments_then_resume(cnn, tmp_path):
     path = write_sweep(tmp_path, epochs=25, trials=6)
     out = tmp_path / "out"
     rng = random.Random(13)

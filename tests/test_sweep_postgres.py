@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_sweep import ENV, cnn, cnn_process, read_csv, write_sweep
+from test_sweep import ENV, cnn_process, read_csv, write_sweep
 
 
 def pg_bin(name: str) -> str:
@@ -88,7 +88,7 @@ def files_containing(folder: Path, secret: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
-def test_two_machines_share_one_study_in_postgres(tmp_path, database, postgres):
+def test_two_machines_share_one_study_in_postgres(cnn, tmp_path, database, postgres):
     path = write_sweep(tmp_path, epochs=4, trials=6)
     dirs = [tmp_path / "machine-a", tmp_path / "machine-b"]
     # started at the same moment on an empty database; one gives the URL by option, one by
@@ -153,7 +153,7 @@ def test_processes_creating_tables_and_study_at_one_moment_all_succeed(database)
     assert sorted(t.number for t in study.get_trials()) == [0, 1, 2, 3]
 
 
-def test_resuming_a_postgres_sweep_needs_its_url(tmp_path, database, postgres):
+def test_resuming_a_postgres_sweep_needs_its_url(cnn, tmp_path, database, postgres):
     path = write_sweep(tmp_path, epochs=2, trials=1)
     out = tmp_path / "out"
     result = cnn("sweep", "run", path, "--storage", database, "--sweep-dir", out, "--quiet")
@@ -165,7 +165,7 @@ def test_resuming_a_postgres_sweep_needs_its_url(tmp_path, database, postgres):
     assert result.exit_code == 0, result.output
 
 
-def test_bad_storage_urls_are_one_line_and_leave_no_directory(tmp_path, postgres):
+def test_bad_storage_urls_are_one_line_and_leave_no_directory(cnn, tmp_path, postgres):
     path = write_sweep(tmp_path, epochs=2, trials=1)
     port, secret = postgres["port"], postgres["password"]
     cases = {

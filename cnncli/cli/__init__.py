@@ -4,7 +4,7 @@ Importing this package registers every command on ``app``; ``main`` is the conso
 entry point.
 """
 
-from cnncli.cli import train, evaluate, predict, data, model, plots, export, sweep, runs  # noqa: F401,I001  (registers commands, in help order)
+from cnncli.cli import train, evaluate, predict, explain, data, model, plots, export, sweep, runs  # noqa: F401,I001  (registers commands, in help order)
 from cnncli.cli import lrfind  # noqa: F401,E402  (registers cnn lr-find)
 from cnncli.cli.app import app
 

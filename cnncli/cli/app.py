@@ -1,4 +1,5 @@
-"""The root Typer app, the consoles and the one-line error handling every command shares.
+"""The root Typer app, the consoles, the options several commands share (``--set``,
+``--offline``, ``--storage``) and the one-line error handling every command shares.
 
 Command modules (``cnncli.cli.train``, ``.evaluate``, ...) import this module and register
 on ``app``; this module imports none of them, so no import runs back up. Only the ``cli``
@@ -7,18 +8,32 @@ package prints or exits; heavy modules load inside the commands.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 from typing_extensions import Annotated
 
 from cnncli import __version__
+from cnncli.sweep.storage import STORAGE_ENV
 
 HELP_OPTIONS = {"help_option_names": ["--help", "-h"]}  # -h is --help, in every command
+
+
+def set_option(example: str, what: str = "config key", metavar: str | None = "KEY=VALUE"):
+    """The type of ``--set KEY=VALUE`` (repeatable), its help showing ``example``."""
+    return Annotated[Optional[List[str]], typer.Option(
+        "--set", metavar=metavar, help=f"Override any {what}, e.g. --set {example} (repeatable).")]
+
+
+OfflineOpt = Annotated[bool, typer.Option("--offline", help="Never download datasets.")]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
+                      f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
+    show_default=False)]
 
 
 class PlainArgument(TyperArgument):
@@ -109,7 +124,7 @@ def cli_errors():
     except CnnError as exc:
         if STATE["debug"]:
             raise
-        fail(escape(str(exc)))
+        fail(escape(with_option(exc)))
     except OSError as exc:
         if STATE["debug"]:
             raise
@@ -124,6 +139,25 @@ def cli_errors():
             raise
         fail(escape(f"unexpected {type(exc).__name__}: {exc} (a bug in cnncli; run with --debug "
                      "for the traceback)"))
+
+
+OPTION_OF = {"override": "--set", "size": "--size", "channels": "--channels",
+             "pixel_max": "--pixel-max", "input_scale": "--input-scale", "class_name": "--class"}
+"""The command-line option that gives each library parameter a library error may be about."""
+
+
+def with_option(exc) -> str:
+    """An error's message as the user sees it: a problem with a value a library call was given
+    (``cnncli.errors.about_value``) names the option that gave it."""
+    from cnncli.errors import ConfigError
+
+    option = OPTION_OF.get(getattr(exc, "param", None))
+    if option is None:
+        return str(exc)
+    where = f"{option} {exc.shown}" if exc.shown else option
+    if isinstance(exc, ConfigError):
+        return str(ConfigError(exc.problem, where))
+    return f"{where}: {exc.problem}" if exc.shown else f"{where} {exc.problem}"
 
 
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
@@ -199,9 +233,3 @@ def _is_yaml_config(path: Path) -> bool:
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
-
-
-def offline_mode(offline: bool) -> None:
-    """``--offline``: never download datasets (read by cnncli.data)."""
-    if offline:
-        os.environ["CNNCLI_OFFLINE"] = "1"

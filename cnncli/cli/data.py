@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import HELP_OPTIONS, app, cli_errors, console, escape, fail, offline_mode
+from cnncli.cli.app import (HELP_OPTIONS, OfflineOpt, app, cli_errors, console, escape, fail,
+                            set_option)
 from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
+
+SetAugmentOpt = set_option("data.augment.flip=horizontal", metavar=None)
 
 data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mnist",
                        no_args_is_help=True, context_settings=HELP_OPTIONS)
@@ -113,9 +116,8 @@ def generate_shapes(
     if not 0.0 < test_size < 1.0:
         fail(f"--test-size must be between 0 and 1 (exclusive), got {test_size}", code=2)
     with cli_errors():
-        import numpy as np
-
         from cnncli.data import load_dataset
+        from cnncli.data.npz import write_npz
 
         if out.is_dir():
             fail(f"{out}: is a directory; give a file name such as {out / 'shapes.npz'}")
@@ -125,14 +127,7 @@ def generate_shapes(
             fail(f"{out}: cannot write: the directory {out.parent} does not exist")
         ds = load_dataset({"name": "shapes", "n": n, "noise": noise, "test_size": test_size,
                            "stratify": False, "limit": None}, seed)
-        from cnncli.atomic import atomic_file
-
-        try:
-            with atomic_file(out) as f:
-                np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
-                         y_test=ds.y_test, class_names=np.array(ds.class_names))
-        except OSError as exc:
-            fail(escape(f"{out}: cannot write ({exc.strerror or exc})"))
+        write_npz(out, ds)
         if preview is not None:
             from cnncli.plots import plot_dataset_preview
 
@@ -165,7 +160,7 @@ def export(
                                                  "of each split (the first ones).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="The seed of the dataset's own split "
                                       "(shapes, digits), as a config's seed.")] = 0,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    offline: OfflineOpt = False,
 ):
     """Write a dataset as an image folder: OUT/train/<class>/<i>.png and OUT/test/<class>/<i>.png.
 
@@ -177,13 +172,12 @@ def export(
     """
     if dataset not in EXPORTABLE:
         fail(f"unknown dataset {dataset!r}; datasets to export: {', '.join(EXPORTABLE)}", code=2)
-    offline_mode(offline)
     with cli_errors():
         from cnncli.data import DATASETS, load_dataset
 
         cfg = {"name": dataset, **{k: f.default for k, f in DATASETS[dataset].fields.items()},
                "limit": None}
-        ds = load_dataset(cfg, seed)
+        ds = load_dataset(cfg, seed, offline)
         counts = _export_with_progress(ds, out, limit)
         from cnncli.data.folder import folder_name
         from rich.table import Table
@@ -220,9 +214,8 @@ def preview(
     config: Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The picture to write.")] = Path("preview.png"),
     per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Images per class.")] = 8,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", help="Override any config key, e.g. "
-                                                      "--set data.augment.flip=horizontal (repeatable).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    sets: SetAugmentOpt = None,
+    offline: OfflineOpt = False,
 ):
     """Draw training images as the network sees them (resized, augmented), a row per class.
 
@@ -230,24 +223,22 @@ def preview(
 
     Example: cnn data preview configs/folder-example.yaml -o grid.png
     """
-    offline_mode(offline)
     with cli_errors():
         from functools import partial
-
-        import numpy as np
 
         from cnncli.config import load_config
         from cnncli.data import load_dataset
         from cnncli.data.augment import augment, is_active
         from cnncli.plots import plot_dataset_preview
+        from cnncli.seeds import rng_stream
 
         cfg = load_config(config, list(sets or []))
-        ds = load_dataset(cfg["data"], cfg["seed"])
+        ds = load_dataset(cfg["data"], cfg["seed"], offline)
         err = console(stderr=True)
         for note in ds.notes:
             err.print(escape(note), soft_wrap=True)
         spec = cfg["data"]["augment"]
-        rng = np.random.default_rng([cfg["seed"], 3])  # the training's augmentation stream
+        rng = rng_stream(cfg["seed"], "augment")  # the training's augmentation stream
         transform = partial(augment, rng=rng, spec=spec) if is_active(spec) else None
         path = plot_dataset_preview(out, ds, per_class, transform)
         console().print(f"Wrote {escape(str(path))}", soft_wrap=True)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (app, cli_errors, console, escape, fail, load_checkpoint_network,
-                            offline_mode, pct)
+from cnncli.cli.app import (OfflineOpt, app, cli_errors, console, escape, fail,
+                            load_checkpoint_network, pct)
 
 @app.command("eval")
 def eval_(
@@ -19,7 +19,7 @@ def eval_(
     split: Annotated[str, typer.Option("--split", metavar="train|test", help="The split to score.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    offline: OfflineOpt = False,
     tta: Annotated[Optional[str], typer.Option(
         "--tta", metavar="flip|flip_shift", help="Test-time augmentation: predict from the mean "
         "score of each image and its horizontal mirror (flip_shift: each also shifted 1 pixel "
@@ -35,18 +35,17 @@ def eval_(
         fail(f"--split must be train or test, got {split!r}", code=2)
     if tta is not None and tta not in ("flip", "flip_shift"):
         fail(f"--tta must be flip or flip_shift, got {tta!r}", code=2)
-    offline_mode(offline)
     with cli_errors():
-        _eval(checkpoint, data, split, as_json, plot, tta)
+        _eval(checkpoint, data, split, as_json, plot, offline, tta)
 
 
-def _eval(checkpoint, data, split, as_json, plot, tta=None):
+def _eval(checkpoint, data, split, as_json, plot, offline, tta=None):
     import numpy as np
 
     from cnncli.config import load_config
     from cnncli.data import load_dataset
     from cnncli.errors import ConfigError, DataError
-    from cnncli.metrics import confusion_matrix
+    from cnncli.metrics import confusion_matrix, per_class_accuracy, precision_recall_f1
     from cnncli.train import blas_threads, evaluate, make_loss
 
     net, cfg, meta, _ = load_checkpoint_network(checkpoint)
@@ -61,7 +60,7 @@ def _eval(checkpoint, data, split, as_json, plot, tta=None):
                               f"(for arrays in an .npz, write one with data: {{name: npz, path: "
                               f"FILE}}); {exc}") from None
         data_cfg, seed = other["data"], other["seed"]
-    ds = load_dataset(data_cfg, seed)
+    ds = load_dataset(data_cfg, seed, offline)
     if tuple(ds.input_shape) != tuple(net.input_shape) or ds.n_classes != net.output_shape[0]:
         source = data if data is not None else f"{checkpoint} (its {data_cfg['name']} data)"
         raise DataError(f"{source}: its images are {'x'.join(map(str, ds.input_shape))} with "
@@ -73,7 +72,7 @@ def _eval(checkpoint, data, split, as_json, plot, tta=None):
     _, y = ds.split(split)
     cm = confusion_matrix(y, res["predictions"], ds.n_classes)
     totals = cm.sum(axis=1)
-    per_class = [float(cm[i, i] / totals[i]) if totals[i] else None for i in range(ds.n_classes)]
+    per_class = per_class_accuracy(cm)
     prf = precision_recall_f1(y, res["predictions"], ds.n_classes)
     if plot is not None:
         from cnncli.plots import plot_evaluation
@@ -124,26 +123,3 @@ def _eval(checkpoint, data, split, as_json, plot, tta=None):
         conf.add_row(escape(name), *[str(int(v)) for v in row])
     out.print(conf)
 
-
-def precision_recall_f1(y, predictions, n_classes: int) -> dict:
-    """Per-class precision, recall and F1 (scikit-learn's, label order; None where undefined:
-    no sample predicted as the class for precision, none of it for recall, neither for F1) and
-    their macro means over the classes where each is defined."""
-    import warnings
-
-    from sklearn.exceptions import UndefinedMetricWarning
-    from sklearn.metrics import precision_recall_fscore_support
-
-    labels = list(range(n_classes))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        p, r, f, support = precision_recall_fscore_support(y, predictions, labels=labels,
-                                                           zero_division=0)
-    predicted = [int((predictions == k).sum()) for k in labels]
-    out = {"precision": [float(p[k]) if predicted[k] else None for k in labels],
-           "recall": [float(r[k]) if support[k] else None for k in labels],
-           "f1": [float(f[k]) if predicted[k] or support[k] else None for k in labels]}
-    for key in ("precision", "recall", "f1"):
-        vals = [v for v in out[key] if v is not None]
-        out[f"macro_{key}"] = float(sum(vals) / len(vals)) if vals else 0.0
-    return out

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail, offline_mode
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, escape, fail, set_option
+
+SetOpt = set_option("training.batch_size=64")
 
 
 @app.command("lr-find")
@@ -18,8 +19,8 @@ def lr_find(
     start_lr: Annotated[float, typer.Option("--start-lr", metavar="FLOAT", help="The first rate tried.")] = 1e-7,
     end_lr: Annotated[float, typer.Option("--end-lr", metavar="FLOAT", help="The last rate tried.")] = 10.0,
     steps: Annotated[int, typer.Option("--steps", min=5, max=100000, metavar="INTEGER", help="Batches trained, one rate each.")] = 100,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any config key (repeatable).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    sets: SetOpt = None,
+    offline: OfflineOpt = False,
 ):
     """Find a learning rate: train a few batches at exponentially growing rates and plot the loss.
 
@@ -32,15 +33,16 @@ def lr_find(
     if not 0 < start_lr < end_lr:
         fail(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and "
              f"{end_lr:g}", code=2)
-    offline_mode(offline)
     with cli_errors():
         from cnncli.config import load_config
+        from cnncli.data import load_dataset
         from cnncli.lrfind import SUGGESTION_RULE, lr_find as run_lr_find, plot_lr_find
         from cnncli.plots import picture_format
 
         picture_format(out)  # refuse a bad picture name before training
         cfg = load_config(config, list(sets or []))
-        result = run_lr_find(cfg, start_lr, end_lr, steps)
+        data = load_dataset(cfg["data"], cfg["seed"], offline)
+        result = run_lr_find(cfg, start_lr, end_lr, steps, data=data)
         written = plot_lr_find(out, result, f"{config}: learning-rate range test, "
                                             f"{len(result.rates)} batches of "
                                             f"{cfg['training']['batch_size']}")

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, fail, offline_mode
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, set_option
+
+SetLayerOpt = set_option("network.0.out_channels=8")
+SetDataOpt = set_option("data.path=DIR")
+
 
 @app.command()
 def summary(
     config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set network.0.out_channels=8 (repeatable).")] = None,
+    sets: SetLayerOpt = None,
 ):
     """Validate a config and show its layers as built: output shapes, trainable parameter
     counts and buffers (values saved with the model but not trained, such as batch norm's
@@ -43,14 +47,22 @@ def summary(
         table.add_column("output shape")
         table.add_column("params", justify="right")
         table.add_column("buffers", justify="right")
+        from cnncli.freeze import frozen_indices
+
+        frozen = frozen_indices(cfg["training"].get("freeze"))
         for row in net.summary():
-            table.add_row(str(row["index"]), row["type"], "x".join(map(str, row["output_shape"])),
+            mark = " (frozen)" if row["index"] in frozen else ""
+            table.add_row(str(row["index"]), "  " * row.get("depth", 0) + row["type"] + mark, "x".join(map(str, row["output_shape"])),
                           f"{row['params']:,}", f"{row['buffers']:,}" if row["buffers"] else "")
         table.add_section()
         table.add_row("", "total", "", f"{net.num_params():,}", f"{net.num_buffers():,}")
         console().print(table)
         console().print(f"{net.num_params():,} trainable parameters; {net.num_buffers():,} buffer "
                         "values (saved, not trained)", markup=False)
+        if frozen:
+            kept = sum(net.layers[i].num_params() for i in frozen)
+            console().print(f"frozen (training.freeze): layer(s) {', '.join(map(str, frozen))}, "
+                            f"{kept:,} of the parameters kept unchanged", markup=False)
 
 
 @app.command()
@@ -60,8 +72,8 @@ def gradcheck(
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, metavar="INTEGER", help="Override the config's seed: another batch, initialisation and jitter.", show_default=False)] = None,
     impl: Annotated[str, typer.Option("--impl", metavar="NAME", help="Conv implementation: fast or reference.")] = "fast",
     max_entries: Annotated[int, typer.Option("--max-entries", min=1, metavar="INTEGER", help="Entries compared per array (sampled).")] = 200,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set data.path=DIR (repeatable).")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    sets: SetDataOpt = None,
+    offline: OfflineOpt = False,
 ):
     """Check every layer's gradients against central finite differences in float64.
 
@@ -74,36 +86,21 @@ def gradcheck(
     """
     if impl not in ("fast", "reference"):
         fail(f"--impl must be fast or reference, got {impl!r}", code=2)
-    offline_mode(offline)
     with cli_errors():
-        import numpy as np
-
         from cnncli.config import load_config
-        from cnncli.data import load_dataset, one_hot
-        from cnncli.gradcheck import JITTER, LAYER_NUDGE, TOLERANCE, check_network, move_off_kinks
-        from cnncli.network import build_network
-        from cnncli.train import make_loss
+        from cnncli.gradcheck import JITTER, LAYER_NUDGE, TOLERANCE, BatchTooSmall, check_config
 
         overrides = ([f"seed={seed}"] if seed is not None else []) + list(sets or [])
         cfg = load_config(config, overrides)
-        ds = load_dataset(cfg["data"], cfg["seed"])
-        net = build_network(cfg["network"], ds.input_shape, np.random.default_rng([cfg["seed"], 1]),
-                            np.float64, impl=impl)
-        net.set_rng(np.random.default_rng([cfg["seed"], 4]))  # dropout masks: training's stream
-        if batch < 2 and any(layer.type_name == "batch_norm" for layer in net.layers):
-            fail("--batch 1: batch_norm is checked in train mode, where a batch of one sample "
-                 "has no variance; use --batch 2 or more", code=2)
-        rng = np.random.default_rng(cfg["seed"])
-        picked = np.sort(rng.choice(len(ds.y_train), min(batch, len(ds.y_train)), replace=False))
-        x = ds.images(ds.x_train[picked], np.float64)
-        y = one_hot(ds.y_train[picked], ds.n_classes, np.float64)
-        x = move_off_kinks(net, x, rng)
-        results = check_network(net, make_loss(cfg["training"], net, ds), x, y, rng,
-                                max_entries=max_entries)
+        try:
+            results, n = check_config(cfg, batch, impl, max_entries, offline)
+        except BatchTooSmall:
+            fail(f"--batch {batch}: batch_norm is checked in train mode, where a batch of one "
+                 "sample has no variance; use --batch 2 or more", code=2)
         from rich.table import Table
 
         table = Table(title=f"{config}: gradients vs central finite differences "
-                            f"(float64, {impl} conv, batch {len(x)}, seed {cfg['seed']}, tolerance "
+                            f"(float64, {impl} conv, batch {n}, seed {cfg['seed']}, tolerance "
                             f"{TOLERANCE:g}; inputs and biases jittered by {JITTER:g}, each layer's "
                             f"input by {LAYER_NUDGE:g}, to stay off ReLU/max-pool kinks; entries "
                             f"still on a kink are skipped)")

@@ -12,6 +12,8 @@ from typing_extensions import Annotated
 from cnncli.cli.app import app, cli_errors, console, escape, fail
 
 PLOT_LIMIT = 64  # images drawn by --plot
+MISSING_OPTIONS = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
+                   "input_scale": "--input-scale S"}  # the options that supply what a model lacks
 
 
 @app.command("predict")
@@ -83,10 +85,19 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
              pixel_max, input_scale, quiet, tta=None):
     from cnncli import predict as pr
     from cnncli.checkpoint import load_network
+    from cnncli.errors import CheckpointError
     from cnncli.train import blas_threads
 
     net, cfg, meta, _ = load_network(checkpoint)
-    spec = pr.model_input(checkpoint, meta, net, size, channels, pixel_max, input_scale)
+    try:
+        spec = pr.model_input(checkpoint, meta, net, size, channels, pixel_max, input_scale)
+    except CheckpointError as exc:
+        if getattr(exc, "missing", None) is None:
+            raise
+        options = ", ".join(MISSING_OPTIONS[k] for k in exc.missing)
+        raise CheckpointError(str(exc).replace(exc.hint, f"{options} (e.g. --pixel-max 255 "
+                                               "--input-scale 0.00392156862745098 for 8-bit images "
+                                               "scaled to 0-1)")) from None
     inputs = pr.collect(paths, spec.shape)
     err = console(stderr=True)
     interactive = err.is_terminal and not quiet and not as_json

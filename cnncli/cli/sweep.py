@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Optional
@@ -10,9 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail
+from cnncli.cli.app import StorageOpt, app, cli_errors, console, escape, fail
 
-STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
 sweep_app = typer.Typer(
     help="Hyperparameter sweeps on Optuna: many trainings of one config, sampled from a space.\n\n"
          "Example: cnn sweep run configs/sweeps/shapes-lr.yaml --workers 2",
@@ -21,10 +19,6 @@ app.add_typer(sweep_app, name="sweep")
 
 WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, max=256,
                                          help="Trials trained at once, each in its own process with one BLAS thread.")]
-StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help=f"A database URL Optuna accepts, e.g. postgresql+psycopg://user@host/db "
-                      f"(default: ${STORAGE_ENV}, else a study embedded in the sweep directory).",
-    show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")]
 
 
@@ -51,10 +45,10 @@ def run(
     """
     with cli_errors():
         from cnncli.run import default_run_dir
-        from cnncli.sweep.driver import prepare
+        from cnncli.sweep.driver import prepare, storage_url
         from cnncli.sweep.spec import load_sweep
 
-        url = storage or os.environ.get(STORAGE_ENV) or None
+        url = storage_url(storage)
         spec = load_sweep(sweep_file, trials)
         path = sweep_dir if sweep_dir is not None else default_run_dir(sweep_file)
         path, spec = prepare(spec, path, url, study)
@@ -81,11 +75,10 @@ def resume(
       cnn sweep resume runs/shapes-lr-20260101-120000 --trials 30
     """
     with cli_errors():
-        from cnncli.sweep.driver import resume_url, set_trial_count
-        from cnncli.sweep.worker import read_sweep
+        from cnncli.sweep.driver import read_sweep_dir, resume_url, set_trial_count, storage_url
 
-        spec = _read_sweep_dir(sweep_dir, read_sweep)
-        url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
+        spec = read_sweep_dir(sweep_dir)
+        url = resume_url(spec, storage, storage_url())
         if trials is not None:
             spec = set_trial_count(sweep_dir, trials)
         _run(sweep_dir, spec, url, workers, quiet)
@@ -107,27 +100,19 @@ def show(
       cnn sweep show --storage postgresql+psycopg://cnn@db-host/cnncli --study lr --json
     """
     with cli_errors():
-        from cnncli.errors import SweepError
-        from cnncli.sweep.driver import open_sweep_study, resume_url
+        from cnncli.sweep.driver import (open_sweep_study, read_sweep_dir, resume_url, storage_url,
+                                         sweep_by_url)
         from cnncli.sweep.report import best_row, trial_rows
-        from cnncli.sweep.storage import mask_url, open_storage, open_study
-        from cnncli.sweep.worker import read_sweep
 
-        url = storage or os.environ.get(STORAGE_ENV) or None
+        url = storage_url(storage)
         if sweep_dir is not None:
-            spec = _read_sweep_dir(sweep_dir, read_sweep)
-            url = resume_url(spec, storage, os.environ.get(STORAGE_ENV) or None)
+            spec = read_sweep_dir(sweep_dir)
+            url = resume_url(spec, storage, storage_url())
             trials = open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False)
         else:
             if url is None or study is None:
                 fail("give a SWEEP_DIR, or --storage URL and --study NAME", code=2)
-            st = open_study(open_storage(url), study, "maximize", create=False, url=url)
-            record = st.user_attrs.get("cnncli_sweep")
-            if not isinstance(record, dict):
-                raise SweepError(f"the study {study!r} in {mask_url(url)} was not made by cnn sweep")
-            spec = {**record, "name": study, "study": study, "storage": mask_url(url),
-                    "sweep_id": None}
-            trials = st.get_trials(deepcopy=False)
+            spec, trials = sweep_by_url(url, study)
         rows = trial_rows(trials, spec)
         best = best_row(rows, spec["direction"])
         if as_json:
@@ -140,20 +125,6 @@ def show(
         out = console()
         out.print(trials_table(rows, spec))
         out.print(summary_line(rows, spec, best), markup=False, soft_wrap=True)
-
-
-def _read_sweep_dir(sweep_dir: Path, read_sweep) -> dict:
-    from cnncli.errors import SweepError
-
-    if not (sweep_dir / "sweep.yaml").is_file():
-        raise SweepError(f"{sweep_dir}: not a sweep directory (no sweep.yaml)")
-    try:
-        spec = read_sweep(sweep_dir)
-    except Exception as exc:
-        raise SweepError(f"{sweep_dir / 'sweep.yaml'}: cannot read ({exc})") from None
-    if not isinstance(spec, dict) or "sweep_id" not in spec or "space" not in spec:
-        raise SweepError(f"{sweep_dir / 'sweep.yaml'}: is not a cnn sweep file")
-    return spec
 
 
 def _run(path: Path, spec: dict, url, workers: int, quiet: bool):

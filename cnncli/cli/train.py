@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import app, cli_errors, console, escape, fail, offline_mode, pct
+from cnncli.cli.app import OfflineOpt, app, cli_errors, console, escape, fail, pct, set_option
+
+SetOpt = set_option("training.epochs=3", what="key")
+
 
 def _overrides(epochs, lr, batch_size, seed, sets) -> list[str]:
     out = []
@@ -40,9 +43,10 @@ def train(
     lr: Annotated[Optional[float], typer.Option("--lr", metavar="FLOAT", help="Override training.learning_rate.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", metavar="INTEGER", help="Override training.batch_size.")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", metavar="INTEGER", help="Override seed.")] = None,
-    sets: Annotated[Optional[List[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override any key, e.g. --set training.epochs=3 (repeatable).")] = None,
+    sets: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final line.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download datasets.")] = False,
+    offline: OfflineOpt = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", metavar="CHECKPOINT", help="Fine-tune: start from this checkpoint's leading layers whose type and shapes match (sets training.init_from).", show_default=False)] = None,
 ):
     """Train a network from a YAML config and write a run directory.
 
@@ -56,17 +60,23 @@ def train(
       cnn train configs/mnist.yaml --epochs 5 --set data.limit=10000
 
       cnn train --resume runs/shapes-20260101-120000 --epochs 80
+
+      cnn train my-folder.yaml --init-from runs/digits/best.npz --set 'training.freeze=until 1'
     """
-    offline_mode(offline)
+    overrides = _overrides(epochs, lr, batch_size, seed, sets)
+    if init_from is not None:
+        import json
+
+        overrides.append(f"training.init_from={json.dumps(str(init_from.absolute()))}")
     with cli_errors():
-        _train(config, resume, run_dir, _overrides(epochs, lr, batch_size, seed, sets), epochs, quiet)
+        _train(config, resume, run_dir, overrides, quiet, offline)
 
 
-def _train(config, resume, run_dir, overrides, epochs, quiet):
-    from cnncli.config import (absolute_data_path, apply_overrides, config_diff, load_config,
-                               read_config, read_config_file, validate)
-    from cnncli.errors import ConfigError
-    from cnncli.run import RunDir, default_run_dir
+def _train(config, resume, run_dir, overrides, quiet, offline):
+    from cnncli.config import load_config
+    from cnncli.data import load_dataset
+    from cnncli.errors import RunDirError
+    from cnncli.run import RunDir, RunDirUsed, default_run_dir, resume_config
 
     if resume is None and config is None:
         fail("give a CONFIG file to train, or --resume RUN_DIR to continue a run", code=2)
@@ -81,20 +91,8 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
                         f"folder holding config.yaml and last.npz){hint}"))
         run = RunDir.open_existing(resume)
         try:
-            # A run's config.yaml holds an absolute data.path; one written by an older cnncli may
-            # hold a relative one, which was read from the current directory: still is.
-            stored_raw = absolute_data_path(read_config_file(resume / "config.yaml"), Path.cwd())
-            stored = validate(stored_raw, str(resume / "config.yaml"))
-            raw = dict(stored)
-            wanted = load_config(config, overrides) if config is not None \
-                else validate(absolute_data_path(apply_overrides(raw, overrides), Path.cwd()),
-                              "overrides")
-            diff = [d for d in config_diff(stored, wanted) if not d.startswith("training.epochs:")]
-            if diff:
-                raise ConfigError(f"cannot resume {resume}: the config differs from the run's in "
-                                  + "; ".join(diff) + " (only the epoch count may change)")
-            cfg = wanted
-            _fit(cfg, run, config_name=resume.name, resume=True, quiet=quiet)
+            cfg = resume_config(resume, config, overrides)
+            _fit(cfg, run, config_name=resume.name, resume=True, quiet=quiet, offline=offline)
         finally:
             run.close()
         return
@@ -102,27 +100,29 @@ def _train(config, resume, run_dir, overrides, epochs, quiet):
     from cnncli.train import Trainer
 
     cfg = load_config(config, overrides)
-    trainer = Trainer(cfg)  # loads the data: a broken data file fails before any directory exists
+    # the data first: a broken data file fails before any directory exists
+    trainer = Trainer(cfg, data=load_dataset(cfg["data"], cfg["seed"], offline))
     path = run_dir if run_dir is not None else default_run_dir(config)
-    run = RunDir.create(path, cfg)
+    try:
+        run = RunDir.create(path, cfg)
+    except RunDirUsed as exc:
+        raise RunDirError(f"{exc.path}: run directory exists and is not empty; choose another "
+                          f"--run-dir, or continue that run with: cnn train --resume "
+                          f"{exc.path}") from None
     try:
         _fit(cfg, run, config_name=Path(config).stem, resume=False, quiet=quiet, trainer=trainer)
     finally:
         run.close()
 
 
-def _fit(cfg, run, config_name, resume, quiet, trainer=None):
-    import copy
-
-    from cnncli.checkpoint import check_resumable, checkpoint_config, load_checkpoint
-    from cnncli.config import absolute_data_path, config_diff, dump_config
-    from cnncli.errors import CheckpointError, CnnError, ConfigError, TrainingError
-    from cnncli.run import metrics_csv, train_epochs
-    from cnncli.train import Interrupted, Trainer
+def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
+    from cnncli.errors import CnnError, ConfigError, TrainingError
+    from cnncli.fit import train_epochs
+    from cnncli.run import EpochsBelowTrained, resume as resume_run
+    from cnncli.train import Interrupted
 
     out = console()
     interactive = out.is_terminal and not quiet
-    trainer = trainer if trainer is not None else Trainer(cfg)
 
     def say(text: str, always: bool = False):
         run.log(text)
@@ -130,65 +130,39 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None):
             out.print(text, markup=False, highlight=False, soft_wrap=True)
 
     if resume:
-        last = run.path / "last.npz"
-        if last.exists():
-            arrays, meta = load_checkpoint(last)
-            try:  # re-validated, so that keys added to cnncli since get their defaults
-                stored = checkpoint_config(last, meta)
-            except CheckpointError:
-                stored = meta["config"]  # as it is: the checks below name what does not fit
-            # an older cnncli saved data.path as given, relative to the current directory
-            stored = absolute_data_path(copy.deepcopy(stored), Path.cwd())
-            diff = [d for d in config_diff(stored, cfg) if not d.startswith("training.epochs:")]
-            if diff:
-                raise CheckpointError(f"{last}: was written by another run (its config differs in "
-                                      + "; ".join(diff[:3]) + (" ..." if len(diff) > 3 else "")
-                                      + "); it is left as it is")
-            shape = tuple(trainer.data.input_shape)
-            if tuple(meta["input_shape"]) != shape or len(meta["class_names"]) != trainer.data.n_classes:
-                raise CheckpointError(
-                    f"{last}: was written for {'x'.join(map(str, meta['input_shape']))} images in "
-                    f"{len(meta['class_names'])} classes, but this run's data has "
-                    f"{'x'.join(map(str, shape))} images in {trainer.data.n_classes} classes")
-            recorded = meta.get("data_fingerprint")
-            if recorded is not None and recorded != trainer.data_fingerprint:
-                raise CheckpointError(
-                    f"{last}: this run's data ({cfg['data']['name']}, now "
-                    f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test "
-                    "samples) is not the data it was trained on: files were changed, added or "
-                    "removed since; resuming would not continue the same run. Restore the data, "
-                    "or start a new run")
-            check_resumable(last, arrays, trainer.net.params, trainer.net.buffers)
-            try:
-                trainer.load_state(arrays, meta)
-            except CheckpointError as exc:
-                raise CheckpointError(f"{last}: does not fit this run's network: {exc}") from None
-            if trainer.epochs < trainer.epoch:
-                raise ConfigError(f"--epochs {trainer.epochs} is below the {trainer.epoch} epochs "
-                                  f"{run.path} has already trained")
-            run.write("metrics.csv", metrics_csv(trainer.history))
-            if trainer.epoch >= trainer.epochs:
-                say(f"{run.path} is already complete: all {trainer.epochs} epochs are trained. "
-                    f"To train longer, resume with more epochs: cnn train --resume {run.path} "
-                    f"--epochs {trainer.epochs + 10}", always=True)
-            elif trainer.should_stop_early():
-                say(f"{run.path} already stopped early after epoch {trainer.epoch} (the test loss "
-                    f"stopped improving); nothing to resume", always=True)
-            else:
-                say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
-        else:
+        try:
+            trainer, loaded = resume_run(run, cfg, trainer, offline)
+        except EpochsBelowTrained as exc:
+            raise ConfigError(f"--epochs {exc.epochs} is below the {exc.trained} epochs "
+                              f"{exc.path} has already trained") from None
+        if not loaded:
             say(f"Resuming {run.path}: no epoch had finished, starting at epoch 1")
-        run.write("config.yaml", dump_config(cfg))
+        elif trainer.epoch >= trainer.epochs:
+            say(f"{run.path} is already complete: all {trainer.epochs} epochs are trained. "
+                f"To train longer, resume with more epochs: cnn train --resume {run.path} "
+                f"--epochs {trainer.epochs + 10}", always=True)
+        elif trainer.should_stop_early():
+            say(f"{run.path} already stopped early after epoch {trainer.epoch} (the test loss "
+                f"stopped improving); nothing to resume", always=True)
+        else:
+            say(f"Resuming {run.path} after epoch {trainer.epoch} of {trainer.epochs}")
+        run.write_config(cfg)
     else:
         say(f"Training {config_name}: {trainer.net.num_params():,} parameters, "
             f"{len(trainer.data.y_train):,} training / {len(trainer.data.y_test):,} test samples "
             f"-> {run.path}")
         for note in trainer.data.notes:  # files a folder dataset ignored or skipped
             say(note)
+        if trainer.init_report is not None:
+            say(trainer.init_report.line())
+        if trainer.frozen:
+            say(f"Frozen (not trained, batch norm in eval mode): layer(s) "
+                f"{', '.join(map(str, trainer.frozen))}")
     if cfg["training"].get("tta"):
         from cnncli.tta import describe
 
-        say(f"Test accuracy (each epoch's acc, metrics.csv's test_accuracy): {describe(cfg['training']['tta'])}")
+        say(f"Test accuracy (each epoch's acc, metrics.csv's test_accuracy): "
+            f"{describe(cfg['training']['tta'])}")
 
     stop = {"count": 0}
 

@@ -15,6 +15,7 @@ from cnncli.data.images import IMAGE_EXTENSIONS
 from cnncli.errors import DataError
 from cnncli.schema import (REQUIRED, SHAPES_MAX_N, SHAPES_MAX_NOISE, Field, SchemaError, boolean,
                            choice, integer, number, optional, string)
+from cnncli.seeds import rng_stream
 
 
 def one_hot(labels: np.ndarray, n_classes: int, dtype) -> np.ndarray:
@@ -37,16 +38,16 @@ def _path(v):
 class DatasetKind:
     fields: dict[str, Field]
     describe: Callable[[dict], tuple[tuple, int]]  # (C, H, W) and the number of classes, cheaply
-    load: Callable[[dict, int], Dataset]
+    load: Callable[[dict, int, bool], Dataset]  # (section, seed, offline)
     help: str
 
 
 def _rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 0])  # stream 0: data; 1: initialisation; 2: shuffling
+    return rng_stream(seed, "data")
 
 
 # ---------------------------------------------------------------- shapes
-def _load_shapes(cfg: dict, seed: int) -> Dataset:
+def _load_shapes(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.shapes import CLASS_NAMES, make_shapes
     from cnncli.data.split import train_test_indices
 
@@ -57,7 +58,7 @@ def _load_shapes(cfg: dict, seed: int) -> Dataset:
 
 
 # ---------------------------------------------------------------- digits
-def _load_digits(cfg: dict, seed: int) -> Dataset:
+def _load_digits(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from sklearn.datasets import load_digits
 
     from cnncli.data.split import train_test_indices
@@ -70,25 +71,25 @@ def _load_digits(cfg: dict, seed: int) -> Dataset:
 
 
 # ---------------------------------------------------------------- mnist
-def _load_mnist(cfg: dict, seed: int) -> Dataset:
+def _load_mnist(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.mnist import load_mnist
 
-    x_tr, y_tr, x_te, y_te = load_mnist(cfg["path"])
+    x_tr, y_tr, x_te, y_te = load_mnist(cfg["path"], offline=offline)
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255, 255.0)
 
 
 # ---------------------------------------------------------------- fashion_mnist, cifar10
-def _load_fashion_mnist(cfg: dict, seed: int) -> Dataset:
+def _load_fashion_mnist(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
 
-    x_tr, y_tr, x_te, y_te = load_fashion_mnist(cfg["path"])
+    x_tr, y_tr, x_te, y_te = load_fashion_mnist(cfg["path"], offline)
     return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, list(CLASS_NAMES), 1 / 255, 255.0)
 
 
-def _load_cifar10(cfg: dict, seed: int) -> Dataset:
+def _load_cifar10(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.cifar10 import load_cifar10
 
-    x_tr, y_tr, x_te, y_te, names = load_cifar10(cfg["path"])
+    x_tr, y_tr, x_te, y_te, names = load_cifar10(cfg["path"], offline)
     return Dataset("cifar10", x_tr, y_tr, x_te, y_te, names, 1 / 255, 255.0)
 
 
@@ -98,7 +99,7 @@ def _describe_npz(cfg: dict):
     return ds.input_shape, ds.n_classes
 
 
-def _load_npz(cfg: dict, seed: int) -> Dataset:
+def _load_npz(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     from cnncli.data.npz import load_npz
 
     return load_npz(Path(cfg["path"]))
@@ -132,7 +133,7 @@ def _describe_folder(cfg: dict):
     return tuple(d.x.shape[1:]), len(d.class_names)
 
 
-def _load_folder(cfg: dict, seed: int) -> Dataset:
+def _load_folder(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     """The decoded folder split: ``path/train`` and ``path/test`` when both exist, else a
     stratified split with ``test_size``; ``limit`` then draws a stratified subset of the
     training images (both from the seed's data stream)."""
@@ -196,10 +197,11 @@ def dataset_fields(name: str) -> dict[str, Field]:
     return {**DATASETS[name].fields, **COMMON_FIELDS}
 
 
-def load_dataset(cfg: dict, seed: int) -> Dataset:
+def load_dataset(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     """cfg: the resolved ``data:`` section. ``limit`` keeps the first N training samples (a
-    folder dataset draws a stratified subset itself)."""
-    ds = DATASETS[cfg["name"]].load(cfg, seed)
+    folder dataset draws a stratified subset itself). ``offline``: never download (MNIST,
+    Fashion-MNIST, CIFAR-10)."""
+    ds = DATASETS[cfg["name"]].load(cfg, seed, offline)
     limit = cfg.get("limit")
     if limit is not None:
         ds.x_train, ds.y_train = ds.x_train[:limit], ds.y_train[:limit]

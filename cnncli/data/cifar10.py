@@ -10,7 +10,8 @@ row). ``batches.meta.txt`` holds the class names, one per line. A folder may hol
 Where the files come from: ``data.path`` when the config gives one (never downloaded into);
 otherwise the cache ``$CNNCLI_DATA_DIR/cifar10`` (else ``$XDG_CACHE_HOME/cnncli/cifar10``, else
 ``~/.cache/cnncli/cifar10``), into which the tarball is downloaded from ``MIRRORS`` when no
-files are there (unless ``CNNCLI_OFFLINE=1``), checked against its published ``MD5`` first.
+files are there (unless offline: ``--offline`` or ``CNNCLI_OFFLINE=1``), checked against its
+published ``MD5`` first.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnncli.data import mnist
+import cnncli.data.mnist as mnist  # the module only (cnncli.data imports this one)
 from cnncli.errors import DataError
 
 NAME = "cifar10"
@@ -179,7 +180,7 @@ def _assemble(read, meta):
 
 
 # --------------------------------------------------------------------------- loading
-def load_cifar10(path: str | None = None):
+def load_cifar10(path: str | None = None, offline: bool = False):
     """The CIFAR-10 train and test splits and the class names.
 
     Returns (x_train, y_train, x_test, y_test, class_names):
@@ -190,7 +191,7 @@ def load_cifar10(path: str | None = None):
         class_names: the ten names of batches.meta.txt (airplane, ..., truck), or those
             names when the folder has no batches.meta.txt
     ``path``: a folder holding the files (used as is, never downloaded into); None uses the
-    cache and downloads the tarball there when it holds no files.
+    cache and downloads the tarball there when it holds no files (unless ``offline``).
     """
     if path is not None:
         folder = Path(path).expanduser()
@@ -204,7 +205,7 @@ def load_cifar10(path: str | None = None):
             raise DataError(f"data.path {folder}: {_missing_message(folder)}")
         return read_folder(folder)
     folder = cache_dir()
-    ensure_downloaded(folder)
+    ensure_downloaded(folder, offline=offline)
     try:
         return read_folder(folder)
     except DataError as exc:
@@ -212,10 +213,12 @@ def load_cifar10(path: str | None = None):
                         "again)") from None
 
 
-def ensure_downloaded(folder: Path, progress: bool | None = None) -> list[str]:
+def ensure_downloaded(folder: Path, progress: bool | None = None,
+                      offline: bool = False) -> list[str]:
     """Download the tarball into ``folder`` unless it holds the files (in either form); returns
     the names downloaded. Offline, or when no mirror serves it with the published MD5, a
-    DataError says what is missing and where to put it."""
+    DataError says what is missing and where to put it. ``offline``: never download (see
+    ``mnist.is_offline``)."""
     if has_files(folder):
         return []
-    return mnist.ensure_downloaded(folder, progress, source=sys.modules[__name__])
+    return mnist.ensure_downloaded(folder, progress, offline, source=sys.modules[__name__])

@@ -3,15 +3,15 @@ kinds of clothing, in the four IDX files of MNIST's format with MNIST's file nam
 
 Read, cached and downloaded by ``cnncli.data.mnist``'s code with this module's constants: the
 cache is ``$CNNCLI_DATA_DIR/fashion-mnist`` (else ``$XDG_CACHE_HOME/cnncli/fashion-mnist``, else
-``~/.cache/cnncli/fashion-mnist``), filled from ``MIRRORS`` unless ``CNNCLI_OFFLINE=1``; every
-download is checked against the published ``MD5`` before it enters the cache.
+``~/.cache/cnncli/fashion-mnist``), filled from ``MIRRORS`` unless offline (``--offline``,
+``CNNCLI_OFFLINE=1``); every download is checked against the published ``MD5`` before it enters the cache.
 """
 
 from __future__ import annotations
 
 import sys
 
-from cnncli.data import mnist
+import cnncli.data.mnist as mnist  # the module only (cnncli.data imports this one)
 
 NAME = "fashion_mnist"  # as `cnn data download NAME` takes it; the cache folder is fashion-mnist
 TITLE = "Fashion-MNIST"
@@ -44,7 +44,7 @@ def cache_dir():
     return mnist.cache_dir("fashion-mnist")
 
 
-def load_fashion_mnist(path: str | None = None):
+def load_fashion_mnist(path: str | None = None, offline: bool = False):
     """The Fashion-MNIST train and test splits.
 
     Returns (x_train, y_train, x_test, y_test):
@@ -53,6 +53,6 @@ def load_fashion_mnist(path: str | None = None):
         x_test:  (10000, 1, 28, 28) uint8
         y_test:  (10000,) int64
     ``path``: a folder holding the four IDX files (used as is, never downloaded into); None
-    uses the cache and downloads what is missing there.
+    uses the cache and downloads what is missing there (unless ``offline``).
     """
-    return mnist.load_mnist(path, source=sys.modules[__name__])
+    return mnist.load_mnist(path, offline, source=sys.modules[__name__])

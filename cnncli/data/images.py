@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import DataError
+from cnncli.text import one_line
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "bmp", "gif", "webp")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -82,18 +83,14 @@ def _open(path: Path):
         raise BadImage(f"{path}: not an image Pillow can read (wrong extension, or a damaged "
                        "file)") from None
     except OSError as exc:
-        raise BadImage(f"{path}: cannot read ({exc.strerror or _one_line(exc)})") from None
+        raise BadImage(f"{path}: cannot read ({exc.strerror or one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - a hostile file breaks a decoder in many ways
-        raise BadImage(f"{path}: cannot decode ({type(exc).__name__}: {_one_line(exc)})") from None
+        raise BadImage(f"{path}: cannot decode ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def _pixels(exc) -> str:
-    text = _one_line(exc)
+    text = one_line(exc)
     return text.split(" exceeds")[0] if " exceeds" in text else text
-
-
-def _one_line(exc) -> str:
-    return (" ".join(str(exc).split()) or type(exc).__name__)[:200]
 
 
 def probe_image(path) -> ImageInfo:
@@ -139,12 +136,12 @@ def decode_image(path, size: tuple[int, int] | None = None, channels: int | None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise BadImage(f"{path}: refused as a decompression bomb ({_pixels(exc)})") from None
         except OSError as exc:  # "image file is truncated", a broken zlib stream, ...
-            raise BadImage(f"{path}: cannot decode ({exc.strerror or _one_line(exc)}); the file "
+            raise BadImage(f"{path}: cannot decode ({exc.strerror or one_line(exc)}); the file "
                            "is damaged or truncated") from None
         except MemoryError:
             raise
         except Exception as exc:  # noqa: BLE001 - a hostile file breaks a decoder in many ways
-            raise BadImage(f"{path}: cannot decode ({type(exc).__name__}: {_one_line(exc)})") from None
+            raise BadImage(f"{path}: cannot decode ({type(exc).__name__}: {one_line(exc)})") from None
     return out
 
 

@@ -157,9 +157,10 @@ def cache_dir(name: str = "mnist") -> Path:
     return Path.home() / ".cache" / "cnncli" / name
 
 
-def offline() -> bool:
-    """True when ``CNNCLI_OFFLINE`` is set to 1 (or true/yes): never touch the network."""
-    return os.environ.get("CNNCLI_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def is_offline(asked: bool = False) -> bool:
+    """True when ``asked`` (``--offline``) or when ``CNNCLI_OFFLINE`` is set to 1 (or
+    true/yes): never touch the network."""
+    return asked or os.environ.get("CNNCLI_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def find_file(folder: Path, name: str) -> Path | None:
@@ -197,7 +198,7 @@ def _where_to_put(folder: Path, missing: list[str], name: str = "mnist") -> str:
 
 
 # --------------------------------------------------------------------------- loading
-def load_mnist(path: str | None = None, source=None):
+def load_mnist(path: str | None = None, offline: bool = False, source=None):
     """The MNIST train and test splits.
 
     Returns (x_train, y_train, x_test, y_test):
@@ -206,8 +207,8 @@ def load_mnist(path: str | None = None, source=None):
         x_test:  (10000, 1, 28, 28) uint8
         y_test:  (10000,) int64
     ``path``: a folder holding the four IDX files (used as is, never downloaded into); None
-    uses the cache and downloads what is missing there. ``source``: another dataset of the same
-    format (see ``_source``).
+    uses the cache and downloads what is missing there (unless ``offline``). ``source``: another
+    dataset of the same format (see ``_source``).
     """
     src = _source(source)
     if path is not None:
@@ -224,7 +225,7 @@ def load_mnist(path: str | None = None, source=None):
                             "with and without .gz)")
     else:
         folder = cache_dir(src.NAME.replace("_", "-"))
-        ensure_downloaded(folder, source=src)
+        ensure_downloaded(folder, offline=offline, source=src)
         try:
             return read_folder(folder, src)
         except DataError as exc:
@@ -264,18 +265,19 @@ def _split(folder: Path, images_name: str, labels_name: str, src=None):
 
 
 # --------------------------------------------------------------------------- downloading
-def ensure_downloaded(folder: Path, progress: bool | None = None, source=None) -> list[str]:
+def ensure_downloaded(folder: Path, progress: bool | None = None, offline: bool = False,
+                      source=None) -> list[str]:
     """Download the files missing in ``folder`` (as .gz). Returns the names downloaded.
 
     Raises DataError when offline or when a file could not be had from any mirror; the message
     lists what is missing and where to put it. ``progress``: draw a Rich bar on stderr
-    (default: when stderr is a terminal).
+    (default: when stderr is a terminal). ``offline``: never download (see ``is_offline``).
     """
     src = _source(source)
     missing = missing_files(folder, src.FILES)
     if not missing:
         return []
-    if offline():
+    if is_offline(offline):
         raise DataError(f"{src.TITLE} is not downloaded and CNNCLI_OFFLINE is set (--offline), so "
                         f"nothing was fetched; {_where_to_put(folder, missing, src.NAME)}")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnncli.errors import DataError
+from cnncli.npzfile import NpzReadError, read_npz
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 MAX_CLASSES = 100_000  # labels run 0 .. n_classes - 1; a label beyond this is a broken file
@@ -33,25 +34,24 @@ def load_npz(path: Path):
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path}: not a .npz file: no zip archive found (corrupt, truncated, or "
                         f"another format; it starts with {head!r}); save the arrays with numpy.savez")
+    def pick(files):
+        missing = [k for k in KEYS if k not in files]
+        if missing:
+            raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
+                            f"{_names(files) or 'none'}")
+        return KEYS + (("class_names",) if "class_names" in files else ())
+
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in KEYS if k not in f.files]
-            if missing:
-                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found "
-                                f"{_names(f.files) or 'none'}")
-            arrays = {k: f[k] for k in KEYS + (("class_names",) if "class_names" in f.files else ())}
-        odd = [k for k, a in arrays.items() if not isinstance(a, np.ndarray)]
-        if odd:
-            raise DataError(f"{path}: {odd[0]} in the archive is not a NumPy array (.npy)")
-    except DataError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
+        arrays = read_npz(path, pick)
+    except NpzReadError as exc:
+        if exc.reason == "not_array":
+            raise DataError(f"{path}: {exc.key} in the archive is not a NumPy array "
+                            "(.npy)") from None
+        if exc.reason == "pickled":
             raise DataError(f"{path}: holds object arrays (pickled Python objects), which cnncli "
                             "never loads; save plain numeric arrays") from None
-        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
-        raise DataError(f"{path}: not a readable .npz file ({_one_line(exc)})") from None
+        raise DataError(f"{path}: not a readable .npz file "
+                        f"({exc.detail or 'a single array'})") from None
     names = _class_names(path, arrays.pop("class_names", None))
 
     x_tr, x_te = (_images(path, k, arrays[k]) for k in ("x_train", "x_test"))
@@ -80,13 +80,22 @@ def load_npz(path: Path):
                    255.0 if eight_bit else 1.0)
 
 
+def write_npz(path, ds) -> None:
+    """Write dataset ``ds`` to ``path`` atomically as the .npz ``load_npz`` reads (x_train,
+    y_train, x_test, y_test, class_names): ``cnn generate-shapes``. A DataError when it cannot
+    be written."""
+    from cnncli.atomic import atomic_file
+
+    try:
+        with atomic_file(path) as f:
+            np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                     y_test=ds.y_test, class_names=np.array(ds.class_names))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
 def _names(keys) -> str:
     return ", ".join(k if k.isprintable() else repr(k) for k in list(keys)[:20])
-
-
-def _one_line(exc) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:200]
 
 
 def _class_names(path, a):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
+from cnncli import workers
 from cnncli.layers.base import Layer, register
 
 
@@ -15,13 +18,24 @@ class ReLU(Layer):
     """
 
     def forward(self, x):
-        self._out = np.maximum(x, 0)
-        return self._out
+        """Large batches in two halves side by side (``cnncli.workers``)."""
+        out = self._out = np.empty_like(x)
+        workers.run([partial(np.maximum, x[a:b], 0, out=out[a:b])
+                     for a, b in workers.parts(len(x), x.size)])
+        return out
 
     def backward(self, dout):
         if not self.needs_input_grad:
             return None
-        return dout * (self._out > 0)  # out > 0 exactly where x > 0
+        out, dx = self._out, np.empty_like(dout)
+        workers.run([partial(_pass_positive, dout[a:b], out[a:b], dx[a:b])  # out > 0 where x > 0
+                     for a, b in workers.parts(len(dout), dout.size)])
+        return dx
+
+
+def _pass_positive(dout, out, dx):
+    """dx = dout where out > 0, else 0"""
+    np.multiply(dout, out > 0, out=dx)
 
 
 @register("sigmoid")

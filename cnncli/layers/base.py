@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import numbers
 
 import numpy as np
 
 from cnncli.errors import ConfigError
+from cnncli.text import did_you_mean
 
 LAYERS: dict[str, type["Layer"]] = {}
 
@@ -33,8 +33,7 @@ def layer_class(name) -> type["Layer"]:
     if isinstance(name, str) and name in LAYERS:
         return LAYERS[name]
     known = ", ".join(sorted(LAYERS))
-    close = difflib.get_close_matches(str(name), list(LAYERS), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(str(name), LAYERS)
     raise ConfigError(f"unknown layer type {name!r}{hint}; known types: {known}")
 
 
@@ -105,8 +104,7 @@ def check_keys(cls, spec: dict, extra: tuple = ()) -> None:
     known = list(cls.spec_keys()) + list(extra)
     for key in spec:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(str(key), known)
             allowed = ", ".join(known) if known else "none"
             raise ConfigError(f"unknown key {key!r}{hint}; {cls.type_name} takes: {allowed}")
 
@@ -134,8 +132,7 @@ INITS = ("normal", "he", "xavier")
 
 def check_init(init, std) -> tuple[str, float | None]:
     if init not in INITS:
-        close = difflib.get_close_matches(str(init), INITS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(init), INITS)
         raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}{hint}")
     if std is not None:
         if init != "normal":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
+from cnncli import workers
 from cnncli.errors import ConfigError
 from cnncli.layers.base import (
     Layer,
@@ -21,7 +24,10 @@ IMPLS = ("fast", "reference")
 # K*K window entries (measured on an AVX-512 machine with 1 MB L2 and 32 MB L3 caches:
 # e.g. "rows" is ~25% faster for LeNet's 28x28 conv at batch 128, "flat" ~20% faster for the
 # seed's batch of 16).
-ROWS_MIN_BYTES = 8 * 2**20
+ROWS_MIN_BYTES = 64 * 2**20
+# From this many multiply-adds (x2) in a forward pass, the batch runs in two halves side by
+# side (cnncli.workers).
+SPLIT_FLOPS = 8_000_000
 
 
 @register("conv2d")
@@ -122,55 +128,105 @@ class Conv2D(Layer):
         """x: (N, C_in, H, W) -> (N, C_out, P, Q)"""
         if self.impl == "reference":
             return self._forward_reference(x)
-        n = x.shape[0]
-        o, k = self.out_channels, self.kernel_size
-        hp, wp, p, q = self._geometry(x.shape)
-        W = self.params["W"]
-        layout = self._layout(x.shape, np.result_type(x.dtype, W.dtype))
-        if layout == "rows":
-            X = self._shifted_rows(x)  # (N, C*K, Hp*Wp)
-            length = p * wp
-            w_rows = W.transpose(2, 0, 1, 3).reshape(k, o, -1)  # [i]: (C_out, C*K), a copy
-            out_full = self._buffer("out", (n, o, length), X.dtype)  # (N, C_out, P*Wp)
-            part = self._buffer("part", (n, o, length), X.dtype)
-            np.matmul(w_rows[0], X[:, :, :length], out=out_full)
-            for i in range(1, k):
-                out_full += np.matmul(w_rows[i], X[:, :, i * wp:i * wp + length], out=part)
-            self._cache = (layout, x.shape, X)
-        else:
-            cols = self._im2col(x, layout)  # (C*K*K, N, L)
-            self._cache = (layout, x.shape, cols)
-            # One product per sample: (C_out, C*K*K) @ (C*K*K, L) -> (N, C_out, L)
-            w_mat, cols_n = W.reshape(o, -1), cols.transpose(1, 0, 2)
-            if layout == "windows":  # the product is the output: add the bias in place
-                out = np.matmul(w_mat, cols_n).reshape(n, o, p, q)
-                out += self.params["b"][:, None, None]
-                return out
-            out_full = np.matmul(w_mat, cols_n, out=self._buffer("out", (n, o, p * wp), cols.dtype))
-        bias = self.params["b"][:, None, None]
-        out = np.empty((n, o, p, q), dtype=out_full.dtype)
-        np.add(out_full.reshape(n, o, p, wp)[..., :q], bias, out=out)  # drop the wrap-around
+        _, _, p, q = self._geometry(x.shape)
+        out = np.empty((x.shape[0], self.out_channels, p, q),
+                       dtype=np.result_type(x.dtype, self.params["W"].dtype))
+        parts = self._parts(x.shape)
+        caches = [None] * len(parts)
+
+        def half(i, a, b):
+            caches[i] = self._forward_fast(x[a:b], self._scratch(i), out[a:b])
+
+        workers.run([partial(half, i, a, b) for i, (a, b) in enumerate(parts)])
+        self._cache = (parts, caches)
         return out
 
     def backward(self, dout):
         """dout: (N, C_out, P, Q) -> dx: (N, C_in, H, W), or None for the first layer"""
         if self.impl == "reference":
             return self._backward_reference(dout)
-        layout, x_shape, cols = self._cache
+        parts, caches = self._cache
+        gw, gb = self.grads["W"], self.grads["b"]
+        if len(parts) == 1:
+            return self._backward_fast(dout, caches[0], self._scratch(0), gw, gb)
+        x_shape = (dout.shape[0], *caches[0][1][1:])
+        dx = np.empty(x_shape, dtype=dout.dtype) if self.needs_input_grad else None
+        grads = [(_buffer(self._scratch(i), "gw", gw.shape, gw.dtype),
+                  _buffer(self._scratch(i), "gb", gb.shape, gb.dtype)) for i in range(len(parts))]
+
+        def half(i, a, b):
+            dx_half = self._backward_fast(dout[a:b], caches[i], self._scratch(i), *grads[i])
+            if dx is not None:
+                dx[a:b] = dx_half
+
+        workers.run([partial(half, i, a, b) for i, (a, b) in enumerate(parts)])
+        np.add(grads[0][0], grads[1][0], out=gw)  # the halves' sums, in one fixed order
+        np.add(grads[0][1], grads[1][1], out=gb)
+        return dx
+
+    def _parts(self, x_shape) -> list[tuple[int, int]]:
+        """The batch in two halves (``cnncli.workers``) when the layer's work is large enough,
+        by the shapes alone; else the whole batch."""
+        _, _, p, q = self._geometry(x_shape)
+        flops = 2 * x_shape[0] * self.out_channels * self.in_channels * self.kernel_size ** 2 * p * q
+        return workers.split(x_shape[0]) if flops >= SPLIT_FLOPS else [(0, x_shape[0])]
+
+    def _scratch(self, i: int) -> dict:
+        """The scratch arrays of half i (each half keeps its own between calls)."""
+        bufs = self.__dict__.setdefault("_bufs", [])
+        while len(bufs) <= i:
+            bufs.append({})
+        return bufs[i]
+
+    def _forward_fast(self, x, bufs, out):
+        """Writes the output of x: (n, C_in, H, W) into out: (n, C_out, P, Q); returns what
+        ``_backward_fast`` needs."""
+        n = x.shape[0]
+        o, k = self.out_channels, self.kernel_size
+        hp, wp, p, q = self._geometry(x.shape)
+        W = self.params["W"]
+        layout = self._layout(x.shape, np.result_type(x.dtype, W.dtype))
+        if layout == "rows":
+            X = self._shifted_rows(x, bufs)  # (N, C*K, Hp*Wp)
+            length = p * wp
+            w_rows = W.transpose(2, 0, 1, 3).reshape(k, o, -1)  # [i]: (C_out, C*K), a copy
+            out_full = _buffer(bufs, "out", (n, o, length), X.dtype)  # (N, C_out, P*Wp)
+            part = _buffer(bufs, "part", (n, o, length), X.dtype)
+            np.matmul(w_rows[0], X[:, :, :length], out=out_full)
+            for i in range(1, k):
+                out_full += np.matmul(w_rows[i], X[:, :, i * wp:i * wp + length], out=part)
+            cache = (layout, x.shape, X)
+        else:
+            cols = self._im2col(x, layout, bufs)  # (C*K*K, N, L)
+            cache = (layout, x.shape, cols)
+            # One product per sample: (C_out, C*K*K) @ (C*K*K, L) -> (N, C_out, L)
+            w_mat, cols_n = W.reshape(o, -1), cols.transpose(1, 0, 2)
+            if layout == "windows":  # the product is the output: add the bias in place
+                np.matmul(w_mat, cols_n, out=out.reshape(n, o, p * q))
+                out += self.params["b"][:, None, None]
+                return cache
+            out_full = np.matmul(w_mat, cols_n, out=_buffer(bufs, "out", (n, o, p * wp), cols.dtype))
+        bias = self.params["b"][:, None, None]
+        np.add(out_full.reshape(n, o, p, wp)[..., :q], bias, out=out)  # drop the wrap-around
+        return cache
+
+    def _backward_fast(self, dout, cache, bufs, gw, gb):
+        """dout: (n, C_out, P, Q) of the samples ``cache`` came from. Writes the kernel and
+        bias gradients of these samples into gw, gb; returns dx: (n, C_in, H, W) or None."""
+        layout, x_shape, cols = cache
         n, o, p, q = dout.shape
         k = self.kernel_size
         wp = self._geometry(x_shape)[1]
         if layout == "windows":
             d = dout.reshape(n, o, p * q)
         else:  # zeros in the wrap-around columns, so that they add nothing
-            d = self._buffer("dout", (n, o, p, wp), dout.dtype, zero=True)
+            d = _buffer(bufs, "dout", (n, o, p, wp), dout.dtype, zero=True)
             d[..., :q] = dout
             d = d.reshape(n, o, p * wp)
         length = d.shape[2]
-        gw = self.grads["W"]
         if layout == "rows":
             X = cols
-            part = self._buffer("wpart", (n, o, X.shape[1]), X.dtype)  # (N, C_out, C*K)
+            part = _buffer(bufs, "wpart", (n, o, X.shape[1]), X.dtype)  # (N, C_out, C*K)
             for i in range(k):  # kernel row i: sum over samples of d_n @ X_n[:, i*Wp:][:, :L].T
                 np.matmul(d, X[:, :, i * wp:i * wp + length].transpose(0, 2, 1), out=part)
                 np.sum(part.reshape(n, o, -1, k), axis=0, out=gw[:, :, i, :])  # (C_out, C, K)
@@ -180,24 +236,24 @@ class Conv2D(Layer):
             if o * ckk * 20 <= length * (o + ckk):
                 # Few kernel weights: one product per sample, d_n (C_out, L) @ cols_n.T
                 # (L, C*K*K), summed over the samples.
-                part = self._buffer("wpart", (n, o, ckk), cols.dtype)
+                part = _buffer(bufs, "wpart", (n, o, ckk), cols.dtype)
                 np.sum(np.matmul(d, cols.transpose(1, 2, 0), out=part), axis=0, out=gw)
             else:
                 # Many: their N partial results would cost more than one long product over
                 # every sample and position, cols (C*K*K, N*L) @ d rows (N*L, C_out).
-                d_rows = self._buffer("drows", (n, length, o), d.dtype)
+                d_rows = _buffer(bufs, "drows", (n, length, o), d.dtype)
                 np.copyto(d_rows, d.transpose(0, 2, 1))
                 d_rows = d_rows.reshape(n * length, o)
                 np.copyto(gw, np.matmul(cols.reshape(ckk, n * length), d_rows).T)
-        np.sum(d, axis=(0, 2), out=self.grads["b"])
+        np.sum(d, axis=(0, 2), out=gb)
         if not self.needs_input_grad:
             return None
         if layout == "windows":
             w_t = self.params["W"].reshape(o, -1).T
-            dcols = self._buffer("dcols", (n, w_t.shape[0], p * q), d.dtype)
+            dcols = _buffer(bufs, "dcols", (n, w_t.shape[0], p * q), d.dtype)
             np.matmul(w_t, d, out=dcols)  # (N, C*K*K, P*Q)
             return self._col2im(dcols, x_shape)
-        return self._input_grad_flat(d, x_shape)
+        return self._input_grad_flat(d, x_shape, bufs)
 
     def _geometry(self, x_shape):
         """(padded H, padded W, P, Q) for an input of shape (N, C, H, W)."""
@@ -213,56 +269,47 @@ class Conv2D(Layer):
         cols_bytes = c * self.kernel_size ** 2 * n * p * wp * np.dtype(dtype).itemsize
         return "rows" if cols_bytes > ROWS_MIN_BYTES else "flat"
 
-    def _buffer(self, name, shape, dtype, zero=False):
-        """A scratch array kept between calls (reallocated when the shape or dtype changes).
-        ``zero``: zero-filled when (re)allocated; callers only ever rewrite the same entries."""
-        bufs = self.__dict__.setdefault("_bufs", {})
-        buf = bufs.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = bufs[name] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
-        return buf
-
-    def _flat_input(self, x):
+    def _flat_input(self, x, bufs):
         """x padded and flattened per channel, plus K-1 zeros: (N, C, Hp*Wp + K-1)."""
         n, c, h, w = x.shape
         k, pad = self.kernel_size, self.pad
         hp, wp, _, _ = self._geometry(x.shape)
         dtype = np.result_type(x.dtype, self.params["W"].dtype)
-        xf = self._buffer("xflat", (n, c, hp * wp + k - 1), dtype, zero=True)
+        xf = _buffer(bufs, "xflat", (n, c, hp * wp + k - 1), dtype, zero=True)
         xf[:, :, :hp * wp].reshape(n, c, hp, wp)[:, :, pad:pad + h, pad:pad + w] = x
         return xf
 
-    def _shifted_rows(self, x):
+    def _shifted_rows(self, x, bufs):
         """X[n, (c, j), t] = x_flat[n, c, t + j]: (N, C*K, Hp*Wp)"""
-        xf = self._flat_input(x)
+        xf = self._flat_input(x, bufs)
         n, c, total = xf.shape
         k = self.kernel_size
         size = total - (k - 1)
-        X = self._buffer("rows", (n, c, k, size), xf.dtype)
+        X = _buffer(bufs, "rows", (n, c, k, size), xf.dtype)
         np.copyto(X, sliding_window_view(xf, size, axis=2))  # (N, C, K, Hp*Wp)
         return X.reshape(n, c * k, size)
 
-    def _im2col(self, x, layout):
+    def _im2col(self, x, layout, bufs):
         """The input windows as columns: cols (C*K*K, N, L), L = P*Wp ("flat") or P*Q."""
         n, c, h, w = x.shape
         k, s, pad = self.kernel_size, self.stride, self.pad
         hp, wp, p, q = self._geometry(x.shape)
         if layout == "flat":
-            xf = self._flat_input(x)
+            xf = self._flat_input(x, bufs)
             length, e = p * wp, xf.itemsize
             win = as_strided(xf, shape=(c, k, k, n, length),
                              strides=(xf.strides[1], wp * e, e, xf.strides[0], e), writeable=False)
-            cols = self._buffer("cols", (c, k, k, n, length), xf.dtype)
+            cols = _buffer(bufs, "cols", (c, k, k, n, length), xf.dtype)
             np.copyto(cols, win)  # (C, K, K, N, P*Wp)
             return cols.reshape(c * k * k, n, length)
         dtype = np.result_type(x.dtype, self.params["W"].dtype)
         if pad:
-            xp = self._buffer("xpad", (n, c, hp, wp), dtype, zero=True)
+            xp = _buffer(bufs, "xpad", (n, c, hp, wp), dtype, zero=True)
             xp[:, :, pad:pad + h, pad:pad + w] = x
         else:
             xp = x
         xt = xp.transpose(1, 0, 2, 3)  # (C, N, Hp, Wp)
-        cols = self._buffer("cols", (c, k, k, n, p, q), dtype)
+        cols = _buffer(bufs, "cols", (c, k, k, n, p, q), dtype)
         for i in range(k):
             for j in range(k):
                 cols[:, i, j] = xt[:, :, i:i + s * (p - 1) + 1:s, j:j + s * (q - 1) + 1:s]
@@ -285,7 +332,7 @@ class Conv2D(Layer):
             return dxp[:, :, pad:pad + h, pad:pad + w]
         return dxp
 
-    def _input_grad_flat(self, d, x_shape):
+    def _input_grad_flat(self, d, x_shape, bufs):
         """dx for the flat layouts, one kernel row i at a time:
         ``dx_flat[n, c, i*Wp + u] += sum over o, j of W[o, c, i, j] * d[n, o, u - j]``.
 
@@ -300,16 +347,16 @@ class Conv2D(Layer):
         length = p * wp
         span = length + k - 1  # u = 0 .. span-1
         # d behind K-1 zeros, K-1 zeros after
-        dz = self._buffer("dz", (n, o, span + k - 1), d.dtype, zero=True)
+        dz = _buffer(bufs, "dz", (n, o, span + k - 1), d.dtype, zero=True)
         dz[:, :, k - 1:k - 1 + length] = d
         # shifted[n, (o, m), u] = dz[n, o, u + m] = d[n, o, u - j] with j = K-1-m
-        shifted = self._buffer("dshift", (n, o, k, span), d.dtype)
+        shifted = _buffer(bufs, "dshift", (n, o, k, span), d.dtype)
         np.copyto(shifted, sliding_window_view(dz, span, axis=2))
         shifted = shifted.reshape(n, o * k, span)
         # rows[i, c, (o, m)] = W[o, c, i, K-1-m]
         rows = self.params["W"][:, :, :, ::-1].transpose(2, 1, 0, 3).reshape(k, c, o * k)
         dxf = np.zeros((n, c, hp * wp + k - 1), dtype=d.dtype)
-        part = self._buffer("dxpart", (n, c, span), d.dtype)
+        part = _buffer(bufs, "dxpart", (n, c, span), d.dtype)
         for i in range(k):
             dxf[:, :, i * wp:i * wp + span] += np.matmul(rows[i], shifted, out=part)  # (N, C, span)
         dxp = dxf[:, :, :hp * wp].reshape(n, c, hp, wp)
@@ -365,6 +412,16 @@ class Conv2D(Layer):
         if dxp is None:
             return None
         return dxp[:, :, pad:pad + h, pad:pad + w]
+
+
+def _buffer(bufs, name, shape, dtype, zero=False):
+    """A scratch array of ``bufs`` kept between calls (reallocated when the shape or dtype
+    changes). ``zero``: zero-filled when (re)allocated; callers only ever rewrite the same
+    entries."""
+    buf = bufs.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != dtype:
+        buf = bufs[name] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+    return buf
 
 
 def _dilate(d, s):

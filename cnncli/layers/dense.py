@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
+from cnncli import workers
 from cnncli.errors import ConfigError
 from cnncli.layers.base import Layer, check_init, check_int, check_keys, init_bias, init_weights, register
+
+
+# Weight matrices of at least this many bytes split their products into two halves that run
+# side by side (cnncli.workers): reading the weights dominates such products, and each half
+# reads half of them.
+SPLIT_BYTES = 2**20
 
 
 @register("flatten")
@@ -82,10 +91,20 @@ class Dense(Layer):
             raise ConfigError(f"expects {self.in_features} input features, got {in_shape}")
         return (self.out_features,)
 
+    def halves(self) -> bool:
+        """Whether the products run as two halves (``cnncli.workers``): by W's size alone."""
+        return self.params["W"].nbytes >= SPLIT_BYTES
+
     def forward(self, x):
         """x: (N, in_features) -> (N, out_features)"""
         self._x = x
-        out = x @ self.params["W"]
+        w = self.params["W"]
+        if self.halves():  # out[:, j0:j1] = x @ W[:, j0:j1]
+            out = np.empty((x.shape[0], w.shape[1]), dtype=np.result_type(x.dtype, w.dtype))
+            workers.run([partial(np.matmul, x, w[:, a:b], out=out[:, a:b])
+                         for a, b in workers.split(w.shape[1])])
+        else:
+            out = x @ w
         out += self.params["b"]
         return out
 
@@ -93,11 +112,22 @@ class Dense(Layer):
         """dout: (N, out_features) -> dx: (N, in_features), or None for the first layer.
 
         grads["W"] = x.T @ dout (in_features, out_features), grads["b"] = sum of dout over N.
+        The input gradient is computed as (W @ dout.T).T, then one small transposing copy: as
+        exact as dout @ W.T, and OpenBLAS runs this orientation faster for a few rows.
         """
-        np.matmul(self._x.T, dout, out=self.grads["W"])
+        x, w, gw = self._x, self.params["W"], self.grads["W"]
+        dx_t = None
+        if self.needs_input_grad:
+            dx_t = np.empty((w.shape[0], dout.shape[0]), dtype=np.result_type(w.dtype, dout.dtype))
+        rows = workers.split(w.shape[0]) if self.halves() else [(0, w.shape[0])]
+        workers.run([partial(_backward_rows, x, dout, w, gw, dx_t, a, b) for a, b in rows])
         np.sum(dout, axis=0, out=self.grads["b"])
-        if not self.needs_input_grad:
-            return None
-        # W @ dout.T, then one small transposing copy: as exact as dout @ W.T, and OpenBLAS
-        # runs this orientation faster for a few rows in float32.
-        return np.ascontiguousarray(np.matmul(self.params["W"], dout.T).T)
+        return None if dx_t is None else np.ascontiguousarray(dx_t.T)
+
+
+def _backward_rows(x, dout, w, gw, dx_t, a, b):
+    """Rows a:b of W's two gradient products: gW[a:b] = x[:, a:b].T @ dout and, when dx_t is
+    given, dx_t[a:b] = W[a:b] @ dout.T."""
+    np.matmul(x[:, a:b].T, dout, out=gw[a:b])
+    if dx_t is not None:
+        np.matmul(w[a:b], dout.T, out=dx_t[a:b])

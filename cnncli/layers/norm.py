@@ -3,8 +3,11 @@ in train and eval mode."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
+from cnncli import workers
 from cnncli.errors import ConfigError, TrainingError
 from cnncli.layers.base import Layer, check_float, check_int, check_keys, register
 
@@ -76,54 +79,82 @@ class BatchNorm(Layer):
         return v[None, :, None, None] if x.ndim == 4 else v[None, :]
 
     def forward(self, x):
-        g, b = self.params["gamma"], self.params["beta"]
-        if not self.training:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            inv_std = 1.0 / np.sqrt(var + self.eps)  # (C,)
-            xhat = (x - self._per_channel(mean, x)) * self._per_channel(inv_std, x)
-            self._cache = ("eval", xhat, inv_std)
-            return xhat * self._per_channel(g, x) + self._per_channel(b, x)
-        axes = self._axes(x)
-        m = x.size // x.shape[1]  # values per channel
-        if m < 2:
+        """Large inputs in two halves of the channels side by side (``cnncli.workers``): each
+        channel's statistics are its own, so the halves share nothing."""
+        if self.training and x.size // x.shape[1] < 2:
             raise TrainingError(
                 f"batch_norm: a train-mode batch of shape {x.shape} holds a single value per "
                 "channel, which has no variance; use batches of at least 2 samples (for a last "
                 "partial batch of 1, set training.drop_last: true)")
+        out, xhat = np.empty_like(x), np.empty_like(x)
+        inv_std = np.empty(x.shape[1], dtype=x.dtype)
+        forward = self._forward_train if self.training else self._forward_eval
+        workers.run([partial(forward, x, out, xhat, inv_std, slice(a, b))
+                     for a, b in workers.parts(x.shape[1], x.size)])
+        self._cache = ("train" if self.training else "eval", xhat, inv_std)
+        return out
+
+    def _forward_train(self, x, out, xhat, inv_std, cs):
+        """Channels ``cs`` in train mode: batch statistics, running statistics updated."""
+        x, out, xhat = x[:, cs], out[:, cs], xhat[:, cs]
+        axes, m = self._axes(x), x.size // x.shape[1]  # m values per channel
         mean = x.mean(axis=axes)  # (C,)
-        centred = x - self._per_channel(mean, x)
-        var = np.mean(centred * centred, axis=axes)  # biased: divided by m
-        inv_std = 1.0 / np.sqrt(var + self.eps)
-        xhat = centred * self._per_channel(inv_std, x)
+        np.subtract(x, self._per_channel(mean, x), out=xhat)  # centred now, normalised below
+        var = np.square(xhat).mean(axis=axes)  # biased: divided by m
+        inv_std[cs] = 1.0 / np.sqrt(var + self.eps)
+        xhat *= self._per_channel(inv_std[cs], x)
         mom = self.momentum
-        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm, rv = self.buffers["running_mean"][cs], self.buffers["running_var"][cs]
         rm *= 1 - mom
         rm += mom * mean
         rv *= 1 - mom
         rv += mom * var * (m / (m - 1))  # unbiased
-        self._cache = ("train", xhat, inv_std)
-        return xhat * self._per_channel(g, x) + self._per_channel(b, x)
+        self._scale_shift(xhat, out, cs)
+
+    def _forward_eval(self, x, out, xhat, inv_std, cs):
+        """Channels ``cs`` in eval mode: the running statistics."""
+        x, out, xhat = x[:, cs], out[:, cs], xhat[:, cs]
+        mean, var = self.buffers["running_mean"][cs], self.buffers["running_var"][cs]
+        inv_std[cs] = 1.0 / np.sqrt(var + self.eps)
+        np.subtract(x, self._per_channel(mean, x), out=xhat)
+        xhat *= self._per_channel(inv_std[cs], x)
+        self._scale_shift(xhat, out, cs)
+
+    def _scale_shift(self, xhat, out, cs):
+        np.multiply(xhat, self._per_channel(self.params["gamma"][cs], xhat), out=out)
+        out += self._per_channel(self.params["beta"][cs], xhat)
 
     def backward(self, dout):
         """With xhat the normalised input and m values per channel: dgamma = sum(dout * xhat),
         dbeta = sum(dout); in train mode (mean and variance depend on x)
         dx = gamma * inv_std / m * (m * dout - sum(dout) - xhat * sum(dout * xhat)),
-        in eval mode dx = gamma * inv_std * dout."""
+        in eval mode dx = gamma * inv_std * dout. Channel halves as in ``forward``."""
+        dx = np.empty_like(dout) if self.needs_input_grad else None
+        workers.run([partial(self._backward_channels, dout, dx, slice(a, b))
+                     for a, b in workers.parts(dout.shape[1], dout.size)])
+        return dx
+
+    def _backward_channels(self, dout, dx, cs):
         mode, xhat, inv_std = self._cache
+        dout, xhat, inv_std = dout[:, cs], xhat[:, cs], inv_std[cs]
         axes = self._axes(dout)
-        g = self.params["gamma"]
         sum_d = dout.sum(axis=axes)  # (C,)
-        sum_dx = (dout * xhat).sum(axis=axes)
-        self.grads["gamma"][...] = sum_dx
-        self.grads["beta"][...] = sum_d
-        if not self.needs_input_grad:
-            return None
-        scale = self._per_channel(g * inv_std, dout)
+        sum_dx = np.multiply(dout, xhat).sum(axis=axes)
+        self.grads["gamma"][cs] = sum_dx
+        self.grads["beta"][cs] = sum_d
+        if dx is None:
+            return
+        dx = dx[:, cs]
+        scale = self._per_channel(self.params["gamma"][cs] * inv_std, dout)
         if mode == "eval":
-            return dout * scale
+            np.multiply(dout, scale, out=dx)
+            return
         m = dout.size // dout.shape[1]
-        return (scale / m) * (m * dout - self._per_channel(sum_d, dout)
-                              - xhat * self._per_channel(sum_dx, dout))
+        # gamma * inv_std * (dout - sum_d / m - xhat * sum_dx / m), in place
+        np.multiply(xhat, self._per_channel(sum_dx / m, dout), out=dx)
+        np.subtract(dout, dx, out=dx)
+        dx -= self._per_channel(sum_d / m, dout)
+        dx *= scale
 
 
 @register("dropout")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from cnncli import workers
 from cnncli.errors import ConfigError
 from cnncli.layers.base import Layer, check_int, register
 
@@ -80,28 +83,41 @@ class MaxPool2D(_Pool2D):
         return [x[:, :, i:i + k * p:k, j:j + k * q:k] for i in range(k) for j in range(k)]
 
     def _forward_tiled(self, x):
-        views = self._offsets(x)
-        out = views[0].copy() if len(views) == 1 else np.maximum(views[0], views[1])
-        for v in views[2:]:
-            np.maximum(out, v, out=out)
+        """Large batches in two halves side by side (``cnncli.workers``)."""
+        k = self.kernel_size
+        n, c, h, w = x.shape
+        out = np.empty((n, c, (h - k) // k + 1, (w - k) // k + 1), dtype=x.dtype)
+        workers.run([partial(self._max_tiled, x[a:b], out[a:b])
+                     for a, b in workers.parts(n, x.size)])
         self._cache = ("tiled", x, out)
         return out
 
+    def _max_tiled(self, x, out):
+        views = self._offsets(x)
+        np.copyto(out, views[0])
+        for v in views[1:]:
+            np.maximum(out, v, out=out)
+
     def _backward_tiled(self, dout):
-        """Each window's gradient goes to the first entry (row-major) equal to its maximum."""
         _, x, out = self._cache
+        dx = np.empty(x.shape, dtype=dout.dtype)
+        workers.run([partial(self._route_tiled, x[a:b], out[a:b], dout[a:b], dx[a:b])
+                     for a, b in workers.parts(len(x), x.size)])
+        return dx
+
+    def _route_tiled(self, x, out, dout, dx):
+        """Each window's gradient goes to the first entry (row-major) equal to its maximum."""
         k = self.kernel_size
         _, _, h, w = x.shape
         _, _, p, q = dout.shape
-        covered = p * k == h and q * k == w
-        dx = (np.empty if covered else np.zeros)(x.shape, dtype=dout.dtype)
+        if p * k != h or q * k != w:  # rows or columns no window covers
+            dx[...] = 0
         views, dviews = self._offsets(x), self._offsets(dx)
         left = dout.copy()  # the gradient of windows whose maximum is not yet found
         for m, (v, dv) in enumerate(zip(views, dviews)):
             np.multiply(left, v == out, out=dv)
             if m + 1 < len(views):
                 left -= dv  # exactly 0 where this entry took the gradient
-        return dx
 
 
 @register("avg_pool2d")

@@ -18,10 +18,9 @@ import uuid
 from pathlib import Path
 
 from cnncli.errors import SweepError
-from cnncli.sweep.storage import mask_url, open_storage, open_study
+from cnncli.sweep.storage import STORAGE_ENV, mask_url, open_storage, open_study
 from cnncli.sweep.worker import LOCK_FILE, SWEEP_FILE, read_sweep, sweep_lock
 
-STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"
 STOP_WAIT_SECONDS = 60  # after Ctrl-C, how long workers get to record their trial before a kill
 RESPAWN_SECONDS = 30  # while other processes run the last trials, how often to check with workers
 # What a start of this sweep (perhaps one that is racing us, or was killed) puts in the directory
@@ -153,6 +152,37 @@ def resume_url(sweep: dict, given: str | None, env: str | None = None) -> str | 
     if mask_url(url) != stored:
         raise SweepError(f"--storage {mask_url(url)} is not this sweep's storage ({stored})")
     return url
+
+
+def read_sweep_dir(sweep_dir: Path) -> dict:
+    """The sweep record of sweep directory ``sweep_dir`` (its sweep.yaml), checked to be one."""
+    if not (sweep_dir / SWEEP_FILE).is_file():
+        raise SweepError(f"{sweep_dir}: not a sweep directory (no sweep.yaml)")
+    try:
+        spec = read_sweep(sweep_dir)
+    except Exception as exc:
+        raise SweepError(f"{sweep_dir / SWEEP_FILE}: cannot read ({exc})") from None
+    if not isinstance(spec, dict) or "sweep_id" not in spec or "space" not in spec:
+        raise SweepError(f"{sweep_dir / SWEEP_FILE}: is not a cnn sweep file")
+    return spec
+
+
+def storage_url(given: str | None = None) -> str | None:
+    """The database URL given (``--storage``), else the one in ``STORAGE_ENV``, else None (the
+    study embedded in the sweep directory)."""
+    return given or os.environ.get(STORAGE_ENV) or None
+
+
+def sweep_by_url(url: str, study: str) -> tuple[dict, list]:
+    """A sweep found by its storage's URL and its study's name alone, with no sweep directory:
+    its record as a sweep spec (no ``sweep_id``; ``storage`` the masked URL) and its trials. A
+    SweepError when no such study exists or cnn sweep did not make it."""
+    st = open_study(open_storage(url), study, "maximize", create=False, url=url)
+    record = st.user_attrs.get("cnncli_sweep")
+    if not isinstance(record, dict):
+        raise SweepError(f"the study {study!r} in {mask_url(url)} was not made by cnn sweep")
+    spec = {**record, "name": study, "study": study, "storage": mask_url(url), "sweep_id": None}
+    return spec, st.get_trials(deepcopy=False)
 
 
 def open_sweep_study(sweep_dir: Path, sweep: dict, url: str | None):

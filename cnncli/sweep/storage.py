@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cnncli.errors import SweepError
 
+STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"  # a database URL from the environment (never on a command line)
 JOURNAL_NAME = "study.journal"
 HEARTBEAT_SECONDS = 10  # database storages: how often a running trial says it is alive
 GRACE_SECONDS = 60  # ... and how long after its last word it counts as killed

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from cnncli.errors import CnnError
 from cnncli.run import lock_is_held
-from cnncli.sweep.storage import retry_trial
+from cnncli.sweep.storage import STORAGE_ENV, retry_trial
 
 SWEEP_FILE = "sweep.yaml"
 LOCK_FILE = ".sweep.lock"
@@ -251,7 +251,7 @@ class Worker:
 
         from cnncli.errors import TrainingError
         from cnncli.plots import plot_run_curves
-        from cnncli.run import train_epochs
+        from cnncli.fit import train_epochs
         from cnncli.train import Interrupted, Trainer
 
         sweep, metric = self.sweep, self.sweep["metric"]
@@ -271,7 +271,7 @@ class Worker:
         try:
             run.log(f"Sweep {sweep['name']}, trial {trial.number}: "
                     + ", ".join(f"{k}={v}" for k, v in trial.params.items()))
-            self.trainer = Trainer(cfg, data=self._dataset(cfg))
+            self.trainer = Trainer(one_core(cfg), data=self._dataset(cfg))
             if self.stop:
                 self.trainer.stop_requested = True
             train_epochs(self.trainer, run, name, on_epoch=on_epoch, cfg=cfg)
@@ -317,6 +317,16 @@ class Worker:
         self.trainer = None
 
 
+def one_core(cfg: dict) -> dict:
+    """The config a worker trains with: thread policy 1 (no helper thread, single-threaded
+    BLAS: ``cnncli.workers``) when the config leaves ``training.threads`` unset, so that N
+    workers use N cores. Results are bit-identical under either policy, so the run directory
+    records the config as it was (``cnn train best.yaml`` gives the same metrics)."""
+    if cfg["training"].get("threads") is not None:
+        return cfg
+    return {**cfg, "training": {**cfg["training"], "threads": 1}}
+
+
 def _frozen(study, trial):
     return study._storage.get_trial(trial._trial_id)
 
@@ -355,7 +365,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        worker = Worker(Path(args.sweep_dir), os.environ.get("CNNCLI_SWEEP_STORAGE") or None)
+        worker = Worker(Path(args.sweep_dir), os.environ.get(STORAGE_ENV) or None)
         worker.loop()
     except CnnError as exc:
         print(f"worker {args.index}: {exc}", file=sys.stderr)
