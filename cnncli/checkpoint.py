@@ -259,7 +259,9 @@ def load_network(path):
         shape = tuple(int(d) for d in meta["input_shape"])
         net = build_network(cfg["network"], shape, np.random.default_rng(0),
                             np.dtype(cfg["training"]["dtype"]), impl=cfg["training"]["impl"])
-        net.load_state_dict({k: v for k, v in arrays.items() if k.startswith("layers.")})
+        # the weights' moving average when the run kept one (training.ema), else the weights
+        ema = {k[len("ema."):]: v for k, v in arrays.items() if k.startswith("ema.layers.")}
+        net.load_state_dict(ema or {k: v for k, v in arrays.items() if k.startswith("layers.")})
         net.eval()
     except CnnError as exc:
         raise CheckpointError(f"{path}: {exc}") from None

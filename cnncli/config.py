@@ -216,7 +216,7 @@ TRAINING_FIELDS = {
     "epochs": Field(10, integer(1)),
     "batch_size": Field(16, integer(1)),
     "learning_rate": Field(0.1, number(0.0)),
-    "loss": Field("mse", choice("mse", "cross_entropy")),
+    "loss": Field("mse", lambda v: v if isinstance(v, dict) else choice("mse", "cross_entropy")(v)),
     "dtype": Field("float64", choice("float64", "float32")),
     "shuffle": Field(True, boolean),
     "drop_last": Field(False, boolean),  # skip a last batch smaller than batch_size
@@ -225,6 +225,8 @@ TRAINING_FIELDS = {
     "early_stopping": Field(None, lambda v: v),
     "threads": Field(None, optional(integer(1))),
     "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
+    "tta": Field(None, optional(choice("flip", "flip_shift"))),  # the per-epoch test accuracy
+    "ema": Field(None, optional(number(0.0, maximum=1.0, max_strict=True))),  # cnncli/ema.py
     # fine-tuning (cnncli.finetune): a checkpoint to start from, how many leading layers to
     # load from it (None: every leading layer that matches), the layers kept unchanged
     "init_from": Field(None, optional(string)),
@@ -245,11 +247,58 @@ OPTIMIZER_FIELDS = {
     "adam": {"beta1": Field(0.9, _unit), "beta2": Field(0.999, _unit),
              "eps": Field(1e-8, number(0.0)), "weight_decay": Field(0.0, number(0.0, strict=False))},
 }
+_WARMUP = {"warmup_epochs": Field(0.0, number(0.0, strict=False)),  # any schedule; fractional
+           "warmup_start_factor": Field(0.01, number(0.0, maximum=1.0))}
 SCHEDULE_FIELDS = {
-    "constant": {},
-    "step": {"step_size": Field(10, integer(1)), "gamma": Field(0.1, number(0.0, maximum=1.0))},
-    "cosine": {"min_lr": Field(0.0, number(0.0, strict=False))},
+    "constant": {**_WARMUP},
+    "step": {"step_size": Field(10, integer(1)), "gamma": Field(0.1, number(0.0, maximum=1.0)),
+             **_WARMUP},
+    "cosine": {"min_lr": Field(0.0, number(0.0, strict=False)),
+               "interval": Field("epoch", choice("epoch", "step")), **_WARMUP},
+    "onecycle": {"pct_start": Field(0.3, number(0.0, maximum=1.0, max_strict=True)),
+                 "div_factor": Field(25.0, number(0.0)),
+                 "final_div_factor": Field(1e4, number(0.0)), **_WARMUP},
 }
+def _class_weights(v):
+    """``auto``, a list of weights (one per class) or a mapping {class name: weight}; weights
+    are numbers >= 0, not all 0."""
+    if v == "auto":
+        return v
+    weight = number(0.0, strict=False)
+    if isinstance(v, (list, tuple)) and v:
+        out = [weight(w) for w in v]
+    elif isinstance(v, dict) and v:
+        if not all(isinstance(k, str) for k in v):
+            raise SchemaError(f"the keys of a mapping must be class names, got {short_repr(v)}")
+        out = {k: weight(w) for k, w in v.items()}
+    else:
+        raise SchemaError(f"must be auto, a list of weights (one per class) or a mapping "
+                          f"{{class name: weight}}, got {short_repr(v)}")
+    if not any((out.values() if isinstance(out, dict) else out)):
+        raise SchemaError("the weights must not all be 0")
+    return out
+
+
+LOSS_FIELDS = {"name": Field("cross_entropy", choice("mse", "cross_entropy")),
+               "label_smoothing": Field(0.0, number(0.0, strict=False, maximum=1.0,
+                                                    max_strict=True)),
+               "class_weights": Field(None, optional(_class_weights))}
+
+
+def _loss_section(value, problems: list) -> dict | str | None:
+    """``training.loss``: a name (``mse``, ``cross_entropy``) stays as it is; the mapping form
+    ``{name: cross_entropy, label_smoothing: 0.1, class_weights: auto}`` is checked and filled."""
+    if not isinstance(value, dict):
+        return value
+    out = validate_section("training.loss", value, LOSS_FIELDS, problems)
+    if out.get("name") == "mse":
+        for key in ("label_smoothing", "class_weights"):
+            if value.get(key) not in (None, 0, 0.0):
+                problems.append(f"training.loss.{key}: only cross_entropy takes it (the loss is "
+                                f"mse)")
+    return out
+
+
 EARLY_STOPPING_FIELDS = {"patience": Field(5, integer(1)),
                          "min_delta": Field(0.0, number(0.0, strict=False))}
 
@@ -338,7 +387,12 @@ def validate(raw: dict, source: str | None = None, known_data: tuple | None = No
             problems.append(f"training.schedule.min_lr: must be below training.learning_rate "
                             f"({lr:g}), the rate the cosine schedule falls from, got "
                             f"{sched['min_lr']:g}")
+        if sched and training.get("epochs") is not None and \
+                sched.get("warmup_epochs", 0) > training["epochs"]:
+            problems.append(f"training.schedule.warmup_epochs: must be at most training.epochs "
+                            f"({training.get('epochs')}), got {sched['warmup_epochs']:g}")
         training["schedule"] = sched
+        training["loss"] = _loss_section(training.get("loss"), problems)
         es = training.get("early_stopping")
         if es is not None:
             training["early_stopping"] = validate_section("training.early_stopping", es,
@@ -417,7 +471,15 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None,
         problems.append(f"network: outputs {'x'.join(map(str, out))} values per sample, but the "
                         f"{cfg['data']['name']} data has {n_classes} classes (end with a dense "
                         f"layer of out_features: {n_classes})")
-    if training_ok and cfg["training"].get("loss") == "cross_entropy" \
+    loss = cfg["training"].get("loss") if training_ok else None
+    weights = loss.get("class_weights") if isinstance(loss, dict) else None
+    if isinstance(weights, list) and len(weights) != n_classes:
+        problems.append(f"training.loss.class_weights: {len(weights)} weight(s) given, but the "
+                        f"{cfg['data']['name']} data has {n_classes} classes (one per class, in "
+                        f"label order)")
+    if isinstance(loss, dict):
+        loss = loss.get("name")
+    if training_ok and loss == "cross_entropy" \
             and net.layers[-1].type_name not in LOGIT_LAYERS:
         problems.append(f"training.loss: cross_entropy needs the network to end in a dense layer "
                         f"(logits), a global_avg_pool2d (one logit per channel) or a softmax "

@@ -222,5 +222,5 @@ def check_config(cfg: dict, batch: int = 4, impl: str = "fast", max_entries: int
     x = ds.images(ds.x_train[picked], np.float64)
     y = one_hot(ds.y_train[picked], ds.n_classes, np.float64)
     x = move_off_kinks(net, x, rng)
-    results = check_network(net, make_loss(cfg["training"], net), x, y, rng, max_entries=max_entries)
+    results = check_network(net, make_loss(cfg["training"], net, ds), x, y, rng, max_entries=max_entries)
     return results, len(x)

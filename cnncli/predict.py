@@ -241,7 +241,8 @@ def stored_from_file(path: Path, spec: ModelInput, converted: list | None = None
 
 
 def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256,
-                    skip_bad: bool = False, skipped: list | None = None) -> Iterator[Batch]:
+                    skip_bad: bool = False, skipped: list | None = None,
+                    tta: str | None = None) -> Iterator[Batch]:
     """Score ``inputs`` in batches of ``batch_size`` (labels never depend on it). An image that
     cannot be decoded raises BadImage naming it, or with ``skip_bad`` is appended to
     ``skipped`` as ``(item, message)`` and left out."""
@@ -274,7 +275,7 @@ def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256
                         attempted)
             continue
         x = np.stack([np.asarray(i, dtype=np.result_type(*imgs)) for i in imgs])
-        yield Batch(chunk, x, scores(net, x, meta, batch_size=len(x)), resized, attempted,
+        yield Batch(chunk, x, scores(net, x, meta, batch_size=len(x), tta=tta), resized, attempted,
                     sum(converted))
 
 
@@ -301,11 +302,12 @@ def records(batch: Batch, class_names: list[str], k: int) -> list[dict]:
 
 def run(net, spec: ModelInput, inputs: Inputs, k: int = 2, batch_size: int = 256,
         skip_bad: bool = False, on_batch: Callable[[int], None] | None = None,
-        keep_images: int = 0):
+        keep_images: int = 0, tta: str | None = None):
     """Predict every item: (records, skipped, resized count, the first ``keep_images`` stored
-    images for a picture, the count of image files whose colours were converted)."""
+    images for a picture, the count of image files whose colours were converted). ``tta``:
+    score with test-time augmentation (``cnncli.tta``)."""
     rows, skipped, resized, kept, converted = [], [], 0, [], 0
-    for batch in predict_batches(net, spec, inputs, batch_size, skip_bad, skipped):
+    for batch in predict_batches(net, spec, inputs, batch_size, skip_bad, skipped, tta):
         rows.extend(records(batch, spec.class_names, k))
         resized += batch.resized
         converted += batch.converted
@@ -327,10 +329,12 @@ def csv_text(rows: list[dict], k: int) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     k = max((len(r["top"]) for r in rows), default=k)
-    w.writerow(CSV_FIXED + [f"top{i}_{f}" for i in range(1, k + 1) for f in ("label", "class", "score")])
+    tta = any("tta" in r for r in rows)  # scored with test-time augmentation: a column says so
+    w.writerow(CSV_FIXED + [f"top{i}_{f}" for i in range(1, k + 1) for f in ("label", "class", "score")]
+               + (["tta"] if tta else []))
     for r in rows:
         cells = [r["path"], r["label"], r["class"], repr(r["score"])]
         for t in r["top"]:
             cells += [t["label"], t["class"], repr(t["score"])]
-        w.writerow(cells)
+        w.writerow(cells + ([r.get("tta", "")] if tta else []))
     return buf.getvalue()

@@ -38,10 +38,12 @@ def outputs_to_scores(out: np.ndarray, rule: str) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250) -> np.ndarray:
+def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250,
+           tta: str | None = None) -> np.ndarray:
     """The scores of ``net`` (in eval mode; its mode is restored) for images as the dataset
     stores them (e.g. 0-255 for MNIST): each batch is cast to the model's dtype and multiplied
-    by ``meta["input_scale"]``, as in training.
+    by ``meta["input_scale"]``, as in training. ``tta``: the mean scores of the views of
+    ``cnncli.tta`` (``flip``, ``flip_shift``) instead.
 
     x_stored: (N, C, H, W) -> (N, n_classes)
     """
@@ -57,9 +59,31 @@ def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250) -> np.n
             xb = np.asarray(x_stored[i:i + batch_size]).astype(dtype, copy=False)
             if info["input_scale"] != 1.0:
                 xb = xb * scale
-            outs.append(outputs_to_scores(net.forward(xb), rule))
+            if tta:
+                outs.append(tta_scores(net, xb, tta, rule))
+            else:
+                outs.append(outputs_to_scores(net.forward(xb), rule))
     n_out = net.output_shape[0] if net.input_shape is not None else 0
     return np.concatenate(outs) if outs else np.zeros((0, n_out), dtype=dtype)
+
+
+def tta_scores(net, x: np.ndarray, mode: str, rule: str | None = None,
+               first: np.ndarray | None = None) -> np.ndarray:
+    """The mean of ``net``'s scores over the views of ``x`` (inputs as the network takes them).
+
+    x: (N, C, H, W) -> (N, K). ``rule``: how outputs become scores (default: ``net``'s own);
+    ``first``: the outputs for x itself when already computed (saves one pass).
+    """
+    from cnncli.tta import views
+
+    rule = rule or score_rule(net)
+    total = None
+    vs = views(x, mode)
+    for i, v in enumerate(vs):
+        out = first if (i == 0 and first is not None) else net.forward(np.ascontiguousarray(v))
+        s = outputs_to_scores(out, rule)
+        total = s.astype(np.float64) if total is None else total + s
+    return (total / len(vs)).astype(x.dtype, copy=False)
 
 
 def _dtype(net) -> np.dtype:

@@ -35,10 +35,19 @@ class Interrupted(Exception):
     """Training was asked to stop (Ctrl-C); the last finished epoch is intact."""
 
 
-def make_loss(training: dict, net: Network):
-    if training["loss"] == "mse":
+def make_loss(training: dict, net: Network, data: Dataset | None = None):
+    """The configured loss. ``data`` resolves ``loss.class_weights`` (``auto`` counts its
+    training labels; a mapping names its classes); without it class weights are left out."""
+    from cnncli.losses import loss_options, resolve_class_weights
+
+    opts = loss_options(training["loss"])
+    if opts["name"] == "mse":
         return MSELoss()
-    return CrossEntropyLoss(from_logits=net.layers[-1].type_name != "softmax")
+    weights = None
+    if opts["class_weights"] is not None and data is not None:
+        weights = resolve_class_weights(opts["class_weights"], data.y_train, data.class_names)
+    return CrossEntropyLoss(from_logits=net.layers[-1].type_name != "softmax",
+                            label_smoothing=opts["label_smoothing"], class_weights=weights)
 
 
 def make_optimizer(training: dict):
@@ -61,9 +70,11 @@ def learning_rate_at(training: dict, epoch: int) -> float:
     return base
 
 
-def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
+def evaluate(net: Network, loss, data: Dataset, split: str, dtype, tta: str | None = None) -> dict:
     """Mean loss, accuracy and predictions of ``net`` on one split, in chunks of EVAL_BATCH,
-    in eval mode (the network's mode is restored afterwards)."""
+    in eval mode (the network's mode is restored afterwards). ``tta`` (``cnncli.tta``): the
+    predictions, so the accuracy, come from the mean scores of the views; the loss is always
+    that of the images as they are."""
     x, y = data.split(split)
     total, preds = 0.0, np.empty(len(y), dtype=np.int64)
     with eval_mode(net):
@@ -72,7 +83,12 @@ def evaluate(net: Network, loss, data: Dataset, split: str, dtype) -> dict:
             yb = y[i:i + EVAL_BATCH]
             out = net.forward(xb)
             total += loss(out, one_hot(yb, data.n_classes, dtype)) * len(yb)
-            preds[i:i + len(yb)] = out.argmax(axis=1)
+            if tta:
+                from cnncli.scoring import tta_scores
+
+                preds[i:i + len(yb)] = tta_scores(net, xb, tta, first=out).argmax(axis=1)
+            else:
+                preds[i:i + len(yb)] = out.argmax(axis=1)
     return {"loss": total / len(y), "accuracy": float((preds == y).mean()), "predictions": preds}
 
 
@@ -107,7 +123,7 @@ class Trainer:
         init_rng = rng_stream(cfg["seed"], "init")
         self.net = build_network(cfg["network"], self.data.input_shape, init_rng, self.dtype,
                                  impl=t["impl"])
-        self.loss = make_loss(t, self.net)
+        self.loss = make_loss(t, self.net, self.data)
         self.optimizer = make_optimizer(t)
         # impl "reference" runs the seed's algorithm step for step: per-sample SciPy loops in
         # every conv layer and every gradient (the first layer's input gradient too, which
@@ -132,6 +148,9 @@ class Trainer:
         self.noise_rng = rng_stream(cfg["seed"], "noise")
         self.net.set_rng(self.noise_rng)
         self._check_batches()
+        from cnncli.ema import EMA
+
+        self.ema = EMA(t["ema"], self.net, self._trainable) if t.get("ema") else None
         self.epoch = 0
         self.history: list[dict] = []
         self.best = {"epoch": 0, "test_accuracy": -1.0}
@@ -187,7 +206,10 @@ class Trainer:
         t = self.cfg["training"]
         epoch = self.epoch + 1
         start = time.perf_counter()
-        lr = learning_rate_at(t, epoch)
+        from cnncli.schedules import batch_rates
+
+        rates = batch_rates(t, epoch, len(self.batch_sizes()), learning_rate_at)
+        lr = float(rates[0])
         self.optimizer.learning_rate = lr
         x, y = self.data.x_train, self.data.y_train
         n, bs = len(y), t["batch_size"]
@@ -202,6 +224,7 @@ class Trainer:
         for b in range(n_batches):
             if self.stop_requested:
                 raise Interrupted()
+            lr = self.optimizer.learning_rate = float(rates[b])  # per batch (schedules.py)
             sl = slice(b * bs, min((b + 1) * bs, n))
             idx = order[sl] if order is not None else sl
             xb = x[idx]
@@ -221,9 +244,15 @@ class Trainer:
             loss_sum += batch_loss * len(yb)
             self.net.backward(self.loss.gradient(out, target))
             self.optimizer.step(self._trainable)
+            if self.ema is not None:
+                self.ema.update(self.net)
             if on_batch is not None:
                 on_batch(b + 1, n_batches, batch_loss)
-        test = evaluate(self.net, self.loss, self.data, "test", self.dtype)
+        if self.ema is not None:  # the test metrics of the weights' moving average
+            with self.ema.applied(self.net):
+                test = evaluate(self.net, self.loss, self.data, "test", self.dtype, t.get("tta"))
+        else:
+            test = evaluate(self.net, self.loss, self.data, "test", self.dtype, t.get("tta"))
         if not math.isfinite(test["loss"]):
             raise TrainingError(f"epoch {epoch}: the test loss is {test['loss']} (not finite); "
                                 f"try a lower learning rate (this epoch used {lr:g})")
@@ -247,6 +276,8 @@ class Trainer:
         """Arrays and JSON-able metadata from which ``load_state`` restores this exact point."""
         arrays = self.net.state_dict()
         arrays.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
+        if self.ema is not None:
+            arrays.update(self.ema.arrays())
         meta = {
             **self.input_description(),
             "data_fingerprint": self.data_fingerprint,
@@ -259,6 +290,8 @@ class Trainer:
             "augment_rng_state": self.augment_rng.bit_generator.state,
             "noise_rng_state": self.noise_rng.bit_generator.state,
         }
+        if self.ema is not None:
+            meta["ema_updates"] = self.ema.updates
         if self.init_report is not None:
             meta["init_from"] = self.init_report.meta()
         return arrays, meta
@@ -298,3 +331,5 @@ class Trainer:
         state = meta.get("noise_rng_state")
         if state is not None:
             self.noise_rng.bit_generator.state = state
+        if self.ema is not None:
+            self.ema.load(arrays, meta.get("ema_updates", 0))

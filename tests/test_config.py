@@ -83,7 +83,7 @@ BROKEN = {
     "output size != classes": (GOOD.replace("out_features: 4", "out_features: 3"), "but the shapes data has 4 classes"),
     "empty network": (GOOD.split("network:")[0] + "network: []\ntraining: {epochs: 1}\n", "network: must be a non-empty list"),
     "missing network": ("data: {name: shapes}\n", "network: is required"),
-    "unknown dataset": (GOOD.replace("name: shapes", "name: mnsit"), "data.name: must be one of shapes, digits, mnist, npz, folder, got 'mnsit' (did you mean 'mnist'?)"),
+    "unknown dataset": (GOOD.replace("name: shapes", "name: mnsit"), "data.name: must be one of shapes, digits, mnist, fashion_mnist, cifar10, npz, folder, got 'mnsit' (did you mean 'mnist'?)"),
     "bad dtype": (GOOD.replace("dtype: float64", "dtype: float16"), "training.dtype: must be one of float64, float32"),
     "not a mapping": ("- 1\n- 2\n", "must be a mapping with the sections"),
     "empty file": ("", "is empty"),

@@ -15,8 +15,8 @@ import pytest
 from typer.main import get_command
 
 from cnncli.cli import app
-from cnncli.config import (EARLY_STOPPING_FIELDS, OPTIMIZER_FIELDS, SCHEDULE_FIELDS, SECTIONS,
-                           TRAINING_FIELDS)
+from cnncli.config import (EARLY_STOPPING_FIELDS, LOSS_FIELDS, OPTIMIZER_FIELDS, SCHEDULE_FIELDS,
+                           SECTIONS, TRAINING_FIELDS)
 from cnncli.data import COMMON_FIELDS, DATASETS
 from cnncli.data.augment import FIELDS as AUGMENT_FIELDS
 from cnncli.layers import LAYERS
@@ -126,6 +126,7 @@ def config_keys() -> set[str]:
     for fields in SCHEDULE_FIELDS.values():
         keys |= {f"training.schedule.{k}" for k in fields}
     keys |= {f"training.early_stopping.{k}" for k in EARLY_STOPPING_FIELDS}
+    keys |= {f"training.loss.{k}" for k in LOSS_FIELDS}
     return keys
 
 

@@ -387,7 +387,7 @@ def test_cli_download_failure_is_one_line(cnn, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("Error:") and "could not download" in lines[0]
 
 
-@pytest.mark.parametrize("name", ["cifar10", "shapes"])
+@pytest.mark.parametrize("name", ["cifar100", "shapes"])
 def test_cli_download_unknown_dataset(cnn, name):
     result = cnn("data", "download", name)
     assert result.exit_code == 2

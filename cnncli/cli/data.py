@@ -19,17 +19,18 @@ data_app = typer.Typer(help="Dataset commands.\n\nExample: cnn data download mni
                        no_args_is_help=True, context_settings=HELP_OPTIONS)
 app.add_typer(data_app, name="data")
 
-DOWNLOADABLE = ("mnist",)
+DOWNLOADABLE = ("mnist", "fashion_mnist", "cifar10")
 NO_DOWNLOAD_NEEDED = ("shapes", "digits", "npz")
 
 
 @data_app.command("download")
 def download(
-    dataset: Annotated[str, typer.Argument(help="The dataset to download: mnist.", metavar="DATASET", show_default=False)],
+    dataset: Annotated[str, typer.Argument(help="The dataset to download: mnist, fashion_mnist or cifar10.", metavar="DATASET", show_default=False)],
     dir: Annotated[Optional[Path], typer.Option(
         "--dir", metavar="DIR", help="Download into this folder (then train with --set data.path=DIR). "
                       "Default: the cache, $CNNCLI_DATA_DIR/mnist, else "
-                      "$XDG_CACHE_HOME/cnncli/mnist, else ~/.cache/cnncli/mnist.",
+                      "$XDG_CACHE_HOME/cnncli/mnist, else ~/.cache/cnncli/mnist (fashion-mnist "
+                      "or cifar10 in place of mnist for those).",
         show_default=False)] = None,
 ):
     """Download a dataset's files (checked against their published MD5) and say where they are.
@@ -41,11 +42,15 @@ def download(
       cnn data download mnist
 
       cnn data download mnist --dir data/mnist
+
+      cnn data download cifar10
     """
     if dataset not in DOWNLOADABLE:
         extra = (f" ({dataset} needs no download)" if dataset in NO_DOWNLOAD_NEEDED else "")
         fail(f"unknown dataset {dataset!r}{extra}; datasets to download: "
              f"{', '.join(DOWNLOADABLE)}", code=2)
+    if dataset != "mnist":
+        return _download_other(dataset, dir)
     with cli_errors():
         from cnncli.data import mnist
 
@@ -62,6 +67,34 @@ def download(
         if dir is not None:
             out.print(f"Train on it with: cnn train configs/mnist.yaml --set data.path={folder}",
                       markup=False, soft_wrap=True)
+
+
+def _download_other(dataset: str, dir: Optional[Path]):
+    """``cnn data download fashion_mnist`` / ``cifar10``: as for mnist."""
+    with cli_errors():
+        from cnncli.data import DATASETS, load_dataset
+
+        if dataset == "cifar10":
+            from cnncli.data import cifar10 as module
+        else:
+            from cnncli.data import fashion_mnist as module
+        folder = (dir.expanduser() if dir is not None else module.cache_dir()).absolute()
+        fetched = module.ensure_downloaded(folder) if dataset == "cifar10" else \
+            module.mnist.ensure_downloaded(folder, source=module)
+        cfg = {"name": dataset, **{k: f.default for k, f in DATASETS[dataset].fields.items()},
+               "path": str(folder), "limit": None}
+        ds = load_dataset(cfg, 0)  # parse and cross-check every file
+        out = console()
+        for name in fetched:
+            out.print(f"  {name:<28} {(folder / name).stat().st_size:>12,} bytes  downloaded",
+                      markup=False)
+        if not fetched:
+            out.print("  the files were already present", markup=False)
+        out.print(f"{module.TITLE} ({len(ds.y_train):,} training / {len(ds.y_test):,} test images) "
+                  f"is in {folder}", markup=False, soft_wrap=True)
+        if dir is not None:
+            out.print(f"Train on it with: cnn train configs/{dataset.replace('_', '-')}.yaml "
+                      f"--set data.path={folder}", markup=False, soft_wrap=True)
 
 
 @app.command("generate-shapes")
@@ -113,12 +146,13 @@ def generate_shapes(
             console().print(f"Wrote {written}", markup=False, soft_wrap=True)
 
 
-EXPORTABLE = ("shapes", "digits", "mnist")
+EXPORTABLE = ("shapes", "digits", "mnist", "fashion_mnist", "cifar10")
 
 
 @data_app.command("export")
 def export(
-    dataset: Annotated[str, typer.Argument(help="The dataset to write: shapes, digits or mnist.",
+    dataset: Annotated[str, typer.Argument(help="The dataset to write: shapes, digits, mnist, "
+                                           "fashion_mnist or cifar10.",
                                            show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="The folder to create "
                                       "(must not exist, or be empty).", show_default=False)],
@@ -145,6 +179,7 @@ def export(
                "limit": None}
         ds = load_dataset(cfg, seed, offline)
         counts = _export_with_progress(ds, out, limit)
+        from cnncli.data.folder import folder_name
         from rich.table import Table
 
         table = Table(title=f"{out}: {counts['train'].sum():,} train, {counts['test'].sum():,} "
@@ -152,7 +187,7 @@ def export(
         for col in ("class folder", "train", "test"):
             table.add_column(col, justify="left" if col == "class folder" else "right")
         for i, name in enumerate(ds.class_names):
-            table.add_row(escape(name), str(counts["train"][i]), str(counts["test"][i]))
+            table.add_row(escape(folder_name(name)), str(counts["train"][i]), str(counts["test"][i]))
         out_console = console()
         out_console.print(fit_table(table, out_console))
         console().print(f"Train on it with data: {{name: folder, path: {escape(str(out))}}}",

@@ -21,6 +21,10 @@ def eval_(
     plot: Annotated[Optional[Path], typer.Option("--plot", metavar="FILE", help="Also draw the confusion matrix and worst mistakes to this PNG.")] = None,
     offline: OfflineOpt = False,
     force: ForceOpt = False,
+    tta: Annotated[Optional[str], typer.Option(
+        "--tta", metavar="flip|flip_shift", help="Test-time augmentation: predict from the mean "
+        "score of each image and its horizontal mirror (flip_shift: each also shifted 1 pixel "
+        "both ways); the loss stays that of the images as they are.", show_default=False)] = None,
 ):
     """Evaluate a checkpoint: accuracy, loss, per-class accuracy and the confusion matrix.
 
@@ -31,17 +35,19 @@ def eval_(
     if split not in ("train", "test"):
         fail(f"--split must be train or test, got {split!r}", code=2)
     refuse_existing(force, ("--plot", plot))
+    if tta is not None and tta not in ("flip", "flip_shift"):
+        fail(f"--tta must be flip or flip_shift, got {tta!r}", code=2)
     with cli_errors():
-        _eval(checkpoint, data, split, as_json, plot, offline)
+        _eval(checkpoint, data, split, as_json, plot, offline, tta)
 
 
-def _eval(checkpoint, data, split, as_json, plot, offline):
+def _eval(checkpoint, data, split, as_json, plot, offline, tta=None):
     import numpy as np
 
     from cnncli.config import load_config
     from cnncli.data import load_dataset
     from cnncli.errors import ConfigError, DataError
-    from cnncli.metrics import confusion_matrix, per_class_accuracy
+    from cnncli.metrics import confusion_matrix, per_class_accuracy, precision_recall_f1
     from cnncli.train import blas_threads, evaluate, make_loss
 
     net, cfg, meta, _ = load_checkpoint_network(checkpoint)
@@ -64,11 +70,12 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
                         f"{'x'.join(map(str, net.input_shape))} with {net.output_shape[0]} classes")
     dtype = np.dtype(cfg["training"]["dtype"])
     with blas_threads(cfg["training"]["threads"]):
-        res = evaluate(net, make_loss(cfg["training"], net), ds, split, dtype)
+        res = evaluate(net, make_loss(cfg["training"], net, ds), ds, split, dtype, tta)
     _, y = ds.split(split)
     cm = confusion_matrix(y, res["predictions"], ds.n_classes)
     totals = cm.sum(axis=1)
     per_class = per_class_accuracy(cm)
+    prf = precision_recall_f1(y, res["predictions"], ds.n_classes)
     if plot is not None:
         from cnncli.plots import plot_evaluation
 
@@ -76,8 +83,10 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
         console(stderr=as_json).print(f"Wrote {written}", markup=False, soft_wrap=True)
     if as_json:
         print(json.dumps({"checkpoint": str(checkpoint), "split": split, "n": int(len(y)),
-                          "accuracy": res["accuracy"], "loss": res["loss"],
+                          "accuracy": res["accuracy"], "loss": res["loss"], "tta": tta,
+                          "ema": cfg["training"].get("ema"),
                           "class_names": ds.class_names, "per_class_accuracy": per_class,
+                          **prf,
                           "confusion_matrix": cm.tolist()}))
         return
     from rich.table import Table
@@ -86,12 +95,27 @@ def _eval(checkpoint, data, split, as_json, plot, offline):
     out.print(f"{checkpoint} (epoch {meta['epoch']}) on the {ds.name} {split} split, "
               f"{len(y):,} samples", markup=False)
     out.print(f"accuracy {pct(res['accuracy'])}   loss {res['loss']:.6f}", markup=False)
-    per = Table(title="Per-class accuracy")
+    if cfg["training"].get("ema"):
+        out.print(f"Weights: their exponential moving average (training.ema "
+                  f"{cfg['training']['ema']:g})", markup=False)
+    if tta:
+        from cnncli.tta import describe
+
+        out.print(f"Predictions (accuracy, per class, confusion matrix): {describe(tta)}; the "
+                  f"loss is that of the images as they are", markup=False, soft_wrap=True)
+    out.print(f"macro precision {pct(prf['macro_precision'])}   macro recall "
+              f"{pct(prf['macro_recall'])}   macro F1 {pct(prf['macro_f1'])}", markup=False)
+    per = Table(title="Per-class accuracy (= recall), precision and F1")
     per.add_column("class")
     per.add_column("samples", justify="right")
     per.add_column("accuracy", justify="right")
-    for name, total, acc in zip(ds.class_names, totals, per_class):
-        per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc))
+    per.add_column("precision", justify="right")
+    per.add_column("recall", justify="right")
+    per.add_column("F1", justify="right")
+    for i, (name, total, acc) in enumerate(zip(ds.class_names, totals, per_class)):
+        per.add_row(escape(name), str(int(total)), "-" if acc is None else pct(acc),
+                    *["-" if prf[k][i] is None else pct(prf[k][i])
+                      for k in ("precision", "recall", "f1")])
     out.print(fit_table(per, out))
     conf = Table(title="Confusion matrix (rows: true, columns: predicted)")
     conf.add_column("true \\ pred")

@@ -52,6 +52,10 @@ def predict(
                                            "replaces the checkpoint's.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
     force: ForceOpt = False,
+    tta: Annotated[Optional[str], typer.Option(
+        "--tta", metavar="flip|flip_shift", help="Test-time augmentation: each score is the mean "
+        "over the image and its horizontal mirror (flip_shift: each also shifted 1 pixel both "
+        "ways).", show_default=False)] = None,
 ):
     """Predict the class of images with a trained model.
 
@@ -72,13 +76,15 @@ def predict(
     if size is not None and min(size) < 1:
         fail(f"--size must be two integers >= 1 (H W), got {size[0]} {size[1]}", code=2)
     refuse_existing(force, ("--csv", csv_out), ("--plot", plot))
+    if tta is not None and tta not in ("flip", "flip_shift"):
+        fail(f"--tta must be flip or flip_shift, got {tta!r}", code=2)
     with cli_errors():
         _predict(checkpoint, paths, top, as_json, csv_out, plot, batch_size, skip_bad, size,
-                 channels, pixel_max, input_scale, quiet)
+                 channels, pixel_max, input_scale, quiet, tta)
 
 
 def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad, size, channels,
-             pixel_max, input_scale, quiet):
+             pixel_max, input_scale, quiet, tta=None):
     from cnncli import predict as pr
     from cnncli.checkpoint import load_network
     from cnncli.errors import CheckpointError
@@ -106,10 +112,17 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
                 task = progress.add_task("predict", total=len(inputs.items))
                 result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
                                 lambda n: progress.advance(task, n),
-                                PLOT_LIMIT if plot else 0)
+                                PLOT_LIMIT if plot else 0, tta=tta)
         else:
             result = pr.run(net, spec, inputs, k, batch_size, skip_bad,
-                            keep_images=PLOT_LIMIT if plot else 0)
+                            keep_images=PLOT_LIMIT if plot else 0, tta=tta)
+    if tta:  # every output says so: a note, and a field of each JSON/CSV row
+        from cnncli.tta import describe
+
+        for row in result[0]:
+            row["tta"] = tta
+        if not quiet:
+            err.print(escape(f"Scores: {describe(tta)}"), soft_wrap=True)
     rows, skipped, resized, kept, converted = result
     if skipped and not rows:
         from cnncli.errors import DataError

@@ -161,6 +161,11 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
         if trainer.frozen:
             say(f"Frozen (not trained, batch norm in eval mode): layer(s) "
                 f"{', '.join(map(str, trainer.frozen))}")
+    if cfg["training"].get("tta"):
+        from cnncli.tta import describe
+
+        say(f"Test accuracy (each epoch's acc, metrics.csv's test_accuracy): "
+            f"{describe(cfg['training']['tta'])}")
 
     stop = {"count": 0}
 
@@ -212,8 +217,10 @@ def _fit(cfg, run, config_name, resume, quiet, trainer=None, offline=False):
     accs = [r["test_accuracy"] for r in trainer.history]
     if accs:
         say(f"Test accuracy by epoch: {accuracy_line(accs, out.width if out.is_terminal else None)}")
+    tta = cfg["training"].get("tta")
     say(f"Final test accuracy: {pct(final)} (epoch {trainer.epoch}); best: "
-        f"{pct(best['test_accuracy'])} (epoch {best['epoch']}); run: {run.path}", always=True)
+        f"{pct(best['test_accuracy'])} (epoch {best['epoch']}); run: {run.path}"
+        + (f"; test accuracy with TTA {tta} (training.tta)" if tta else ""), always=True)
 
 
 def _run_epoch(trainer, out, interactive):

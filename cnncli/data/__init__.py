@@ -78,6 +78,21 @@ def _load_mnist(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     return Dataset("mnist", x_tr, y_tr, x_te, y_te, [str(d) for d in range(10)], 1 / 255, 255.0)
 
 
+# ---------------------------------------------------------------- fashion_mnist, cifar10
+def _load_fashion_mnist(cfg: dict, seed: int, offline: bool = False) -> Dataset:
+    from cnncli.data.fashion_mnist import CLASS_NAMES, load_fashion_mnist
+
+    x_tr, y_tr, x_te, y_te = load_fashion_mnist(cfg["path"], offline)
+    return Dataset("fashion_mnist", x_tr, y_tr, x_te, y_te, list(CLASS_NAMES), 1 / 255, 255.0)
+
+
+def _load_cifar10(cfg: dict, seed: int, offline: bool = False) -> Dataset:
+    from cnncli.data.cifar10 import load_cifar10
+
+    x_tr, y_tr, x_te, y_te, names = load_cifar10(cfg["path"], offline)
+    return Dataset("cifar10", x_tr, y_tr, x_te, y_te, names, 1 / 255, 255.0)
+
+
 # ---------------------------------------------------------------- npz
 def _describe_npz(cfg: dict):
     ds = _load_npz(cfg, 0)
@@ -152,6 +167,16 @@ DATASETS: dict[str, DatasetKind] = {
         {"path": Field(None, optional(_path))},
         lambda cfg: ((1, 28, 28), 10), _load_mnist,
         "MNIST 28x28 digits from the four IDX files (downloaded to the cache when missing)"),
+    "fashion_mnist": DatasetKind(
+        {"path": Field(None, optional(_path))},
+        lambda cfg: ((1, 28, 28), 10), _load_fashion_mnist,
+        "Fashion-MNIST 28x28 clothing pictures from the four IDX files (downloaded to the cache "
+        "when missing)"),
+    "cifar10": DatasetKind(
+        {"path": Field(None, optional(_path))},
+        lambda cfg: ((3, 32, 32), 10), _load_cifar10,
+        "CIFAR-10 32x32 colour photos from the binary version's six .bin files or its .tar.gz "
+        "(downloaded to the cache when missing)"),
     "npz": DatasetKind(
         {"path": Field(REQUIRED, _path)},
         _describe_npz, _load_npz,
@@ -174,7 +199,8 @@ def dataset_fields(name: str) -> dict[str, Field]:
 
 def load_dataset(cfg: dict, seed: int, offline: bool = False) -> Dataset:
     """cfg: the resolved ``data:`` section. ``limit`` keeps the first N training samples (a
-    folder dataset draws a stratified subset itself). ``offline``: never download (MNIST)."""
+    folder dataset draws a stratified subset itself). ``offline``: never download (MNIST,
+    Fashion-MNIST, CIFAR-10)."""
     ds = DATASETS[cfg["name"]].load(cfg, seed, offline)
     limit = cfg.get("limit")
     if limit is not None:

@@ -358,6 +358,12 @@ def notes(d: Decoded) -> list[str]:
 
 
 # ------------------------------------------------------------------ writing a folder
+def folder_name(class_name: str) -> str:
+    """The folder a class is exported to: its name with ``/`` as ``-`` (Fashion-MNIST's
+    ``t-shirt/top`` becomes ``t-shirt-top``)."""
+    return class_name.replace("/", "-")
+
+
 def export_folder(ds, out, limit: int | None = None, on_image=None) -> dict[str, np.ndarray]:
     """Write a Dataset as ``out/train/<class>/<i>.png`` and ``out/test/<class>/<i>.png``
     (8-bit, ``x * 255 / pixel_max`` rounded and clipped; ``i`` is the index in the split, at
@@ -376,9 +382,11 @@ def export_folder(ds, out, limit: int | None = None, on_image=None) -> dict[str,
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{out}: cannot create its folder ({exc.strerror or exc})") from None
-    bad = [n for n in ds.class_names if not n or n in (".", "..") or "/" in n or "\0" in n]
-    if bad:
-        raise DataError(f"{ds.name}: the class name {bad[0]!r} cannot be a folder name")
+    folders = [folder_name(n) for n in ds.class_names]
+    bad = [n for n in folders if not n or n in (".", "..") or "/" in n or "\0" in n]
+    if bad or len(set(folders)) < len(folders):
+        raise DataError(f"{ds.name}: the class name {(bad or folders)[0]!r} cannot be a folder "
+                        "name")
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     counts = {}
     sizes = {s: len(ds.split(s)[1]) if limit is None else min(limit, len(ds.split(s)[1]))
@@ -388,10 +396,10 @@ def export_folder(ds, out, limit: int | None = None, on_image=None) -> dict[str,
         for split, n in sizes.items():
             x, y = ds.split(split)
             width = max(5, len(str(n - 1)))
-            for name in ds.class_names:
+            for name in folders:
                 (tmp / split / name).mkdir(parents=True)
             for i in range(n):
-                write_png(tmp / split / ds.class_names[y[i]] / f"{i:0{width}d}.png",
+                write_png(tmp / split / folders[y[i]] / f"{i:0{width}d}.png",
                           to_eight_bit(x[i], ds.pixel_max))
                 done += 1
                 if on_image is not None and (done % 100 == 0 or done == total):

@@ -146,14 +146,15 @@ def _dims(shape) -> str:
 
 
 # --------------------------------------------------------------------------- locating files
-def cache_dir() -> Path:
+def cache_dir(name: str = "mnist") -> Path:
     """``$CNNCLI_DATA_DIR/mnist``, else ``$XDG_CACHE_HOME/cnncli/mnist``, else
-    ``~/.cache/cnncli/mnist`` (empty variables count as unset)."""
+    ``~/.cache/cnncli/mnist`` (empty variables count as unset); ``name`` replaces ``mnist``
+    for the other downloaded datasets (``fashion-mnist``, ``cifar10``)."""
     if os.environ.get("CNNCLI_DATA_DIR"):
-        return Path(os.environ["CNNCLI_DATA_DIR"]).expanduser() / "mnist"
+        return Path(os.environ["CNNCLI_DATA_DIR"]).expanduser() / name
     if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cnncli" / "mnist"
-    return Path.home() / ".cache" / "cnncli" / "mnist"
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "cnncli" / name
+    return Path.home() / ".cache" / "cnncli" / name
 
 
 def is_offline(asked: bool = False) -> bool:
@@ -170,20 +171,34 @@ def find_file(folder: Path, name: str) -> Path | None:
     return None
 
 
-def missing_files(folder: Path) -> list[str]:
-    """The base names (no .gz) of the four files that are in ``folder`` in neither form."""
-    return [name for name in FILES if find_file(folder, name) is None]
+def missing_files(folder: Path, files=None) -> list[str]:
+    """The base names (no .gz) of the four files (or of ``files``) that are in ``folder`` in
+    neither form."""
+    return [name for name in (files or FILES) if find_file(folder, name) is None]
 
 
-def _where_to_put(folder: Path, missing: list[str]) -> str:
+def _source(source):
+    """The module describing a dataset of IDX files: this one (MNIST) unless another is given
+    (``cnncli.data.fashion_mnist``); its NAME, TITLE, FILES, MD5, MIRRORS, MAX_DOWNLOAD_BYTES,
+    IMAGE_SIZE, N_CLASSES and LABEL_WORD are read at call time (tests swap them)."""
+    return source if source is not None else sys.modules[__name__]
+
+
+NAME = "mnist"  # as `cnn data download NAME` takes it
+TITLE = "MNIST"
+LABEL_WORD = "digit"
+
+
+def _where_to_put(folder: Path, missing: list[str], name: str = "mnist") -> str:
     gz = ", ".join(f"{m}.gz" for m in missing)
-    return (f"missing in {folder}: {gz}. Put the file(s) there (gzip-compressed or not): run "
-            f"`cnn data download mnist` once the network is reachable (or on another machine, then "
-            f"copy the files), or set data.path to a folder that holds all four")
+    how = "" if name == "cifar10" else " (gzip-compressed or not)"
+    return (f"missing in {folder}: {gz}. Put the file(s) there{how}: run "
+            f"`cnn data download {name}` once the network is reachable (or on another machine, then "
+            f"copy the files), or set data.path to a folder that holds all of them")
 
 
 # --------------------------------------------------------------------------- loading
-def load_mnist(path: str | None = None, offline: bool = False):
+def load_mnist(path: str | None = None, offline: bool = False, source=None):
     """The MNIST train and test splits.
 
     Returns (x_train, y_train, x_test, y_test):
@@ -192,39 +207,43 @@ def load_mnist(path: str | None = None, offline: bool = False):
         x_test:  (10000, 1, 28, 28) uint8
         y_test:  (10000,) int64
     ``path``: a folder holding the four IDX files (used as is, never downloaded into); None
-    uses the cache and downloads what is missing there (unless ``offline``).
+    uses the cache and downloads what is missing there (unless ``offline``). ``source``: another
+    dataset of the same format (see ``_source``).
     """
+    src = _source(source)
     if path is not None:
         folder = Path(path).expanduser()
         if not folder.exists():
             raise DataError(f"data.path {folder}: no such directory (expected a folder holding "
-                            f"the four MNIST files {', '.join(FILES)}, each optionally .gz)")
+                            f"the four {src.TITLE} files {', '.join(src.FILES)}, each optionally .gz)")
         if not folder.is_dir():
             raise DataError(f"data.path {folder}: is a file; data.path must be the folder that "
-                            f"holds the four MNIST files")
-        missing = missing_files(folder)
+                            f"holds the four {src.TITLE} files")
+        missing = missing_files(folder, src.FILES)
         if missing:
             raise DataError(f"data.path {folder}: missing {', '.join(missing)} (looked for each "
                             "with and without .gz)")
     else:
-        folder = cache_dir()
-        ensure_downloaded(folder, offline=offline)
+        folder = cache_dir(src.NAME.replace("_", "-"))
+        ensure_downloaded(folder, offline=offline, source=src)
         try:
-            return read_folder(folder)
+            return read_folder(folder, src)
         except DataError as exc:
             raise DataError(f"{exc} (a file in the cache: delete it and it is downloaded "
                             "again)") from None
-    return read_folder(folder)
+    return read_folder(folder, src)
 
 
-def read_folder(folder: Path):
+def read_folder(folder: Path, source=None):
     """Parse and cross-check the four files in ``folder`` (see ``load_mnist`` for shapes)."""
-    x_tr, y_tr = _split(folder, TRAIN_IMAGES, TRAIN_LABELS)
-    x_te, y_te = _split(folder, TEST_IMAGES, TEST_LABELS)
+    x_tr, y_tr = _split(folder, TRAIN_IMAGES, TRAIN_LABELS, _source(source))
+    x_te, y_te = _split(folder, TEST_IMAGES, TEST_LABELS, _source(source))
     return x_tr, y_tr, x_te, y_te
 
 
-def _split(folder: Path, images_name: str, labels_name: str):
+def _split(folder: Path, images_name: str, labels_name: str, src=None):
+    src = _source(src)
+    IMAGE_SIZE, N_CLASSES = src.IMAGE_SIZE, src.N_CLASSES  # noqa: N806
     images_path = find_file(folder, images_name)
     labels_path = find_file(folder, labels_name)
     for name, p in ((images_name, images_path), (labels_name, labels_path)):
@@ -233,37 +252,38 @@ def _split(folder: Path, images_name: str, labels_name: str):
     images = read_idx(images_path, ndim=3)
     labels = read_idx(labels_path, ndim=1)
     if images.shape[1:] != IMAGE_SIZE:
-        raise DataError(f"{images_path}: images are {_dims(images.shape[1:])}, MNIST images "
+        raise DataError(f"{images_path}: images are {_dims(images.shape[1:])}, {src.TITLE} images "
                         f"are {_dims(IMAGE_SIZE)}")
     if len(images) != len(labels):
         raise DataError(f"{labels_path}: wrong count: {len(labels):,} labels, but "
                         f"{images_path.name} holds {len(images):,} images")
     if len(labels) and labels.max() >= N_CLASSES:
         i = int(np.argmax(labels >= N_CLASSES))
-        raise DataError(f"{labels_path}: label {int(labels[i])} at index {i} is not a digit "
+        raise DataError(f"{labels_path}: label {int(labels[i])} at index {i} is not a {src.LABEL_WORD} "
                         f"0..{N_CLASSES - 1}")
     return images[:, None], labels.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- downloading
-def ensure_downloaded(folder: Path, progress: bool | None = None,
-                      offline: bool = False) -> list[str]:
+def ensure_downloaded(folder: Path, progress: bool | None = None, offline: bool = False,
+                      source=None) -> list[str]:
     """Download the files missing in ``folder`` (as .gz). Returns the names downloaded.
 
     Raises DataError when offline or when a file could not be had from any mirror; the message
     lists what is missing and where to put it. ``progress``: draw a Rich bar on stderr
     (default: when stderr is a terminal). ``offline``: never download (see ``is_offline``).
     """
-    missing = missing_files(folder)
+    src = _source(source)
+    missing = missing_files(folder, src.FILES)
     if not missing:
         return []
     if is_offline(offline):
-        raise DataError(f"MNIST is not downloaded and CNNCLI_OFFLINE is set (--offline), so "
-                        f"nothing was fetched; {_where_to_put(folder, missing)}")
+        raise DataError(f"{src.TITLE} is not downloaded and CNNCLI_OFFLINE is set (--offline), so "
+                        f"nothing was fetched; {_where_to_put(folder, missing, src.NAME)}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(f"{folder}: cannot create the MNIST cache directory "
+        raise DataError(f"{folder}: cannot create the {src.TITLE} cache directory "
                         f"({exc.strerror or exc}); set CNNCLI_DATA_DIR to a writable folder or "
                         f"data.path to a folder holding the files") from None
     if progress is None:
@@ -272,30 +292,32 @@ def ensure_downloaded(folder: Path, progress: bool | None = None,
     done = []
     for name in missing:
         gz = f"{name}.gz"
-        errors = _download_one(folder, gz, dead, progress)
+        errors = _download_one(folder, gz, dead, progress, src)
         if errors is not None:
-            still = missing_files(folder)
-            raise DataError(f"could not download MNIST {gz} from any mirror ({'; '.join(errors)}); "
-                            f"{_where_to_put(folder, still)}")
+            still = missing_files(folder, src.FILES)
+            raise DataError(f"could not download {src.TITLE} {gz} from any mirror "
+                            f"({'; '.join(errors)}); {_where_to_put(folder, still, src.NAME)}")
         done.append(gz)
     return done
 
 
-def _download_one(folder: Path, gz: str, dead: dict, progress: bool) -> list[str] | None:
+def _download_one(folder: Path, gz: str, dead: dict, progress: bool,
+                  source=None) -> list[str] | None:
     """Fetch ``gz`` into ``folder`` from the first mirror that serves it with the right MD5.
     Returns None on success, else one reason per mirror."""
+    src = _source(source)
     import http.client
     import socket
     import urllib.error
 
     errors = []
-    for mirror in MIRRORS:
+    for mirror in src.MIRRORS:
         url = mirror.rstrip("/") + "/" + gz
         if mirror in dead:
             errors.append(f"{url}: {dead[mirror]}")
             continue
         try:
-            _fetch(url, folder / gz, MD5[gz], progress)
+            _fetch(url, folder / gz, src.MD5[gz], progress, src.MAX_DOWNLOAD_BYTES, src.TITLE)
             return None
         except _BadDownload as exc:
             errors.append(f"{url}: {exc}")
@@ -318,11 +340,13 @@ class _BadDownload(Exception):
     pass
 
 
-def _fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
+def _fetch(url: str, dest: Path, md5: str, progress: bool, max_bytes: int | None = None,
+           title: str = "MNIST") -> None:
     """Stream ``url`` to a temporary file beside ``dest``; move it in only when its MD5 is
     ``md5``. Nothing is left behind on any failure (or Ctrl-C)."""
     import urllib.request
 
+    max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
     request = urllib.request.Request(url, headers={"User-Agent": "cnncli"})
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
@@ -338,9 +362,9 @@ def _fetch(url: str, dest: Path, md5: str, progress: bool) -> None:
                     if not chunk:
                         break
                     got += len(chunk)
-                    if got > MAX_DOWNLOAD_BYTES:
-                        raise _BadDownload(f"sent more than {MAX_DOWNLOAD_BYTES:,} bytes; "
-                                             "not an MNIST file")
+                    if got > max_bytes:
+                        raise _BadDownload(f"sent more than {max_bytes:,} bytes; "
+                                             f"not a {title} file")
                     digest.update(chunk)
                     out.write(chunk)
                     if bar is not None:
