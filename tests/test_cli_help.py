@@ -86,8 +86,9 @@ def test_files_folders_set_and_fixed_choices_show_one_placeholder_each():
     assert seen[(("data", "export"), "--out")] == "DIR"
 
 
-FIXED = {("runs",): ("--sort", []), ("eval",): ("--split", ["x.npz"]),
-         ("explain",): ("--method", ["x.npz", "y.png"]), ("gradcheck",): ("--impl", ["c.yaml"])}
+FIXED = {(("runs",), "--sort"): [], (("eval",), "--split"): ["x.npz"],
+         (("eval",), "--tta"): ["x.npz"], (("predict",), "--tta"): ["x.npz", "y.png"],
+         (("explain",), "--method"): ["x.npz", "y.png"], (("gradcheck",), "--impl"): ["c.yaml"]}
 
 
 def test_every_option_with_a_fixed_set_lists_its_choices(cnn, tmp_path):
@@ -96,11 +97,11 @@ def test_every_option_with_a_fixed_set_lists_its_choices(cnn, tmp_path):
 
     listed = {(path, option.opts[0]): placeholder(path, option).split("|")
               for path, option in options() if "|" in placeholder(path, option)}
-    assert set(listed) == {(path, opt) for path, (opt, _) in FIXED.items()}
+    assert set(listed) == set(FIXED)
     for (path, opt), choices in listed.items():
-        result = cnn(*path, *FIXED[path][1], opt, "bogus")
+        result = cnn(*path, *FIXED[path, opt], opt, "bogus")
         assert result.exit_code == 2 and "must be" in result.stderr, (path, result.output)
-        named = re.findall(r"\b[a-z]+\b", result.stderr.split("must be")[1].split("got")[0])
+        named = re.findall(r"\b[a-z_]+\b", result.stderr.split("must be")[1].split("got")[0])
         assert set(named) - {"or", "of", "one"} == set(choices), (path, result.stderr)
 
 
@@ -121,7 +122,8 @@ def test_one_overwrite_rule_for_every_output_file(cnn, finished_run, tmp_path):
     shapes = ROOT / "configs" / "shapes.yaml"
     args = {("eval",): [best], ("predict",): [best, images], ("explain",): [best, images],
             ("generate-shapes",): [], ("plot",): [finished_run], ("show-kernels",): [best],
-            ("export",): [best], ("data", "preview"): [shapes]}
+            ("export",): [best], ("data", "preview"): [shapes],
+            ("lr-find",): [shapes, "--steps", "5"]}
     outputs = [(path, option.opts) for path, option in options()
                if set(option.opts) & set(OUTPUT_OPTIONS) and placeholder(path, option) == "FILE"]
     assert {path for path, _ in outputs} == set(args), "a command that writes a file is missing"

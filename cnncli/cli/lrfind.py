@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import OfflineOpt, app, cli_errors, console, escape, fail, set_option
+from cnncli.cli.app import (ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
+                            refuse_existing, set_option)
 
 SetOpt = set_option("training.batch_size=64")
 
@@ -21,6 +22,7 @@ def lr_find(
     steps: Annotated[int, typer.Option("--steps", min=5, max=100000, metavar="INTEGER", help="Batches trained, one rate each.")] = 100,
     sets: SetOpt = None,
     offline: OfflineOpt = False,
+    force: ForceOpt = False,
 ):
     """Find a learning rate: train a few batches at exponentially growing rates and plot the loss.
 
@@ -33,6 +35,7 @@ def lr_find(
     if not 0 < start_lr < end_lr:
         fail(f"--start-lr and --end-lr must satisfy 0 < start < end, got {start_lr:g} and "
              f"{end_lr:g}", code=2)
+    refuse_existing(force, ("--out", out))
     with cli_errors():
         from cnncli.config import load_config
         from cnncli.data import load_dataset
