@@ -301,8 +301,10 @@ def _cache_path(key: str) -> Path:
 
 
 def _read_cache(key: str) -> Decoded | None:
+    from cnncli.files import is_regular
+
     path = _cache_path(key)
-    if not path.is_file():
+    if not is_regular(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
