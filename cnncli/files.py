@@ -94,3 +94,17 @@ def read_regular_tail(path, nbytes: int = 4096) -> list[str]:
         os.set_blocking(fd, True)
         f.seek(max(0, st.st_size - nbytes))
         return f.read(nbytes).decode("utf-8", "replace").splitlines()
+
+
+def refuse_overwriting(out, inputs, what: str = "an input") -> None:
+    """A FileProblem when writing ``out`` would replace one of ``inputs`` (the same file, by
+    path or by inode: a link), e.g. ``--csv ck.npz`` while ck.npz is the checkpoint read."""
+    out = Path(out)
+    for p in inputs:
+        p = Path(p)
+        try:
+            same = os.path.samefile(out, p)
+        except OSError:
+            same = out.resolve() == p.resolve()
+        if same:
+            raise FileProblem(out, f"is {what} being read ({p}); write to another file")

@@ -165,11 +165,13 @@ def _images_below(folder: Path, extensions) -> tuple[list[Path], int]:
         except OSError as exc:
             raise DataError(f"{d}: cannot list ({exc.strerror or exc})") from None
         for e in entries:
+            if e.name.startswith("."):  # hidden: macOS AppleDouble ._x.png, .DS_Store, .git
+                continue
             if e.is_dir():
                 stack.append(e)
             elif e.suffix.lower().lstrip(".") in extensions:
                 found.append(e)
-            elif not e.name.startswith("."):
+            else:
                 ignored += 1
     return sorted(found), ignored
 
@@ -198,6 +200,8 @@ def _npz_images(path: Path, shape) -> np.ndarray:
         raise DataError(f"{path}: '{key}' must hold numbers of shape (N, {', '.join(map(str, shape))})"
                         f"{' or (N, H, W)' if shape[0] == 1 else ''} for this {want} model, got "
                         f"{x.dtype} {x.shape}")
+    if len(x) == 0:  # one rule with an empty folder: nothing to predict is an error
+        raise DataError(f"{path}: '{key}' holds no images (0 rows), so there is nothing to predict")
     if x.dtype.kind == "f":
         bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)  # (N,) rows with NaN or inf
         if bad.any():
@@ -266,7 +270,15 @@ def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256
                         attempted)
             continue
         x = np.stack([np.asarray(i, dtype=np.result_type(*imgs)) for i in imgs])
-        yield Batch(chunk, x, scores(net, x, meta, batch_size=len(x)), resized, attempted)
+        with np.errstate(all="ignore"):  # an overflow is reported below, not as a warning
+            s = scores(net, x, meta, batch_size=len(x))
+        bad = ~np.isfinite(s).all(axis=1)
+        if bad.any():
+            first = chunk[int(np.argmax(bad))]
+            raise DataError(f"{first.name}: the model's scores are not finite (its values times "
+                            f"input_scale {spec.input_scale:g} overflow {np.dtype(dtype).name} in "
+                            "the network); check the input scale and the input's values")
+        yield Batch(chunk, x, s, resized, attempted)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
