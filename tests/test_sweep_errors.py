@@ -123,12 +123,13 @@ def damaged_copy(finished_sweep, tmp_path):
 SWEEP_YAML_EDITS = {
     "storage: 5": (lambda s: s.update(storage=5), "storage: must be a database URL or null"),
     "storage: [a]": (lambda s: s.update(storage=["a"]), "storage: must be a database URL or null"),
-    "no study": (lambda s: s.pop("study"), "study: must be a non-empty string"),
+    "no study": (lambda s: s.pop("study"), "study: is required"),
+    "study: 5": (lambda s: s.update(study=5), "study: must be a non-empty string"),
     "space: 5": (lambda s: s.update(space=5), "space: must be a mapping"),
     "trials: many": (lambda s: s.update(trials="many"), "trials: must be an integer"),
     "metric: bogus": (lambda s: s.update(metric="bogus"), "metric: must be one of"),
     "only sweep_id and space": (lambda s: [s.pop(k) for k in list(s) if k not in ("sweep_id", "space")],
-                                "problems"),
+                                "5 problems: name: is required"),
     "a list": (lambda s: None, "is not a cnn sweep record"),
 }
 

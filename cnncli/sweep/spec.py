@@ -332,20 +332,25 @@ def check_record(record, source: str) -> dict:
         raise ConfigError(f"is not a cnn sweep record (a mapping with sweep_id, study, space, "
                           f"...), got {short_repr(record)}", source)
     problems: list[str] = []
+    for key in ("name", "study", "sweep_id", "base", "base_config", "trials", "space"):
+        if key not in record:
+            problems.append(f"{key}: is required")
     for key in ("name", "study", "sweep_id"):
         value = record.get(key)
-        if not isinstance(value, str) or not value:
+        if key in record and (not isinstance(value, str) or not value):
             problems.append(f"{key}: must be a non-empty string, got {short_repr(value)}")
     storage = record.get("storage")
     if storage is not None and (not isinstance(storage, str) or not storage):
         problems.append(f"storage: must be a database URL or null (the embedded journal), got "
                         f"{short_repr(storage)}")
     base = record.get("base")
-    if not isinstance(base, str) or not base:
+    if "base" in record and (not isinstance(base, str) or not base):
         problems.append(f"base: must be the path of a config file, got {short_repr(base)}")
     base_raw, base_cfg = record.get("base_config"), None
     if not isinstance(base_raw, dict):
-        problems.append(f"base_config: must be the base config's mapping, got {short_repr(base_raw)}")
+        if "base_config" in record:
+            problems.append(f"base_config: must be the base config's mapping, got "
+                            f"{short_repr(base_raw)}")
         base_raw = None
     else:
         try:
@@ -353,8 +358,6 @@ def check_record(record, source: str) -> dict:
         except ConfigError as exc:
             problems.append(str(exc))
     sweep: dict = {}
-    if "trials" not in record:
-        problems.append("trials: is required")
     _check_settings(record, sweep, problems, base_cfg, base_raw, record=True)
     if problems:
         raise ConfigError(problems, source)

@@ -40,7 +40,9 @@ def mask_url(url: str) -> str:
 
         if url_problem(url):  # a raw '@' in the password: the driver's parse would show a part
             raise ValueError(url)
-        shown = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        # no password: the URL as the user wrote it (render_as_string re-quotes ":memory:")
+        shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - malformed: a bad port, an unclosed bracket, no scheme
         m = _SCHEME.match(url)
         rest = url[m.end():] if m else url
