@@ -178,3 +178,30 @@ def test_special_files_in_a_sweep_directory_are_one_line(finished_sweep, tmp_pat
     (out / "study.journal").unlink()
     fifo(out / "study.journal")
     one_error_line(*cli_process("sweep", "show", out), "named pipe")
+
+
+@pytest.mark.parametrize("name", ["sweep.yaml", "trials.csv", "study.journal", "workers.log"])
+def test_cnn_runs_over_a_sweep_folder_holding_a_fifo_does_not_hang(finished_sweep, tmp_path, name):
+    out = damaged_copy(finished_sweep, tmp_path)
+    (out / name).unlink(missing_ok=True)
+    fifo(out / name)
+    code, stdout, stderr = cli_process("runs", tmp_path, "--json")
+    assert code == 0, stderr
+    row = next(r for r in json.loads(stdout) if r["kind"] == "sweep")
+    if name == "sweep.yaml":
+        assert row["state"] == "damaged" and "named pipe" in row["note"], row
+    else:
+        assert row["state"] != "damaged", row
+
+
+def test_a_sweep_name_with_rich_markup_is_printed_as_text(cnn, finished_sweep, tmp_path):
+    out = damaged_copy(finished_sweep, tmp_path)
+    spec = yaml.safe_load((out / "sweep.yaml").read_text())
+    spec["name"] = "[/bold]x"
+    (out / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    COUNTS["hostile"] += 1
+    result = cnn("sweep", "show", out)
+    assert result.exit_code == 0, result.output
+    assert "[/bold]x: 1 of 1 trials done" in result.output
+    rows = json.loads(cnn("runs", tmp_path, "--json").output)
+    assert any(r["kind"] == "sweep" and r["state"] == "finished" for r in rows), rows
