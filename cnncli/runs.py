@@ -17,8 +17,8 @@ from pathlib import Path
 
 from cnncli.errors import CnnError, ConfigError, RunDirError
 from cnncli.files import read_regular_tail, read_regular_text
-from cnncli.schema import _is_int, short_repr
 from cnncli.run import MAX_METRICS_BYTES, lock_is_held, read_metrics, read_run_config
+from cnncli.schema import _is_int, short_repr
 
 RUN_FILES = ("config.yaml", "metrics.csv", "last.npz", "best.npz")
 COLUMNS = ("name", "kind", "dataset", "epochs_done", "epochs_planned", "best_test_accuracy",

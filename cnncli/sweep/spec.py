@@ -326,8 +326,6 @@ def check_record(record, source: str) -> dict:
     """A sweep directory's ``sweep.yaml`` (as parsed), checked as a sweep file is (every setting,
     the space, the base config) plus its own keys; the record, or a ConfigError naming
     ``source``."""
-    from cnncli.schema import SchemaError  # noqa: F401 - validate raises ConfigError
-
     if not isinstance(record, dict):
         raise ConfigError(f"is not a cnn sweep record (a mapping with sweep_id, study, space, "
                           f"...), got {short_repr(record)}", source)
