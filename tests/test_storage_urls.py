@@ -154,3 +154,4 @@ def test_the_server_stopped_mid_sweep_is_one_line(tmp_path, database, postgres):
     assert len(lines) == 1 and lines[0].startswith("Error: --storage "), stderr
     assert "a bug in cnncli" not in lines[0] and "Traceback" not in stderr
     assert postgres["password"] not in stderr + stdout
+    assert not files_containing(out, postgres["password"])  # workers.log included

@@ -382,6 +382,14 @@ def main(argv=None) -> int:
     except CnnError as exc:
         print(f"worker {args.index}: {exc}", file=sys.stderr)
         return 1
+    except Exception:  # workers.log is a file in the sweep folder: never the storage password
+        import traceback
+
+        from cnncli.sweep.storage import scrub
+
+        print(scrub(f"worker {args.index}: {traceback.format_exc()}",
+                    os.environ.get(STORAGE_ENV) or None), file=sys.stderr)
+        return 1
     return 0
 
 
