@@ -155,5 +155,6 @@ def test_the_server_stopped_mid_sweep_is_one_line(tmp_path, database, postgres):
     # the driver notices first (the storage's one line), or its workers do (their exit codes)
     assert "--storage " in lines[0] or "the workers stopped" in lines[0], lines[0]
     assert "a bug in cnncli" not in lines[0] and "Traceback" not in stderr
+    assert "StorageInternalError" not in lines[0], lines[0]
     assert postgres["password"] not in stderr + stdout
     assert not files_containing(out, postgres["password"])  # workers.log included

@@ -376,9 +376,13 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from cnncli.sweep.storage import storage_errors
+
+    url = os.environ.get(STORAGE_ENV) or None
     try:
-        worker = Worker(Path(args.sweep_dir), os.environ.get(STORAGE_ENV) or None)
-        worker.loop()
+        with storage_errors(url):  # the server stopped, a refusal: one line in workers.log
+            worker = Worker(Path(args.sweep_dir), url)
+            worker.loop()
     except CnnError as exc:
         print(f"worker {args.index}: {exc}", file=sys.stderr)
         return 1
@@ -387,8 +391,7 @@ def main(argv=None) -> int:
 
         from cnncli.sweep.storage import scrub
 
-        print(scrub(f"worker {args.index}: {traceback.format_exc()}",
-                    os.environ.get(STORAGE_ENV) or None), file=sys.stderr)
+        print(scrub(f"worker {args.index}: {traceback.format_exc()}", url), file=sys.stderr)
         return 1
     return 0
 
