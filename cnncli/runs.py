@@ -157,8 +157,10 @@ def sweep_row(root: Path, path: Path) -> dict:
 def _dataset_name(name) -> str:
     """A config's data.name, which a row shows (and sorts by): a string, else a ValueError (the
     run is listed as damaged)."""
-    if not isinstance(name, str):
-        raise ValueError(f"data.name: must be a dataset name, got {short_repr(name)}")
+    from cnncli.data import DATASETS
+
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"data.name: must be one of {', '.join(DATASETS)}, got {short_repr(name)}")
     return name
 
 
