@@ -58,6 +58,8 @@ def test_ordinary_urls_are_not_refused():
 @pytest.mark.parametrize("url, phrase", [
     ("postgresql+psycopg://u:SecretZ@127.0.0.1:abc/db", "the port is not a number"),
     ("postgresql+psycopg://u:SecretZ@[::1:5432/db", "unclosed '['"),
+    ("postgresql+psycopg://[::1:5432/db", "unclosed '['"),
+    ("postgresql+psycopg://db-host:x5432/db", "the port is not a number"),
     ("sqlite:///:memory:", "in-memory database"),
     ("sqlite://", "in-memory database"),
 ])

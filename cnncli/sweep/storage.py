@@ -244,7 +244,7 @@ def _open_database(url: str):
         raise SweepError(f"--storage {shown}: not a database URL (expected e.g. "
                          "postgresql+psycopg://user@host/dbname)") from None
     except ValueError as exc:  # a port that is not a number, an unclosed [IPv6] bracket
-        what = "an unclosed '[' around the IPv6 host" if re.search(r"@\[[^\]]*$", url.split("/", 3)[2]
+        what = "an unclosed '[' around the IPv6 host" if re.search(r"(^|@)\[[^\]]*$", url.split("/", 3)[2]
                                                                  if url.count("/") >= 2 else url) \
             else "the port is not a number"
         raise SweepError(f"--storage {shown}: not a valid database URL ({what}; expected e.g. "
