@@ -270,15 +270,7 @@ def predict_batches(net, spec: ModelInput, inputs: Inputs, batch_size: int = 256
                         attempted)
             continue
         x = np.stack([np.asarray(i, dtype=np.result_type(*imgs)) for i in imgs])
-        with np.errstate(all="ignore"):  # an overflow is reported below, not as a warning
-            s = scores(net, x, meta, batch_size=len(x))
-        bad = ~np.isfinite(s).all(axis=1)
-        if bad.any():
-            first = chunk[int(np.argmax(bad))]
-            raise DataError(f"{first.name}: the model's scores are not finite (its values times "
-                            f"input_scale {spec.input_scale:g} overflow {np.dtype(dtype).name} in "
-                            "the network); check the input scale and the input's values")
-        yield Batch(chunk, x, s, resized, attempted)
+        yield Batch(chunk, x, scores(net, x, meta, batch_size=len(x)), resized, attempted)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -292,6 +284,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def records(batch: Batch, class_names: list[str], k: int) -> list[dict]:
     """One JSON-able dict per item: path, label, class, score and the top k."""
+    bad = ~np.isfinite(batch.scores).all(axis=1)
+    if bad.any():  # an overflow (scoring.scores keeps NumPy quiet about it): never NaN in --json
+        first = batch.items[int(np.argmax(bad))]
+        raise DataError(f"{first.name}: the model's scores are not finite (the input times the "
+                        "input scale overflows the network); check the input scale and the "
+                        "input's values")
     labels, top_scores = top_k(batch.scores, k)
     out = []
     for item, ls, ss in zip(batch.items, labels, top_scores):

@@ -126,6 +126,16 @@ def run_row(root: Path, path: Path, names: set) -> dict:
     return row
 
 
+def _dataset_name(name) -> str:
+    """A config's data.name, which a row shows (and sorts by): a string, else a ValueError (the
+    run is listed as damaged)."""
+    from cnncli.data import DATASETS
+
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"data.name: must be one of {', '.join(DATASETS)}, got {short_repr(name)}")
+    return name
+
+
 def sweep_row(root: Path, path: Path) -> dict:
     from cnncli.sweep.worker import read_sweep
 
@@ -152,16 +162,6 @@ def sweep_row(root: Path, path: Path) -> dict:
     row["note"] = f"{done} of {wanted} trials done" + ("" if live or done >= wanted else
                                                        f"; resume with: cnn sweep resume {path}")
     return row
-
-
-def _dataset_name(name) -> str:
-    """A config's data.name, which a row shows (and sorts by): a string, else a ValueError (the
-    run is listed as damaged)."""
-    from cnncli.data import DATASETS
-
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(f"data.name: must be one of {', '.join(DATASETS)}, got {short_repr(name)}")
-    return name
 
 
 def lock_is_held_any(trials: Path) -> bool:

@@ -67,8 +67,7 @@ def _table(rows, folder):
                 if r["best_test_accuracy"] is not None else "")
         final = pct(r["final_test_accuracy"]) if r["final_test_accuracy"] is not None else ""
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else ""
-        table.add_row(Text(str(r["name"])), Text(str(r["dataset"] or "")), epochs, best, final,
-                      secs, r["state"])
+        table.add_row(escape(r["name"]), r["dataset"] or "", epochs, best, final, secs, r["state"])
         if r["note"]:
             notes.append(Text(f"{r['name']}: {r['note']}"))
     return Group(table, *notes)

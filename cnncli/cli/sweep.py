@@ -216,7 +216,7 @@ def summary_line(rows, spec, best, path=None) -> str:
 def trials_table(rows, spec, last: int | None = None):
     from rich.table import Table
 
-    table = Table(title=escape(f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done"),
+    table = Table(title=f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done",
                   title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("state")

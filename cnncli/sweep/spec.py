@@ -337,6 +337,11 @@ def check_record(record, source: str) -> dict:
         value = record.get(key)
         if key in record and (not isinstance(value, str) or not value):
             problems.append(f"{key}: must be a non-empty string, got {short_repr(value)}")
+    name = record.get("name")
+    if isinstance(name, str) and ("/" in name or "\0" in name):
+        # the stem of a sweep file never holds one ('[/bold]' would also be a Rich closing tag)
+        problems.append(f"name: must be a sweep file's name (no '/' or NUL), got "
+                        f"{short_repr(name)}")
     storage = record.get("storage")
     if storage is not None and (not isinstance(storage, str) or not storage):
         problems.append(f"storage: must be a database URL or null (the embedded journal), got "
