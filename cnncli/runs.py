@@ -128,7 +128,8 @@ def run_row(root: Path, path: Path, names: set) -> dict:
 
 def trials_csv_rows(sweep_dir: Path) -> list[dict]:
     """The rows of a sweep directory's trials.csv ([] when it cannot be read: a named pipe, a
-    device, damage), read as a regular file of bounded size."""
+    device, damage), read as a regular file of bounded size. (For the readers of trials.csv
+    that the ux branch adds; sweep_row reads it inline, as the ux branch also edits there.)"""
     try:
         text = read_regular_text(Path(sweep_dir) / "trials.csv", MAX_METRICS_BYTES)
         return list(csv.DictReader(io.StringIO(text)))
@@ -160,7 +161,12 @@ def sweep_row(root: Path, path: Path) -> dict:
     except Exception as exc:
         row.update(state="damaged", note=f"sweep.yaml: {_short(exc)}")
         return row
-    states = [r.get("state") for r in trials_csv_rows(path)]
+    states = []
+    try:
+        text = read_regular_text(path / "trials.csv", MAX_METRICS_BYTES)
+        states = [r.get("state") for r in csv.DictReader(io.StringIO(text))]
+    except (OSError, csv.Error, UnicodeDecodeError, CnnError):
+        pass
     done = sum(s in ("COMPLETE", "PRUNED") for s in states)
     live = lock_is_held_any(path / "trials")
     row["state"] = "running" if live else "finished" if done >= wanted else "interrupted"
