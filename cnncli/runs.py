@@ -128,8 +128,7 @@ def run_row(root: Path, path: Path, names: set) -> dict:
 
 def trials_csv_rows(sweep_dir: Path) -> list[dict]:
     """The rows of a sweep directory's trials.csv ([] when it cannot be read: a named pipe, a
-    device, damage), read as a regular file of bounded size. (For the readers of trials.csv
-    that the ux branch adds; sweep_row reads it inline, as the ux branch also edits there.)"""
+    device, damage), read as a regular file of bounded size: for every reader of trials.csv."""
     try:
         text = read_regular_text(Path(sweep_dir) / "trials.csv", MAX_METRICS_BYTES)
         return list(csv.DictReader(io.StringIO(text)))
