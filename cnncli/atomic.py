@@ -9,8 +9,12 @@ from pathlib import Path
 
 
 def temp_name(path: Path) -> Path:
-    """The temporary file beside ``path`` that a write goes to first: ``.<name>.<pid>.tmp``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The temporary file beside ``path`` that a write goes to first: ``.<name>.<pid>.tmp``
+    (the name cut short when that would be longer than a file name may be)."""
+    name = path.name
+    while len(f".{name}.{os.getpid()}.tmp".encode("utf-8", "surrogateescape")) > 255:
+        name = name[:-1]
+    return path.with_name(f".{name}.{os.getpid()}.tmp")
 
 
 @contextmanager
@@ -33,7 +37,7 @@ def atomic_file(path, mode: str = "wb", **kwargs):
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.filename != str(tmp):
+        if exc.filename not in (str(tmp), None):
             raise
         # name the file the caller asked for, not the temporary one (e.g. permission denied)
         raise type(exc)(exc.errno, exc.strerror, str(path)) from None

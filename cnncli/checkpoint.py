@@ -55,7 +55,13 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, expected a checkpoint .npz file")
-    if path.stat().st_size == 0:
+    from cnncli.files import FileProblem, check_regular
+
+    try:
+        size = check_regular(path)
+    except FileProblem as exc:
+        raise CheckpointError(f"{path}: {exc.problem} (a checkpoint .npz)") from None
+    if size == 0:
         raise CheckpointError(f"{path}: is empty, not a cnncli checkpoint")
     with open(path, "rb") as f:
         if f.read(6) == b"\x93NUMPY":

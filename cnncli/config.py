@@ -137,11 +137,15 @@ def read_config_file(path) -> dict:
         raise ConfigError("no such file", str(path))
     if path.is_dir():
         raise ConfigError("is a directory, expected a YAML config file", str(path))
+    from cnncli.files import FileProblem, read_regular
+
     try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"is {size:,} bytes; a config may be at most {MAX_CONFIG_BYTES:,}", str(path))
-        data = path.read_bytes()
+        data = read_regular(path, MAX_CONFIG_BYTES)
+    except FileProblem as exc:
+        if exc.problem.startswith("is "):  # too large
+            raise ConfigError(f"{exc.problem.split(';')[0]}; a config may be at most "
+                              f"{MAX_CONFIG_BYTES:,}", str(path)) from None
+        raise ConfigError(exc.problem, str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", str(path)) from None
     try:

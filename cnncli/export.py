@@ -48,7 +48,17 @@ class _Graph:
         name = f"{name}_{len(self.inits)}"
         arr = np.asarray(value)
         if arr.dtype.kind == "f":
-            arr = arr.astype(self.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = arr.astype(self.dtype)
+            lost = np.isfinite(arr) & ~np.isfinite(cast)
+            if lost.any():
+                big = float(np.max(np.abs(arr[lost])))
+                raise ExportError(f"{name.rsplit('_', 1)[0]}: holds {int(lost.sum())} value(s) too "
+                                  f"large for {self.dtype.name} (largest magnitude {big:.3g}; "
+                                  f"{self.dtype.name} holds at most "
+                                  f"{float(np.finfo(self.dtype).max):.3g}), so the model cannot be "
+                                  "exported")
+            arr = cast
         self.inits.append(self.numpy_helper.from_array(arr, name))
         return name
 
@@ -187,6 +197,9 @@ def export_checkpoint(path, out, dtype=np.float32):
     from cnncli.atomic import atomic_file
     from cnncli.checkpoint import input_description, load_network
 
+    from cnncli.files import refuse_overwriting
+
+    refuse_overwriting(out, [path], "the checkpoint")
     net, _, meta, _ = load_network(path)
     input_description(path, meta)
     model = to_onnx(net, meta, dtype)

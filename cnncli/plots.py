@@ -128,6 +128,13 @@ def _drawable(s: str) -> str:
         return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def short_name(s, limit: int = 30) -> str:
+    """A class name as a picture's label: at most ``limit`` characters (a 255-character folder
+    name squeezed the axes to nothing), cut with "…"."""
+    s = str(s)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
 def _literal_text(fig) -> None:
     """Class, folder and file names are the user's: every text of ``fig`` is drawn as it is
     ("$5" is not TeX), and what no font can draw is replaced, tick labels included."""
@@ -192,8 +199,12 @@ def save_figure(fig, path, error: type[CnnError] = CnnError) -> Path:
     if not parent.is_dir():
         raise error(f"{path}: cannot write: the directory {parent} does not exist")
     _literal_text(fig)
+    import warnings
+
     try:
-        with atomic_file(path) as f:
+        with atomic_file(path) as f, warnings.catch_warnings():
+            # library code never prints: a layout Matplotlib cannot fit is drawn as it comes
+            warnings.simplefilter("ignore", UserWarning)
             fig.savefig(f, format=fmt, dpi=DPI)
     except OSError as exc:
         raise error(f"{path}: cannot write ({exc.strerror or exc})") from None
@@ -396,7 +407,7 @@ def plot_dataset_preview(path, ds, per_class: int = 8, transform=None) -> Path:
                 if j == 0:
                     ax.text(0.5, 0.5, "no samples", ha="center", va="center", fontsize=8,
                             transform=ax.transAxes)
-        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=11)
+        axes[c, 0].set_ylabel(short_name(name), rotation=0, ha="right", va="center", fontsize=11)
     c, h, w = ds.input_shape
     fig.suptitle(f"{ds.name}: {len(ds.y_train):,} training samples of {c}x{h}x{w}, "
                  f"first {per_class} per class" + (", augmented" if transform else ""), fontsize=11)
@@ -442,7 +453,7 @@ def evaluation_figure(cm, ds, split: str, predictions, net, dtype, limit: int = 
     ax = left.subplots()
     im = ax.imshow(cm, cmap="Blues", interpolation="nearest")
     left.colorbar(im, ax=ax, shrink=0.8, label="samples")
-    names = ds.class_names
+    names = [short_name(n) for n in ds.class_names]
     long_names = max(map(len, names)) > 3
     ax.set_xticks(range(k), names, rotation=45 if long_names else 0,
                   ha="right" if long_names else "center")
@@ -623,6 +634,6 @@ def plot_predictions(path, images, rows: list[dict], pixel_max: float, title: st
                   interpolation="nearest")
         r = rows[i]
         name = Path(r["path"].split("[")[0]).name + (r["path"][len(r["path"].split("[")[0]):])
-        ax.set_title(f"{r['class']} {100 * r['score']:.1f}%\n{name[:22]}", fontsize=7)
+        ax.set_title(f"{short_name(r['class'], 22)} {100 * r['score']:.1f}%\n{name[:22]}", fontsize=7)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

@@ -165,11 +165,13 @@ def _images_below(folder: Path, extensions) -> tuple[list[Path], int]:
         except OSError as exc:
             raise DataError(f"{d}: cannot list ({exc.strerror or exc})") from None
         for e in entries:
+            if e.name.startswith("."):  # hidden: macOS AppleDouble ._x.png, .DS_Store, .git
+                continue
             if e.is_dir():
                 stack.append(e)
             elif e.suffix.lower().lstrip(".") in extensions:
                 found.append(e)
-            elif not e.name.startswith("."):
+            else:
                 ignored += 1
     return sorted(found), ignored
 
@@ -198,6 +200,8 @@ def _npz_images(path: Path, shape) -> np.ndarray:
         raise DataError(f"{path}: '{key}' must hold numbers of shape (N, {', '.join(map(str, shape))})"
                         f"{' or (N, H, W)' if shape[0] == 1 else ''} for this {want} model, got "
                         f"{x.dtype} {x.shape}")
+    if len(x) == 0:  # one rule with an empty folder: nothing to predict is an error
+        raise DataError(f"{path}: '{key}' holds no images (0 rows), so there is nothing to predict")
     if x.dtype.kind == "f":
         bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)  # (N,) rows with NaN or inf
         if bad.any():
@@ -290,6 +294,12 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def records(batch: Batch, class_names: list[str], k: int) -> list[dict]:
     """One JSON-able dict per item: path, label, class, score and the top k."""
+    bad = ~np.isfinite(batch.scores).all(axis=1)
+    if bad.any():  # an overflow (scoring.scores keeps NumPy quiet about it): never NaN in --json
+        first = batch.items[int(np.argmax(bad))]
+        raise DataError(f"{first.name}: the model's scores are not finite (the input times the "
+                        "input scale overflows the network); check the input scale and the "
+                        "input's values")
     labels, top_scores = top_k(batch.scores, k)
     out = []
     for item, ls, ss in zip(batch.items, labels, top_scores):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import math
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
@@ -32,10 +34,12 @@ def lock_is_held(path) -> bool:
     flock locks die with their process). Asks for a shared lock, so that two readers asking
     at once do not take each other for a training."""
     try:
-        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no wait
     except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         return True
@@ -93,6 +97,7 @@ def read_run_config(run_path) -> dict:
     return read_config_file(Path(run_path) / "config.yaml")
 
 
+MAX_METRICS_BYTES = 64_000_000  # a million epochs' rows
 CURVE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
 
 
@@ -107,10 +112,14 @@ def read_metrics(run_path, columns=CURVE_COLUMNS, need_rows: bool = True) -> lis
     if not run_path.is_dir():
         raise RunDirError(f"{run_path}: not a directory; give a run directory (it holds metrics.csv)")
     path = run_path / "metrics.csv"
-    if not path.is_file():
+    if not path.exists():
         raise RunDirError(f"{run_path}: no metrics.csv, so not a cnncli run directory")
+    from cnncli.files import FileProblem, read_regular_text
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path, MAX_METRICS_BYTES)
+    except FileProblem as exc:
+        raise RunDirError(f"{path}: {exc.problem} (a metrics.csv)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RunDirError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     reader = csv.DictReader(io.StringIO(text))
@@ -129,6 +138,10 @@ def read_metrics(run_path, columns=CURVE_COLUMNS, need_rows: bool = True) -> lis
             except (TypeError, ValueError):
                 raise RunDirError(f"{path}, line {line}: {c} is {raw[c]!r}, expected a number") from None
         if "epoch" in row:
+            e = row["epoch"]
+            if not (math.isfinite(e) and e >= 1 and e == int(e)):
+                raise RunDirError(f"{path}, line {line}: epoch is {raw['epoch']!r}, expected a whole "
+                                  "number >= 1")
             row["epoch"] = int(row["epoch"])
         rows.append(row)
     if need_rows and not rows:

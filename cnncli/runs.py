@@ -13,13 +13,13 @@ trials below them.
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 
-import yaml
-
-from cnncli.errors import ConfigError, RunDirError
-from cnncli.run import lock_is_held, read_metrics, read_run_config
+from cnncli.errors import CnnError, ConfigError, RunDirError
+from cnncli.files import read_regular_tail, read_regular_text
+from cnncli.run import MAX_METRICS_BYTES, lock_is_held, read_metrics, read_run_config
+from cnncli.schema import _is_int, short_repr
 
 RUN_FILES = ("config.yaml", "metrics.csv", "last.npz", "best.npz")
 COLUMNS = ("name", "kind", "dataset", "epochs_done", "epochs_planned", "best_test_accuracy",
@@ -85,8 +85,11 @@ def run_row(root: Path, path: Path, names: set) -> dict:
         return row
     try:
         cfg = read_run_config(path)
-        row["dataset"] = cfg["data"]["name"]
-        row["epochs_planned"] = int(cfg["training"]["epochs"])
+        row["dataset"] = _dataset_name(cfg["data"]["name"])
+        epochs = cfg["training"]["epochs"]
+        if not _is_int(epochs) or epochs < 1:
+            raise ValueError(f"training.epochs: must be an integer >= 1, got {short_repr(epochs)}")
+        row["epochs_planned"] = int(epochs)
     except ConfigError as exc:  # its message begins with the file's path
         row.update(state="damaged", note=f"config.yaml: {_short('; '.join(exc.problems))}")
         return row
@@ -124,20 +127,45 @@ def run_row(root: Path, path: Path, names: set) -> dict:
     return row
 
 
+def trials_csv_rows(sweep_dir: Path) -> list[dict]:
+    """The rows of a sweep directory's trials.csv ([] when it cannot be read: a named pipe, a
+    device, damage), read as a regular file of bounded size: for every reader of trials.csv."""
+    try:
+        text = read_regular_text(Path(sweep_dir) / "trials.csv", MAX_METRICS_BYTES)
+        return list(csv.DictReader(io.StringIO(text)))
+    except (OSError, csv.Error, UnicodeDecodeError, CnnError):
+        return []
+
+
+def _dataset_name(name) -> str:
+    """A config's data.name, which a row shows (and sorts by): a string, else a ValueError (the
+    run is listed as damaged)."""
+    from cnncli.data import DATASETS
+
+    if not isinstance(name, str) or name not in DATASETS:
+        raise ValueError(f"data.name: must be one of {', '.join(DATASETS)}, got {short_repr(name)}")
+    return name
+
+
 def sweep_row(root: Path, path: Path) -> dict:
+    from cnncli.sweep.worker import read_sweep
+
     row = _row(root, path, "sweep")
     try:
-        sweep = yaml.safe_load((path / "sweep.yaml").read_text(encoding="utf-8"))
-        row["dataset"] = sweep["base_config"]["data"]["name"]
+        sweep = read_sweep(path)
+        row["dataset"] = _dataset_name(sweep["base_config"]["data"]["name"])
         wanted = int(sweep["trials"])
+    except ConfigError as exc:  # its message begins with the file's path
+        row.update(state="damaged", note=f"sweep.yaml: {_short('; '.join(exc.problems))}")
+        return row
     except Exception as exc:
         row.update(state="damaged", note=f"sweep.yaml: {_short(exc)}")
         return row
     states = []
     try:
-        with open(path / "trials.csv", encoding="utf-8") as f:
-            states = [r.get("state") for r in csv.DictReader(f)]
-    except (OSError, csv.Error, UnicodeDecodeError):
+        text = read_regular_text(path / "trials.csv", MAX_METRICS_BYTES)
+        states = [r.get("state") for r in csv.DictReader(io.StringIO(text))]
+    except (OSError, csv.Error, UnicodeDecodeError, CnnError):
         pass
     done = sum(s in ("COMPLETE", "PRUNED", "finished", "pruned") for s in states)
     live = lock_is_held_any(path / "trials")
@@ -180,12 +208,10 @@ def lock_is_held_any(trials: Path) -> bool:
 
 def _last_lines(path: Path, n: int = 5) -> list[str]:
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
+        lines = read_regular_tail(path)
+    except (OSError, CnnError):
         return []
-    return [ln.strip() for ln in text.splitlines() if ln.strip()][-n:]
+    return [ln.strip() for ln in lines if ln.strip()][-n:]
 
 
 def _short(exc) -> str:

@@ -89,7 +89,8 @@ def string(v):
 
 def choice(*options):
     def check(v):
-        if v not in options:
+        # the type too: 3.0 and true are equal to 3 and 1, but are not the integers 1 or 3
+        if not any(v == o and type(v) is type(o) for o in options):
             raise SchemaError(f"must be one of {', '.join(map(str, options))}, got {short_repr(v)}"
                               f"{did_you_mean(v, options)}")
         return v

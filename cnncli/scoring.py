@@ -54,7 +54,9 @@ def scores(net, x_stored: np.ndarray, meta: dict, batch_size: int = 250,
     scale = np.asarray(info["input_scale"], dtype=dtype)
     rule = score_rule(net)
     outs = []
-    with eval_mode(net):
+    # an overflow (a huge input or input_scale) gives non-finite scores, which the caller
+    # reports in one line; library code never prints NumPy's RuntimeWarnings
+    with eval_mode(net), np.errstate(over="ignore", invalid="ignore"):
         for i in range(0, len(x_stored), batch_size):
             xb = np.asarray(x_stored[i:i + batch_size]).astype(dtype, copy=False)
             if info["input_scale"] != 1.0:

@@ -68,7 +68,12 @@ def postgres():
         with connect() as conn:
             conn.execute(psycopg.sql.SQL("CREATE ROLE cnn LOGIN PASSWORD {}").format(
                 psycopg.sql.Literal(password)))
-        yield {"port": port, "password": password, "connect": connect}
+        def pg_ctl(*args):  # "stop" / "start" the server (a test of a server that goes away)
+            opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+            subprocess.run([*prefix, pg_bin("pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
+                            "-o", opts, "-w", *args], capture_output=True)
+
+        yield {"port": port, "password": password, "connect": connect, "pg_ctl": pg_ctl}
     finally:
         subprocess.run([*prefix, pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)

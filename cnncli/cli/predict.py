@@ -88,8 +88,12 @@ def _predict(checkpoint, paths, k, as_json, csv_out, plot, batch_size, skip_bad,
     from cnncli import predict as pr
     from cnncli.checkpoint import load_network
     from cnncli.errors import CheckpointError
+    from cnncli.files import refuse_overwriting
     from cnncli.train import blas_threads
 
+    for out in (csv_out, plot):
+        if out is not None:
+            refuse_overwriting(out, [checkpoint, *paths], "the checkpoint or an input")
     net, cfg, meta, _ = load_network(checkpoint)
     try:
         spec = pr.model_input(checkpoint, meta, net, size, channels, pixel_max, input_scale)

@@ -140,15 +140,15 @@ def show(
       cnn sweep show --storage postgresql+psycopg://cnn@db-host/cnncli --study lr --json
     """
     with cli_errors():
-        from cnncli.sweep.driver import (open_sweep_study, read_sweep_dir, resume_url, storage_url,
-                                         sweep_by_url)
+        from cnncli.sweep.driver import (read_sweep_dir, resume_url, storage_url, sweep_by_url,
+                                         sweep_trials)
         from cnncli.sweep.report import best_row, trial_rows
 
         url = storage_url(storage)
         if sweep_dir is not None:
             spec = read_sweep_dir(sweep_dir)
             url = resume_url(spec, storage, storage_url())
-            trials = open_sweep_study(sweep_dir, spec, url).get_trials(deepcopy=False)
+            trials = sweep_trials(sweep_dir, spec, url)
         else:
             if url is None or study is None:
                 fail("give a SWEEP_DIR, or --storage URL and --study NAME", code=2)

@@ -27,6 +27,7 @@ from cnncli.data.images import IMAGE_EXTENSIONS, BadImage, decode_image, probe_i
 from cnncli.errors import DataError
 
 CACHE_FORMAT = 1
+CONTENT_HASH_BYTES = 32_000_000  # folders up to this size are fingerprinted by content, not only sizes and times
 _MEMO: dict[str, "Decoded"] = {}  # the last folder decoded in this process (a config is checked, then loaded)
 SHOWN_NAMES = 5  # skipped files named in the message
 
@@ -98,6 +99,8 @@ def _image_files(folder: Path, extensions: tuple[str, ...]) -> tuple[list[tuple[
         except OSError as exc:
             raise DataError(f"{d}: cannot read the folder ({exc.strerror or exc})") from None
         for e in entries:
+            if e.name.startswith("."):  # hidden: .DS_Store, macOS AppleDouble ._x.png, .git
+                continue
             sub = f"{rel}/{e.name}" if rel else e.name
             try:
                 is_dir = e.is_dir()  # follows links; a link to itself raises ELOOP
@@ -170,7 +173,8 @@ def decode_folder(path, size: tuple[int, int] | None = None, channels: int | Non
     classes, files, is_test, ignored, has_test = _list_files(root, extensions)
     labels = np.array([f[1] for f in files], dtype=np.int64)
     key = _cache_key(root, files, size, channels, skip_bad, has_test)
-    cached = (_MEMO.get(key) or _read_cache(key)) if cache else None
+    cached = (_MEMO.get(key) or _read_cache(key, _Expect(classes, labels, is_test, has_test, size,
+                                                         channels))) if cache else None
     if cached is not None:
         cached.ignored = ignored
         _MEMO.clear()
@@ -290,29 +294,93 @@ def _cache_key(root: Path, files, size, channels, skip_bad, has_test) -> str:
     cut = len(str(root)) + 1
     listing = [[p[cut:], label] + ([st.st_size, st.st_mtime_ns] if st else [None, None])
                for p, label, st in files]
+    if sum(st.st_size for _, _, st in files if st) <= CONTENT_HASH_BYTES:
+        # a small folder: its content too, so that an image edited in place with its size and
+        # time restored is not served from the cache (a large one: sizes and times only)
+        for entry, (p, _, st) in zip(listing, files):
+            entry.append(_content_hash(p) if st else None)
     blob = json.dumps({"format": CACHE_FORMAT, "pillow": PIL.__version__, "root": str(root.resolve()),
                        "size": list(size) if size else None, "channels": channels,
                        "skip_bad": skip_bad, "has_test": has_test, "files": listing})
     return hashlib.sha256(blob.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _content_hash(path: str) -> str | None:
+    from cnncli.files import read_regular
+
+    try:
+        return hashlib.sha256(read_regular(path, CONTENT_HASH_BYTES)).hexdigest()
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is decoded
+        return None
+
+
 def _cache_path(key: str) -> Path:
     return cache_dir() / f"{key[:32]}.npz"
 
 
-def _read_cache(key: str) -> Decoded | None:
+@dataclass
+class _Expect:
+    """What a cache entry must hold to be used: the folder as listed now, and the settings."""
+
+    classes: list
+    labels: np.ndarray
+    is_test: np.ndarray
+    has_test: bool
+    size: tuple | None
+    channels: int | None
+
+
+def _read_cache(key: str, expect: _Expect | None = None) -> Decoded | None:
+    """The cache entry of ``key``, or None (then the folder is decoded again) when there is none
+    or it does not match ``expect``: an entry damaged or edited by hand is checked like any
+    input (dtypes, shapes, labels in range, the listing's labels and splits)."""
+    from cnncli.files import is_regular
+
     path = _cache_path(key)
-    if not path.is_file():
+    if not is_regular(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
             if meta.get("key") != key:
                 return None
-            return Decoded(meta["name"], f["x"], f["y"], f["is_test"], meta["class_names"],
-                           meta["has_test"], meta["skipped"])
+            d = Decoded(meta["name"], f["x"], f["y"], f["is_test"], meta["class_names"],
+                        meta["has_test"], meta["skipped"])
+        if expect is not None and not _cache_fits(d, expect, meta.get("sha256")):
+            return None
+        return d
     except Exception:  # noqa: BLE001 - a damaged cache entry is decoded again
         return None
+
+
+def _arrays_hash(x, y, t) -> str:
+    h = hashlib.sha256()
+    for a in (x, y, t):
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
+
+
+def _cache_fits(d: Decoded, e: _Expect, digest=None) -> bool:
+    x, y, t = d.x, d.y, d.is_test
+    if digest is None or digest != _arrays_hash(x, y, t):  # edited by hand (or by another tool)
+        return False
+    if not (isinstance(d.name, str) and isinstance(d.skipped, list) and d.has_test == e.has_test
+            and list(d.class_names) == list(e.classes)):
+        return False
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] not in (1, 3) or 0 in x.shape[1:]:
+        return False
+    if e.channels is not None and x.shape[1] != e.channels:
+        return False
+    if e.size is not None and tuple(x.shape[2:]) != tuple(e.size):
+        return False
+    if y.dtype.kind not in "iu" or y.shape != (len(x),) or t.dtype != bool or t.shape != (len(x),):
+        return False
+    if len(y) and (y.min() < 0 or y.max() >= len(e.classes)):
+        return False
+    if len(x) + len(d.skipped) != len(e.labels):
+        return False
+    return bool(d.skipped) or (np.array_equal(y, e.labels) and np.array_equal(t, e.is_test))
 
 
 def _write_cache(key: str, d: Decoded) -> None:
@@ -320,7 +388,7 @@ def _write_cache(key: str, d: Decoded) -> None:
     from cnncli.atomic import atomic_file
 
     meta = {"key": key, "name": d.name, "class_names": d.class_names, "has_test": d.has_test,
-            "skipped": d.skipped}
+            "skipped": d.skipped, "sha256": _arrays_hash(d.x, d.y, d.is_test)}
     path = _cache_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

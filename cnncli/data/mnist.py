@@ -69,8 +69,13 @@ def read_idx(path, ndim: int | None = None) -> np.ndarray:
     """
     path = Path(path)
     gz = path.name.endswith(".gz")
+    from cnncli.files import FileProblem, check_regular
+
     try:
+        check_regular(path)
         f = gzip.open(path, "rb") if gz else open(path, "rb")
+    except FileProblem as exc:
+        raise DataError(f"{path}: {exc.problem}") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot open ({exc.strerror or exc})") from None
     try:

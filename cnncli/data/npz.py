@@ -24,9 +24,14 @@ def load_npz(path: Path):
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a .npz file")
+    from cnncli.files import FileProblem, check_regular
+
     try:
+        check_regular(path)
         with open(path, "rb") as f:
             head = f.read(6)
+    except FileProblem as exc:
+        raise DataError(f"{path}: {exc.problem} (a .npz file)") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if head == b"\x93NUMPY":

@@ -17,8 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from cnncli.errors import SweepError
-from cnncli.sweep.storage import STORAGE_ENV, mask_url, open_storage, open_study
+from cnncli.errors import CnnError, SweepError
+from cnncli.files import read_regular_tail
+from cnncli.sweep.storage import STORAGE_ENV, mask_url, open_storage, open_study, storage_errors
 from cnncli.sweep.worker import LOCK_FILE, SWEEP_FILE, read_sweep, sweep_lock
 
 STOP_WAIT_SECONDS = 60  # after Ctrl-C, how long workers get to record their trial before a kill
@@ -119,10 +120,11 @@ def _write_sweep(sweep_dir: Path, sweep: dict) -> None:
 def _open_and_check_study(storage, sweep: dict, url: str | None, create: bool):
     study = open_study(storage, sweep["study"], sweep["direction"], create=create, url=url)
     record = _study_record(sweep)
-    held = study.user_attrs.get("cnncli_sweep")
-    if held is None:
-        study.set_user_attr("cnncli_sweep", record)
-    else:
+    with storage_errors(url):
+        held = study.user_attrs.get("cnncli_sweep")
+        if held is None:
+            study.set_user_attr("cnncli_sweep", record)
+    if held is not None:
         from cnncli.sweep.spec import same_sweep
 
         diff = same_sweep(held, record)
@@ -168,15 +170,9 @@ def resume_url(sweep: dict, given: str | None, env: str | None = None) -> str | 
 
 def read_sweep_dir(sweep_dir: Path) -> dict:
     """The sweep record of sweep directory ``sweep_dir`` (its sweep.yaml), checked to be one."""
-    if not (sweep_dir / SWEEP_FILE).is_file():
+    if not (sweep_dir / SWEEP_FILE).exists():
         raise SweepError(f"{sweep_dir}: not a sweep directory (no sweep.yaml)")
-    try:
-        spec = read_sweep(sweep_dir)
-    except Exception as exc:
-        raise SweepError(f"{sweep_dir / SWEEP_FILE}: cannot read ({exc})") from None
-    if not isinstance(spec, dict) or "sweep_id" not in spec or "space" not in spec:
-        raise SweepError(f"{sweep_dir / SWEEP_FILE}: is not a cnn sweep file")
-    return spec
+    return read_sweep(sweep_dir)  # checked: a damaged one is a one-line ConfigError
 
 
 def storage_url(given: str | None = None) -> str | None:
@@ -190,16 +186,25 @@ def sweep_by_url(url: str, study: str) -> tuple[dict, list]:
     its record as a sweep spec (no ``sweep_id``; ``storage`` the masked URL) and its trials. A
     SweepError when no such study exists or cnn sweep did not make it."""
     st = open_study(open_storage(url), study, "maximize", create=False, url=url)
-    record = st.user_attrs.get("cnncli_sweep")
+    with storage_errors(url):
+        record = st.user_attrs.get("cnncli_sweep")
     if not isinstance(record, dict):
         raise SweepError(f"the study {study!r} in {mask_url(url)} was not made by cnn sweep")
     spec = {**record, "name": study, "study": study, "storage": mask_url(url), "sweep_id": None}
-    return spec, st.get_trials(deepcopy=False)
+    with storage_errors(url):
+        return spec, st.get_trials(deepcopy=False)
 
 
 def open_sweep_study(sweep_dir: Path, sweep: dict, url: str | None):
     return open_study(open_storage(url, sweep_dir), sweep["study"], sweep["direction"],
                       create=False, url=url)
+
+
+def sweep_trials(sweep_dir: Path, sweep: dict, url: str | None) -> list:
+    """The trials of a sweep directory's study (a storage failing: a one-line SweepError)."""
+    study = open_sweep_study(sweep_dir, sweep, url)
+    with storage_errors(url):
+        return study.get_trials(deepcopy=False)
 
 
 def run_workers(sweep_dir: Path, url: str | None, workers: int, on_update=None,
@@ -239,7 +244,8 @@ def run_workers(sweep_dir: Path, url: str | None, workers: int, on_update=None,
         started_at, finished_at_start = time.monotonic(), 0
         while True:
             alive = [p for p in procs if p.poll() is None]
-            trials = study.get_trials(deepcopy=False)
+            with storage_errors(url):
+                trials = study.get_trials(deepcopy=False)
             seen = [(t.number, t.state.name) for t in trials]
             if seen != last_seen:
                 last_seen = seen
@@ -277,7 +283,8 @@ def run_workers(sweep_dir: Path, url: str | None, workers: int, on_update=None,
                 p.kill()
             p.wait()
         log.close()
-    trials = study.get_trials(deepcopy=False)
+    with storage_errors(url):
+        trials = study.get_trials(deepcopy=False)
     write_reports(sweep_dir, trials, sweep, plot=True)
     if on_update is not None:
         on_update(trials)
@@ -305,7 +312,7 @@ def _last_log_line(path: Path, url: str | None) -> str:
     from cnncli.sweep.storage import scrub
 
     try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
+        lines = [ln for ln in read_regular_tail(path) if ln.strip()]
+    except (OSError, CnnError):
         lines = []
     return scrub(f"see {path}" + (f" (last line: {lines[-1].strip()[:200]})" if lines else ""), url)

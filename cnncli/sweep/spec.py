@@ -34,6 +34,9 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("none", "median", "hyperband")
 RANGE_KEYS = ("low", "high", "log", "step")
 MAX_TRIALS = 100_000
+MAX_ABS = 1e15  # a range's bounds: beyond this, high - low overflows or ints lose exactness
+MAX_STEPS = 1_000_000  # values of one stepped range (a float step of 1e-300 is a mistake)
+MAX_GRID = 1_000_000  # points of a whole grid (built in memory by the grid sampler)
 
 
 def load_sweep(path, trials: int | None = None) -> dict:
@@ -66,6 +69,17 @@ def load_sweep(path, trials: int | None = None) -> dict:
         except ConfigError as exc:
             problems.append(f"base: {exc}")
 
+    _check_settings(raw, sweep, problems, base_cfg, base_raw, trials)
+    if problems:
+        raise ConfigError(problems, source)
+    sweep["base_config"] = base_raw
+    return sweep
+
+
+def _check_settings(raw: dict, sweep: dict, problems: list[str], base_cfg, base_raw,
+                    trials: int | None = None, record: bool = False) -> None:
+    """The settings of a sweep file (or, ``record``, of a sweep directory's sweep.yaml, whose
+    space entries carry their ``kind``) checked into ``sweep``; problems appended."""
     n = raw.get("trials", 10) if trials is None else trials
     if not _is_int(n) or not 1 <= n <= MAX_TRIALS:
         problems.append(f"trials: must be an integer >= 1 and <= {MAX_TRIALS:,}, got {short_repr(n)}")
@@ -100,6 +114,10 @@ def load_sweep(path, trials: int | None = None) -> dict:
                         f"{short_repr(space)}")
     else:
         for key, rng in space.items():
+            if record and isinstance(rng, dict):
+                rng = {k: v for k, v in rng.items() if k != "kind"}
+                if rng.get("step") is None and "step" in rng:
+                    del rng["step"]
             entry = _check_range(f"space.{key_name(key)}", rng, sweep["sampler"], problems)
             if base_cfg is not None and not _check_key(key, base_cfg, base_raw, problems):
                 continue
@@ -107,13 +125,11 @@ def load_sweep(path, trials: int | None = None) -> dict:
                 sweep["space"][key] = entry
     if sweep["sampler"] == "grid" and not problems:
         size = grid_size(sweep["space"])
-        if _is_int(n) and n > size:
+        if size > MAX_GRID:
+            problems.append(f"space: the grid has {size:,} points; at most {MAX_GRID:,}")
+        elif _is_int(n) and n > size:
             problems.append(f"trials: {n} is more than the {size} points of the grid; ask for at "
                             f"most {size}")
-    if problems:
-        raise ConfigError(problems, source)
-    sweep["base_config"] = base_raw
-    return sweep
 
 
 def _one_of(value, options) -> str:
@@ -163,6 +179,10 @@ def _check_range(where: str, rng, sampler: str, problems: list[str]) -> dict | N
         elif not _is_real(v) or v != v or v in (float("inf"), float("-inf")):
             problems.append(f"{where}.{name}: must be a finite number, got {short_repr(v)}")
             bad = True
+        elif abs(v) > MAX_ABS:
+            problems.append(f"{where}.{name}: must be between -{MAX_ABS:g} and {MAX_ABS:g}, got "
+                            f"{short_repr(v)}")
+            bad = True
     if not isinstance(log, bool):
         problems.append(f"{where}.log: must be true or false, got {short_repr(log)}")
         bad = True
@@ -188,6 +208,14 @@ def _check_range(where: str, rng, sampler: str, problems: list[str]) -> dict | N
     if step is not None and step > high - low:
         problems.append(f"{where}.step: {step} is wider than the range {low}..{high}")
         return None
+    if step is not None and (high - low) / step > MAX_STEPS:
+        problems.append(f"{where}.step: {step} makes more than {MAX_STEPS:,} values from {low} to "
+                        f"{high}; give a coarser step")
+        return None
+    if sampler == "grid" and kind == "int" and (high - low) // (step or 1) + 1 > MAX_STEPS:
+        problems.append(f"{where}: a grid of {(high - low) // (step or 1) + 1:,} values; the grid "
+                        f"sampler takes at most {MAX_STEPS:,} per key (give a step, or choices)")
+        return None
     if sampler == "grid" and kind == "float" and step is None:
         problems.append(f"{where}: the grid sampler needs discrete values: give a step or "
                         "choices, or use integer bounds")
@@ -208,7 +236,7 @@ def _check_key(key, base_cfg: dict, base_raw: dict, problems: list[str]) -> bool
         return False
     node, done = base_cfg, []
     for part in key.split("."):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        if isinstance(node, list) and part.isascii() and part.isdigit() and int(part) < len(node):
             node, done = node[int(part)], done + [part]
             continue
         if isinstance(node, dict) and part in node:
@@ -245,15 +273,24 @@ def grid_space(space: dict) -> dict[str, list]:
         elif e["kind"] == "int":
             out[key] = list(range(e["low"], e["high"] + 1, e["step"]))
         else:
-            count = int((e["high"] - e["low"]) / e["step"] + 1e-9) + 1
+            count = _grid_count(e)
             out[key] = [e["low"] + i * e["step"] for i in range(count)]
     return out
 
 
+def _grid_count(e: dict) -> int:
+    if e["kind"] == "choice":
+        return len(e["choices"])
+    if e["kind"] == "int":
+        return len(range(e["low"], e["high"] + 1, e["step"]))
+    return int((e["high"] - e["low"]) / e["step"] + 1e-9) + 1
+
+
 def grid_size(space: dict) -> int:
+    """The grid's point count, computed without building it."""
     size = 1
-    for values in grid_space(space).values():
-        size *= len(values)
+    for e in space.values():
+        size *= _grid_count(e)
     return size
 
 
@@ -280,3 +317,51 @@ def same_sweep(a: dict, b: dict) -> list[str]:
     """The settings in which two resolved sweeps differ (those that change what a trial is)."""
     keys = ("base_config", "metric", "direction", "sampler", "pruner", "seed", "space")
     return [k for k in keys if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
+
+
+MAX_RECORD_BYTES = 10_000_000
+
+
+def check_record(record, source: str) -> dict:
+    """A sweep directory's ``sweep.yaml`` (as parsed), checked as a sweep file is (every setting,
+    the space, the base config) plus its own keys; the record, or a ConfigError naming
+    ``source``."""
+    if not isinstance(record, dict):
+        raise ConfigError(f"is not a cnn sweep record (a mapping with sweep_id, study, space, "
+                          f"...), got {short_repr(record)}", source)
+    problems: list[str] = []
+    for key in ("name", "study", "sweep_id", "base", "base_config", "trials", "space"):
+        if key not in record:
+            problems.append(f"{key}: is required")
+    for key in ("name", "study", "sweep_id"):
+        value = record.get(key)
+        if key in record and (not isinstance(value, str) or not value):
+            problems.append(f"{key}: must be a non-empty string, got {short_repr(value)}")
+    name = record.get("name")
+    if isinstance(name, str) and ("/" in name or "\0" in name):
+        # the stem of a sweep file never holds one ('[/bold]' would also be a Rich closing tag)
+        problems.append(f"name: must be a sweep file's name (no '/' or NUL), got "
+                        f"{short_repr(name)}")
+    storage = record.get("storage")
+    if storage is not None and (not isinstance(storage, str) or not storage):
+        problems.append(f"storage: must be a database URL or null (the embedded journal), got "
+                        f"{short_repr(storage)}")
+    base = record.get("base")
+    if "base" in record and (not isinstance(base, str) or not base):
+        problems.append(f"base: must be the path of a config file, got {short_repr(base)}")
+    base_raw, base_cfg = record.get("base_config"), None
+    if not isinstance(base_raw, dict):
+        if "base_config" in record:
+            problems.append(f"base_config: must be the base config's mapping, got "
+                            f"{short_repr(base_raw)}")
+        base_raw = None
+    else:
+        try:
+            base_cfg = validate(base_raw, "base_config")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    sweep: dict = {}
+    _check_settings(record, sweep, problems, base_cfg, base_raw, record=True)
+    if problems:
+        raise ConfigError(problems, source)
+    return record

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from contextlib import contextmanager
 import random
 import re
 import time
@@ -26,25 +27,82 @@ STORAGE_ENV = "CNNCLI_SWEEP_STORAGE"  # a database URL from the environment (nev
 JOURNAL_NAME = "study.journal"
 HEARTBEAT_SECONDS = 10  # database storages: how often a running trial says it is alive
 GRACE_SECONDS = 60  # ... and how long after its last word it counts as killed
-_PASSWORD = re.compile(r"(?P<head>^[A-Za-z][A-Za-z0-9+.\-]*://[^:@/?#]*:)(?P<pw>[^@/?#]*)(?=@)")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 _QUERY_PASSWORD = re.compile(r"(?i)(?P<head>[?&]password=)(?P<pw>[^&#]*)")
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password (``user:PASSWORD@``, ``?password=``) replaced by ``***``."""
-    url = _PASSWORD.sub(lambda m: m["head"] + "***", url)
-    return _QUERY_PASSWORD.sub(lambda m: m["head"] + "***", url)
+    """The URL with its password (``user:PASSWORD@``, ``?password=``) replaced by ``***``, parsed
+    as the database driver parses it (SQLAlchemy's ``make_url``). A URL SQLAlchemy cannot parse
+    shows nothing of what comes before its last ``@``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        if url_problem(url):  # a raw '@' in the password: the driver's parse would show a part
+            raise ValueError(url)
+        parsed = make_url(url)
+        # no password: the URL as the user wrote it (render_as_string re-quotes ":memory:")
+        shown = url if parsed.password is None else parsed.render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - malformed: a bad port, an unclosed bracket, no scheme
+        m = _SCHEME.match(url)
+        rest = url[m.end():] if m else url
+        at = rest.rfind("@")  # all before the last @ hidden (a query may hide host too)
+        shown = ((m.group(0) if m else "") + "***" + rest[at:]) if at >= 0 else url
+    return _QUERY_PASSWORD.sub(lambda q: q["head"] + "***", shown)
 
 
-def url_password(url: str) -> str | None:
-    m = _PASSWORD.search(url) or _QUERY_PASSWORD.search(url)
-    return m["pw"] if m and m["pw"] else None
+def url_passwords(url: str) -> list[str]:
+    """Every form of the URL's password(s) a message could repeat: as written (percent-encoded)
+    and as decoded; longest first."""
+    from urllib.parse import quote, unquote
+
+    found = set()
+    try:
+        from sqlalchemy.engine import make_url
+
+        pw = make_url(url).password
+        if pw:
+            found |= {str(pw), quote(str(pw), safe="")}
+    except Exception:  # noqa: BLE001
+        pass
+    m = _SCHEME.match(url)
+    rest = url[m.end():] if m else url
+    if "@" in rest:  # as written: between the first ':' of the user part and the last '@'
+        userinfo = rest[:rest.rfind("@")]
+        if ":" in userinfo:
+            found.add(userinfo.split(":", 1)[1])
+    for q in _QUERY_PASSWORD.finditer(url):
+        found.add(q["pw"])
+    found = {p for f in found for p in (f, unquote(f)) if p and p != "***"}
+    return sorted(found, key=len, reverse=True)
 
 
 def scrub(text: str, url: str | None) -> str:
     """A message with the URL's password (should a driver repeat it) masked."""
-    pw = url_password(url) if url else None
-    return text.replace(pw, "***") if pw else text
+    for pw in url_passwords(url) if url else ():
+        text = text.replace(pw, "***")
+    return text
+
+
+def url_problem(url: str) -> str | None:
+    """Why the driver would misread the URL's user or password, or None: a raw ``@``, ``/``,
+    ``#`` or ``?`` in them (URL syntax ends the password there, or at the first ``@``)."""
+    m = _SCHEME.match(url)
+    if not m:
+        return None
+    rest = url[m.end():]
+    if rest.startswith("/") or "@" not in rest:
+        return None  # no user part (sqlite:///path)
+    head = rest.split("?", 1)[0]
+    if head.count("@") > 1:
+        return "its password (or user name) holds a raw '@'"
+    userinfo = rest[:rest.find("@")]
+    if ":" not in userinfo:
+        return None
+    bad = next((c for c in "/#?" if c in userinfo), None)
+    if bad is not None:
+        return f"its password (or user name) holds a raw {bad!r}"
+    return None
 
 
 def quiet_optuna() -> None:
@@ -122,21 +180,79 @@ def open_storage(url: str | None, sweep_dir: Path | None = None):
         from optuna.storages.journal import JournalFileBackend
 
         journal = Path(sweep_dir) / JOURNAL_NAME
+        check_journal(journal)
         return JournalStorage(JournalFileBackend(str(journal), lock_obj=FlockLock(journal)))
     return _open_database(url)
 
 
+JOURNAL_OPS = range(0, 11)  # Optuna's JournalOperation codes (CREATE_STUDY .. DISCARD_TRIALS)
+
+
+def check_journal(journal: Path) -> None:
+    """A SweepError naming the first damaged line of the journal (a garbage line, binary junk,
+    a record that is not an Optuna journal operation): Optuna would fail on it with a bare
+    JSONDecodeError, UnicodeDecodeError or AssertionError. A missing journal is fine (a new
+    one), and so is an unterminated last line (cut by a killed writer; the lock removes it)."""
+    import json
+
+    from cnncli.files import FileProblem, check_regular
+
+    try:
+        check_regular(journal)
+    except FileNotFoundError:
+        return
+    except FileProblem as exc:
+        raise SweepError(str(exc)) from None
+    with open(journal, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem = "binary junk, not UTF-8 text"
+            except ValueError:
+                problem = "not a JSON record"
+            else:
+                op = record.get("op_code") if isinstance(record, dict) else None
+                if not isinstance(record, dict):
+                    problem = "not a JSON object"
+                elif type(op) is not int or op not in JOURNAL_OPS:
+                    problem = f"an unknown op_code {str(op)[:20]!r}"
+                elif not isinstance(record.get("worker_id"), str):
+                    problem = "no worker_id"
+                else:
+                    continue
+            raise SweepError(f"{journal}, line {number}: damaged ({problem}); the study cannot be "
+                             "read (restore the file, or remove that line and what follows)")
+
+
 def _open_database(url: str):
+    import optuna
     import sqlalchemy
     from optuna.storages import RDBStorage
     from sqlalchemy import exc as sa_exc
 
     shown = mask_url(url)
+    problem = url_problem(url)
+    if problem:
+        raise SweepError(f"--storage {shown}: {problem}; percent-encode it (@ is %40, / is %2F, "
+                         "# is %23, ? is %3F, % is %25)")
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sa_exc.ArgumentError:
         raise SweepError(f"--storage {shown}: not a database URL (expected e.g. "
                          "postgresql+psycopg://user@host/dbname)") from None
+    except ValueError as exc:  # a port that is not a number, an unclosed [IPv6] bracket
+        what = "an unclosed '[' around the IPv6 host" if re.search(r"(^|@)\[[^\]]*$", url.split("/", 3)[2]
+                                                                 if url.count("/") >= 2 else url) \
+            else "the port is not a number"
+        raise SweepError(f"--storage {shown}: not a valid database URL ({what}; expected e.g. "
+                         "postgresql+psycopg://user@host:5432/dbname)") from None
+    if parsed.get_backend_name() == "sqlite" and (parsed.database in (None, "", ":memory:")
+                                                  or "memory" in str(parsed.query.get("mode", ""))):
+        raise SweepError(f"--storage {shown}: an in-memory database is not shared with the worker "
+                         "processes; give a file (sqlite:///sweep.db) or leave --storage out")
     kwargs = {}
     if parsed.get_backend_name() == "postgresql":
         kwargs = {"connect_args": {"connect_timeout": 10}}
@@ -164,8 +280,29 @@ def _open_database(url: str):
                              f"({scrub(_first_line(exc.orig or exc), url)})") from None
         except sa_exc.SQLAlchemyError as exc:
             raise SweepError(f"--storage {shown}: {scrub(_first_line(exc), url)}") from None
+        except optuna.exceptions.StorageInternalError:
+            with storage_errors(url):
+                raise
     raise SweepError(f"--storage {shown}: cannot set up the tables "
                      f"({scrub(_first_line(last), url)})")
+
+
+@contextmanager
+def storage_errors(url: str | None):
+    """A storage that fails while in use (the server stopped, a role without rights on the
+    tables, a value a column cannot hold) as a one-line SweepError, its password scrubbed."""
+    import optuna
+    from sqlalchemy import exc as sa_exc
+
+    try:
+        yield
+    except (optuna.exceptions.StorageInternalError, sa_exc.SQLAlchemyError) as exc:
+        cause = exc
+        while cause.__cause__ is not None or getattr(cause, "orig", None) is not None:
+            cause = getattr(cause, "orig", None) or cause.__cause__
+        where = f"--storage {mask_url(url)}" if url else "the study"
+        raise SweepError(f"{where}: the database refused or stopped "
+                         f"({scrub(_first_line(cause), url)})") from None
 
 
 def retry_trial(study, trial) -> None:
@@ -181,6 +318,9 @@ def _first_line(exc) -> str:
     return " ".join(lines[:2])[:300] if lines else type(exc).__name__
 
 
+MAX_STUDY_NAME = 512  # Optuna's study_name column
+
+
 def open_study(storage, name: str, direction: str, create: bool, sampler=None, pruner=None,
                url: str | None = None):
     """Create (``create``) or load the study ``name``. Creating tolerates another process
@@ -188,6 +328,9 @@ def open_study(storage, name: str, direction: str, create: bool, sampler=None, p
     import optuna
     from sqlalchemy import exc as sa_exc
 
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_STUDY_NAME:
+        raise SweepError(f"--study: a study name must have 1 to {MAX_STUDY_NAME} characters, got "
+                         f"{len(str(name)):,}")
     for attempt in range(8):
         try:
             if create:
@@ -202,4 +345,7 @@ def open_study(storage, name: str, direction: str, create: bool, sampler=None, p
         except sa_exc.OperationalError as exc:
             raise SweepError(f"--storage {mask_url(url or '')}: "
                              f"{scrub(_first_line(exc.orig or exc), url)}") from None
+        except (optuna.exceptions.StorageInternalError, sa_exc.SQLAlchemyError):
+            with storage_errors(url):
+                raise
     raise SweepError(f"cannot create the study {name!r}: another process keeps racing for it")

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cnncli.errors import CnnError
+from cnncli.files import read_regular
 from cnncli.run import lock_is_held
 from cnncli.sweep.storage import STORAGE_ENV, retry_trial
 
@@ -44,9 +45,20 @@ def sweep_lock(sweep_dir: Path):
 
 
 def read_sweep(sweep_dir: Path) -> dict:
-    import yaml
+    """A sweep directory's sweep.yaml, checked as a sweep file is (a hand-edited or damaged one
+    is a ConfigError naming it)."""
+    from cnncli.config import parse_yaml
+    from cnncli.errors import ConfigError
+    from cnncli.sweep.spec import MAX_RECORD_BYTES, check_record
 
-    return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text(encoding="utf-8"))
+    path = Path(sweep_dir) / SWEEP_FILE
+    try:
+        text = read_regular(path, MAX_RECORD_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"is not UTF-8 text (byte {exc.start})", str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", str(path)) from None
+    return check_record(parse_yaml(text, str(path)), str(path))
 
 
 def make_sampler(sweep: dict, seed: int):
@@ -95,8 +107,8 @@ def next_worker_serial(sweep_dir: Path) -> int:
     path = Path(sweep_dir) / ".workers"
     with sweep_lock(sweep_dir):
         try:
-            serial = int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
+            serial = int(read_regular(path, 100).decode().strip() or 0)
+        except (OSError, ValueError, CnnError):
             serial = 0
         write_text_atomic(path, f"{serial + 1}\n")
     return serial
@@ -366,11 +378,22 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from cnncli.sweep.storage import storage_errors
+
+    url = os.environ.get(STORAGE_ENV) or None
     try:
-        worker = Worker(Path(args.sweep_dir), os.environ.get(STORAGE_ENV) or None)
-        worker.loop()
+        with storage_errors(url):  # the server stopped, a refusal: one line in workers.log
+            worker = Worker(Path(args.sweep_dir), url)
+            worker.loop()
     except CnnError as exc:
         print(f"worker {args.index}: {exc}", file=sys.stderr)
+        return 1
+    except Exception:  # workers.log is a file in the sweep folder: never the storage password
+        import traceback
+
+        from cnncli.sweep.storage import scrub
+
+        print(scrub(f"worker {args.index}: {traceback.format_exc()}", url), file=sys.stderr)
         return 1
     return 0
 
