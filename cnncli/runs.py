@@ -178,12 +178,8 @@ def sweep_row(root: Path, path: Path) -> dict:
 def _as_the_sweep_says(root: Path, sweep_dir: Path, rows):
     """Trial rows, a trial that the sweep retried (its trials.csv says ``retried``) marked so,
     with the sweep's note naming the trial that replaced it."""
-    try:
-        with open(sweep_dir / "trials.csv", encoding="utf-8") as f:
-            retried = {r.get("run_dir"): r.get("note") or "" for r in csv.DictReader(f)
-                       if r.get("state") == "retried"}
-    except (OSError, csv.Error, UnicodeDecodeError):
-        retried = {}
+    retried = {r.get("run_dir"): r.get("note") or "" for r in trials_csv_rows(sweep_dir)
+               if r.get("state") == "retried"}
     for row in rows:
         rel = (root / row["name"]).relative_to(sweep_dir).as_posix()
         if row["kind"] == "trial" and rel in retried and row["state"] != "running":

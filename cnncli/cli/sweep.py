@@ -291,7 +291,7 @@ def trials_table(rows, spec, last: int | None = None, out=None):
     cells = [[get(r) for _, get in columns] for r in shown]
     keep = [i for i, (name, _) in enumerate(columns)
             if i < 2 or not shown or any(row[i] for row in cells)]
-    table = Table(title=f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done",
+    table = Table(title=escape(f"{spec['name']}: {_done(rows)} of {spec['trials']} trials done"),
                   title_justify="left")
     for i in keep:
         table.add_column(columns[i][0], justify="left" if i == 1 else "right", no_wrap=i < 2)
