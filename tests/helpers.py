@@ -230,3 +230,22 @@ def assert_fits(output: str, width: int = 80) -> None:
     """Nothing cut (no ellipsis) and no line wider than ``width``."""
     assert "…" not in output, output
     assert max(len(line) for line in output.splitlines()) <= width, output
+
+
+def cli_process(*args, timeout=60):
+    """``cnn ARGS`` in a subprocess (a FIFO must not hang the test): (exit code, stdout, stderr)."""
+    COUNTS["hostile"] += 1
+    p = subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], env=ENV,
+                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return p.returncode, p.stdout, p.stderr
+
+
+def one_error_line(code, out, err, *phrases) -> str:
+    """The one ``Error:`` line of a subprocess that exited 1, holding every phrase."""
+    assert code == 1, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), err
+    assert_one_line(lines[0])
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])
+    return lines[0]

@@ -8,32 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
 from cnncli.errors import CnnError
 from cnncli.files import FileProblem, check_regular, read_regular
-from helpers import COUNTS, ENV, SHAPES, assert_one_line
-
-
-def cli(*args, timeout=60):
-    COUNTS["hostile"] += 1
-    p = subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], env=ENV,
-                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return p.returncode, p.stdout, p.stderr
-
-
-def error_line(code, out, err, *phrases):
-    assert code == 1, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), err
-    assert_one_line(lines[0])
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    return lines[0]
+from helpers import SHAPES, cli_process as cli
+from helpers import one_error_line as error_line
 
 
 def test_the_helper_refuses_fifos_devices_directories_and_large_files(tmp_path):

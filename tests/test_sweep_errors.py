@@ -8,32 +8,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from helpers import COUNTS, ENV, assert_cli_error, assert_one_line
+from helpers import assert_cli_error, cli_process, one_error_line
 from test_sweep import write_sweep
-
-
-def cli_process(*args, timeout=60):
-    """``cnn ARGS`` in a subprocess (a FIFO must not hang the test): (exit code, stdout, stderr)."""
-    COUNTS["hostile"] += 1
-    p = subprocess.run([sys.executable, "-m", "cnncli", *map(str, args)], env=ENV,
-                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    return p.returncode, p.stdout, p.stderr
-
-
-def one_error_line(code, out, err, *phrases) -> str:
-    assert code == 1, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), err
-    assert_one_line(lines[0])
-    for phrase in phrases:
-        assert phrase in lines[0], (phrase, lines[0])
-    return lines[0]
 
 
 # ------------------------------------------------------------ sweep files the sampler cannot use
