@@ -522,27 +522,26 @@ class _BudgetRng:
         return getattr(self._rng, name)
 
 
-def absolute_data_path(raw: dict, base) -> dict:
-    """``raw`` with a relative ``data.path`` made absolute against the folder ``base`` (``~``
-    expanded first); anything else, such as a path that is not a string, is left to validation.
-    The path is not resolved further (symlinks stay as written)."""
-    data = raw.get("data") if isinstance(raw, dict) else None
-    path = data.get("path") if isinstance(data, dict) else None
+def _absolute(raw: dict, section: str, key: str, base) -> dict:
+    """``raw`` with a relative path at ``raw[section][key]`` made absolute against the folder
+    ``base`` (``~`` expanded first); anything else, such as a path that is not a string, is
+    left to validation. The path is not resolved further (symlinks stay as written)."""
+    part = raw.get(section) if isinstance(raw, dict) else None
+    path = part.get(key) if isinstance(part, dict) else None
     if isinstance(path, str) and path and "\0" not in path:
         path = os.path.expanduser(path)
-        data["path"] = os.path.normpath(os.path.join(os.path.abspath(base), path))
+        part[key] = os.path.normpath(os.path.join(os.path.abspath(base), path))
     return raw
+
+
+def absolute_data_path(raw: dict, base) -> dict:
+    """``raw`` with a relative ``data.path`` made absolute against the folder ``base``."""
+    return _absolute(raw, "data", "path", base)
 
 
 def absolute_init_from(raw: dict, base) -> dict:
-    """``raw`` with a relative ``training.init_from`` made absolute against ``base``, as
-    ``data.path`` (absolute_data_path)."""
-    training = raw.get("training") if isinstance(raw, dict) else None
-    path = training.get("init_from") if isinstance(training, dict) else None
-    if isinstance(path, str) and path and "\0" not in path:
-        path = os.path.expanduser(path)
-        training["init_from"] = os.path.normpath(os.path.join(os.path.abspath(base), path))
-    return raw
+    """``raw`` with a relative ``training.init_from`` made absolute against ``base``."""
+    return _absolute(raw, "training", "init_from", base)
 
 
 def read_config(path, overrides: list[str] = ()) -> dict:

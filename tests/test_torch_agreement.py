@@ -81,32 +81,23 @@ def test_fast_conv_matches_pytorch(monkeypatch, halves, layout, n, c_in, c_out, 
         assert len(layer._parts(x.shape)) == 2  # the partition under test was used
 
 
-@pytest.mark.parametrize("k,stride,shape", [
-    (2, 2, (4, 3, 8, 8)),     # tiled: non-overlapping windows by reshape
-    (2, 2, (3, 2, 9, 7)),     # tiled, odd sizes: the last row and column are dropped
-    (3, 2, (2, 3, 9, 9)),     # overlapping windows
-    (3, 1, (2, 2, 6, 7)),
+@pytest.mark.parametrize("pool,k,stride,shape", [
+    ("max", 2, 2, (4, 3, 8, 8)),     # tiled: non-overlapping windows by reshape
+    ("max", 2, 2, (3, 2, 9, 7)),     # tiled, odd sizes: the last row and column are dropped
+    ("max", 3, 2, (2, 3, 9, 9)),     # overlapping windows
+    ("max", 3, 1, (2, 2, 6, 7)),
+    ("avg", 2, 2, (3, 2, 8, 8)),
+    ("avg", 3, 1, (2, 3, 7, 6)),
+    ("avg", 3, 2, (2, 2, 9, 8)),
 ])
-def test_max_pool_matches_pytorch(halves, k, stride, shape):
+def test_pooling_matches_pytorch(halves, pool, k, stride, shape):
     rng = np.random.default_rng(list(shape) + [k, stride])
-    layer = MaxPool2D(k, stride)
+    layer = {"max": MaxPool2D, "avg": AvgPool2D}[pool](k, stride)
     x = rng.standard_normal(shape)
     out = layer.forward(x)
     dout = rng.standard_normal(out.shape)
-    want, want_dx, _ = torch_grads(lambda xt: F.max_pool2d(xt, k, stride), x, dout)
-    close(out, want, "out")
-    close(layer.backward(dout), want_dx, "dx")
-
-
-@pytest.mark.parametrize("k,stride,shape", [(2, 2, (3, 2, 8, 8)), (3, 1, (2, 3, 7, 6)),
-                                            (3, 2, (2, 2, 9, 8))])
-def test_avg_pool_matches_pytorch(k, stride, shape):
-    rng = np.random.default_rng(list(shape) + [k])
-    layer = AvgPool2D(k, stride)
-    x = rng.standard_normal(shape)
-    out = layer.forward(x)
-    dout = rng.standard_normal(out.shape)
-    want, want_dx, _ = torch_grads(lambda xt: F.avg_pool2d(xt, k, stride), x, dout)
+    torch_pool = {"max": F.max_pool2d, "avg": F.avg_pool2d}[pool]
+    want, want_dx, _ = torch_grads(lambda xt: torch_pool(xt, k, stride), x, dout)
     close(out, want, "out")
     close(layer.backward(dout), want_dx, "dx")
 

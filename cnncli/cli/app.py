@@ -37,6 +37,11 @@ StorageOpt = Annotated[Optional[str], typer.Option(
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an output file that exists.")]
+CheckpointArg = Annotated[Path, typer.Argument(
+    metavar="CHECKPOINT", help="A checkpoint .npz (a run's best.npz or last.npz).", show_default=False)]
+ImagesArg = Annotated[List[Path], typer.Argument(
+    metavar="PATH", help="Image files, folders (searched recursively) or .npz files of stored "
+                         "images (array x or x_test).", show_default=False)]
 
 
 def refuse_existing(force: bool, *outputs: tuple[str, Optional[Path]]) -> None:

@@ -9,12 +9,12 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
+from cnncli.cli.app import (CheckpointArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
                             fit_table, load_checkpoint_network, pct, refuse_existing)
 
 @app.command("eval")
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).", metavar="CHECKPOINT", show_default=False)],
+    checkpoint: CheckpointArg,
     data: Annotated[Optional[Path], typer.Option("--data", metavar="FILE", help="Evaluate on the data: section of this YAML config instead.")] = None,
     split: Annotated[str, typer.Option("--split", metavar="train|test", help="The split to score.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

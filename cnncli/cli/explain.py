@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import ForceOpt, app, cli_errors, console, escape, fail, refuse_existing
+from cnncli.cli.app import CheckpointArg, ForceOpt, ImagesArg, app, cli_errors, console, escape, fail, refuse_existing
 
 METHODS = {"gradcam": ("gradcam",), "saliency": ("saliency",), "both": ("gradcam", "saliency")}
 
 
 @app.command("explain")
 def explain(
-    checkpoint: Annotated[Path, typer.Argument(
-        metavar="CHECKPOINT", help="A checkpoint .npz (a run's best.npz or last.npz).",
-        show_default=False)],
-    paths: Annotated[List[Path], typer.Argument(
-        metavar="PATH", help="Image files, folders (searched recursively) or .npz files of "
-                                "stored images (array x or x_test), as cnn predict takes them.",
-        show_default=False)],
+    checkpoint: CheckpointArg,
+    paths: ImagesArg,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE",
                                       help="The picture to write (.png).")] = Path("explain.png"),
     method: Annotated[str, typer.Option("--method", metavar="gradcam|saliency|both",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import ForceOpt, app, cli_errors, console, escape, fail, refuse_existing
+from cnncli.cli.app import CheckpointArg, ForceOpt, ImagesArg, app, cli_errors, console, escape, fail, refuse_existing
 
 PLOT_LIMIT = 64  # images drawn by --plot
 MISSING_OPTIONS = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
@@ -18,12 +18,8 @@ MISSING_OPTIONS = {"input_shape": "--size H W and --channels C", "pixel_max": "-
 
 @app.command("predict")
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(
-        metavar="CHECKPOINT", help="A checkpoint .npz (a run's best.npz or last.npz).",
-        show_default=False)],
-    paths: Annotated[List[Path], typer.Argument(
-        metavar="PATH", help="Image files, folders (searched recursively) or .npz files of "
-                                "stored images (array x or x_test).", show_default=False)],
+    checkpoint: CheckpointArg,
+    paths: ImagesArg,
     top: Annotated[int, typer.Option("--top-k", "-k", min=1, metavar="K",
                                      help="Classes shown per image, best first.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,

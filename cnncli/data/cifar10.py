@@ -194,13 +194,8 @@ def load_cifar10(path: str | None = None, offline: bool = False):
     cache and downloads the tarball there when it holds no files (unless ``offline``).
     """
     if path is not None:
-        folder = Path(path).expanduser()
-        if not folder.exists():
-            raise DataError(f"data.path {folder}: no such directory (expected a folder holding "
-                            f"the CIFAR-10 files {', '.join(BIN_FILES)}, or {TARBALL})")
-        if not folder.is_dir():
-            raise DataError(f"data.path {folder}: is a file; data.path must be the folder that "
-                            f"holds the CIFAR-10 files")
+        folder = mnist.data_folder(path, f"the CIFAR-10 files {', '.join(BIN_FILES)}, or {TARBALL}",
+                                   "the CIFAR-10 files")
         if not has_files(folder):
             raise DataError(f"data.path {folder}: {_missing_message(folder)}")
         return read_folder(folder)

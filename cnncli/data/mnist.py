@@ -182,6 +182,19 @@ def missing_files(folder: Path, files=None) -> list[str]:
     return [name for name in (files or FILES) if find_file(folder, name) is None]
 
 
+def data_folder(path, expected: str, holds: str) -> Path:
+    """The folder ``data.path`` names, ``~`` expanded; one line when it is missing (``expected``:
+    what it should hold, with the file names) or is a file (``holds``: the short form)."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise DataError(f"data.path {folder}: no such directory (expected a folder holding "
+                        f"{expected})")
+    if not folder.is_dir():
+        raise DataError(f"data.path {folder}: is a file; data.path must be the folder that "
+                        f"holds {holds}")
+    return folder
+
+
 def _source(source):
     """The module describing a dataset of IDX files: this one (MNIST) unless another is given
     (``cnncli.data.fashion_mnist``); its NAME, TITLE, FILES, MD5, MIRRORS, MAX_DOWNLOAD_BYTES,
@@ -217,13 +230,8 @@ def load_mnist(path: str | None = None, offline: bool = False, source=None):
     """
     src = _source(source)
     if path is not None:
-        folder = Path(path).expanduser()
-        if not folder.exists():
-            raise DataError(f"data.path {folder}: no such directory (expected a folder holding "
-                            f"the four {src.TITLE} files {', '.join(src.FILES)}, each optionally .gz)")
-        if not folder.is_dir():
-            raise DataError(f"data.path {folder}: is a file; data.path must be the folder that "
-                            f"holds the four {src.TITLE} files")
+        folder = data_folder(path, f"the four {src.TITLE} files {', '.join(src.FILES)}, each "
+                                   "optionally .gz", f"the four {src.TITLE} files")
         missing = missing_files(folder, src.FILES)
         if missing:
             raise DataError(f"data.path {folder}: missing {', '.join(missing)} (looked for each "
