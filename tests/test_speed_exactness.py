@@ -326,3 +326,24 @@ def test_the_reference_trainer_computes_the_first_layers_input_gradient_as_the_s
         seen[impl] = first.backward(dout)
     assert seen["fast"] is None
     assert seen["reference"].shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("layout", ["flat", "rows"])
+def test_conv_scratch_shared_between_layers_never_leaks_old_values(monkeypatch, layout):
+    """Conv layers share their per-call scratch arrays (conv._temp): every entry read must have
+    been written in the same call. Each scratch array is handed out full of NaN here, and a
+    network of convolutions of different sizes, paddings and strides still trains to the
+    reference's parameters."""
+    monkeypatch.setattr(conv, "ROWS_MIN_BYTES", 0 if layout == "rows" else 2**62)
+    shared = conv._temp
+
+    def poisoned(name, shape, dtype):
+        a = shared(name, shape, dtype)
+        a.fill(np.nan)
+        return a
+
+    monkeypatch.setattr(conv, "_temp", poisoned)
+    opt = lambda: SGD(0.05, momentum=0.9)  # noqa: E731
+    fast = train_steps(LENET_NET, "fast", 3, 6, CrossEntropyLoss(from_logits=False), opt())
+    ref = train_steps(LENET_NET, "reference", 3, 6, CrossEntropyLoss(from_logits=False), opt())
+    assert_same_params(fast, ref, 1e-10)
