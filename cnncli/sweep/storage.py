@@ -106,15 +106,17 @@ def url_problem(url: str) -> str | None:
 
 
 def quiet_optuna() -> None:
-    """Optuna logs every trial at INFO and warns about experimental arguments: the sweep
-    reports trials itself. Without Optuna: a SweepError saying what to install."""
+    """Optuna logs every trial at INFO, warns about experimental arguments, and logs a
+    warning of several lines when a database query fails before it retries another way: the
+    sweep reports trials itself, and a database that fails is one line (SweepError), so only
+    Optuna's errors are shown. Without Optuna: a SweepError saying what to install."""
     try:
         import optuna
     except ImportError:
         raise SweepError("cnn sweep needs Optuna, an optional dependency: pip install "
                          "'cnncli[sweep]' (and 'cnncli[postgres]' for PostgreSQL)") from None
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
 
