@@ -258,7 +258,7 @@ class Conv2D(Layer):
             dcols = _temp("dcols", (n, w_t.shape[0], p * q), d.dtype)
             np.matmul(w_t, d, out=dcols)  # (N, C*K*K, P*Q)
             return self._col2im(dcols, x_shape)
-        return self._input_grad_flat(d, x_shape, bufs)
+        return self._input_grad_flat(d, x_shape)
 
     def _geometry(self, x_shape):
         """(padded H, padded W, P, Q) for an input of shape (N, C, H, W)."""
@@ -274,7 +274,7 @@ class Conv2D(Layer):
         cols_bytes = c * self.kernel_size ** 2 * n * p * wp * np.dtype(dtype).itemsize
         return "rows" if cols_bytes > ROWS_MIN_BYTES else "flat"
 
-    def _flat_input(self, x, bufs):
+    def _flat_input(self, x):
         """x padded and flattened per channel, plus K-1 zeros: (N, C, Hp*Wp + K-1)."""
         n, c, h, w = x.shape
         k, pad = self.kernel_size, self.pad
@@ -289,7 +289,7 @@ class Conv2D(Layer):
 
     def _shifted_rows(self, x, bufs):
         """X[n, (c, j), t] = x_flat[n, c, t + j]: (N, C*K, Hp*Wp)"""
-        xf = self._flat_input(x, bufs)
+        xf = self._flat_input(x)
         n, c, total = xf.shape
         k = self.kernel_size
         size = total - (k - 1)
@@ -303,7 +303,7 @@ class Conv2D(Layer):
         k, s, pad = self.kernel_size, self.stride, self.pad
         hp, wp, p, q = self._geometry(x.shape)
         if layout == "flat":
-            xf = self._flat_input(x, bufs)
+            xf = self._flat_input(x)
             length, e = p * wp, xf.itemsize
             win = as_strided(xf, shape=(c, k, k, n, length),
                              strides=(xf.strides[1], wp * e, e, xf.strides[0], e), writeable=False)
@@ -341,7 +341,7 @@ class Conv2D(Layer):
             return dxp[:, :, pad:pad + h, pad:pad + w]
         return dxp
 
-    def _input_grad_flat(self, d, x_shape, bufs):
+    def _input_grad_flat(self, d, x_shape):
         """dx for the flat layouts, one kernel row i at a time:
         ``dx_flat[n, c, i*Wp + u] += sum over o, j of W[o, c, i, j] * d[n, o, u - j]``.
 
