@@ -470,6 +470,10 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None,
     except MemoryError:
         problems.append("network: too large to build in memory")
         return []
+    from cnncli.network import misplaced_whiten
+
+    if misplaced_whiten(net):
+        problems.append(misplaced_whiten(net))
     out = net.output_shape
     if out != (n_classes,):
         problems.append(f"network: outputs {'x'.join(map(str, out))} values per sample, but the "

@@ -207,6 +207,27 @@ def build_network(specs, input_shape, rng=None, dtype=np.float64, impl=None) -> 
     return Network(layers, input_shape, resolved)
 
 
+def all_layers(layers):
+    """Every layer, residual blocks' inner layers too, in order."""
+    for layer in layers:
+        yield layer
+        if hasattr(layer, "block"):
+            yield from all_layers(layer.block.layers)
+
+
+def misplaced_whiten(net: Network) -> str | None:
+    """The problem with the network's ``init: whiten`` layers, if any: only the first layer
+    may have it (its filters are computed from the input images)."""
+    wanting = [layer for layer in all_layers(net.layers) if getattr(layer, "init", None) == "whiten"]
+    if wanting and wanting != [net.layers[0]]:
+        i = next((i for i, layer in enumerate(net.layers) if layer in wanting and i > 0), None)
+        where = f"network[{i}] ({net.layers[i].type_name})" if i is not None \
+            else "network (a residual block)"
+        return (f"{where}: init 'whiten' is for the network's first layer only (its filters "
+                f"are computed from the input images)")
+    return None
+
+
 def _missing_arg(exc: TypeError) -> str:
     text = str(exc)
     if "missing" in text and "argument" in text:

@@ -107,6 +107,21 @@ def single_value_batch_norm(net: Network, batch: int) -> str | None:
     return None
 
 
+WHITEN_SAMPLES = 5000
+
+
+def whiten_first_layer(net: Network, data: Dataset) -> None:
+    """A first conv layer with ``init: whiten`` gets its filters from the patches of the first
+    ``WHITEN_SAMPLES`` training images (``Conv2D.whiten``); ``whiten`` anywhere else is refused."""
+    from cnncli.network import misplaced_whiten
+
+    problem = misplaced_whiten(net)
+    if problem:
+        raise ConfigError(problem)
+    if getattr(net.layers[0], "init", None) == "whiten":
+        net.layers[0].whiten(data.images(data.x_train[:WHITEN_SAMPLES], np.float32))
+
+
 class Trainer:
     """Owns the network, the optimizer and all training state of one run.
 
@@ -129,6 +144,7 @@ class Trainer:
         # every conv layer and every gradient (the first layer's input gradient too, which
         # nobody uses); the fast path skips that gradient.
         self.net.input_grad = t["impl"] == "reference"
+        whiten_first_layer(self.net, self.data)
         # fine-tuning (cnncli.finetune): start from a checkpoint's leading layers; frozen
         # layers run in eval mode and the optimizer sees only the others
         from cnncli.finetune import Trainable, init_from_checkpoint, skip_frozen_gradients

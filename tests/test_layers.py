@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cnncli.errors import ConfigError
 from cnncli.gradcheck import TOLERANCE, check_layer
 from cnncli.layers import LAYERS, AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh
 
@@ -199,6 +200,51 @@ def test_seed_initialisation_scales():
     assert abs(xavier.params["W"].std() - np.sqrt(2 / 900)) < 0.002
     narrow = Dense(500, 400, init="normal", std=0.01, rng=rng)
     assert abs(narrow.params["W"].std() - 0.01) < 0.0002
+
+
+def test_dirac_init_starts_as_the_identity_on_the_first_channels():
+    rng = np.random.default_rng(0)
+    conv = Conv2D(4, 6, 3, padding="same", init="dirac", rng=rng)
+    x = rng.standard_normal((2, 4, 5, 7))
+    out = conv.forward(x)
+    np.testing.assert_array_equal(out[:, :4], x)  # exact copies: one weight 1, the rest 0
+    assert abs(conv.params["W"][4:].std() - np.sqrt(2 / 36)) < 0.05  # the rest He-initialised
+    assert np.all(conv.params["b"] == 0)
+    narrow = Conv2D(6, 2, 3, padding="same", init="dirac", rng=rng)  # more inputs than outputs
+    x = rng.standard_normal((1, 6, 4, 4))
+    np.testing.assert_array_equal(narrow.forward(x), x[:, :2])
+
+
+@pytest.mark.parametrize("channels,k,padding", [(3, 2, 0), (1, 3, 1), (2, 1, 0)])
+def test_whiten_init_gives_patches_the_identity_second_moment(channels, k, padding):
+    """On the images it was computed from, the first half of the output channels of a whitened
+    conv has the identity as its second-moment matrix (up to the eps damping); the second half is
+    its negative; the biases are 0; the same images give the same filters."""
+    rng = np.random.default_rng(1)
+    scale = np.array([1.0, 0.5, 0.2])[:channels, None, None]
+    x = rng.random((60, channels, 9, 9)) * scale  # unequal channel scales, not centred
+    d = channels * k * k
+    conv = Conv2D(channels, 2 * d, k, padding=padding, init="whiten", rng=rng)
+    conv.whiten(x, eps=1e-9, chunk=7)  # several chunks
+    out = conv.forward(x)
+    half = out[:, :d].transpose(0, 2, 3, 1).reshape(-1, d)
+    np.testing.assert_allclose(half.T @ half / len(half), np.eye(d), atol=1e-6)
+    np.testing.assert_array_equal(out[:, d:], -out[:, :d])
+    assert np.all(conv.params["b"] == 0)
+    again = Conv2D(channels, 2 * d, k, padding=padding, init="whiten", rng=np.random.default_rng(9))
+    again.whiten(x, eps=1e-9)
+    np.testing.assert_allclose(again.params["W"], conv.params["W"], rtol=1e-9, atol=1e-9)
+
+
+def test_whiten_init_refuses_blank_images_in_one_line():
+    conv = Conv2D(1, 8, 2, init="whiten")
+    with pytest.raises(ConfigError, match=r"^init 'whiten': the 4 training image\(s\) .* all 0\)$"):
+        conv.whiten(np.zeros((4, 1, 5, 5)))
+
+
+def test_whiten_init_needs_twice_the_patch_size_in_channels():
+    with pytest.raises(ConfigError, match=r"out_channels = 2 \* in_channels \* kernel_size\*\*2 = 24.*got 16"):
+        Conv2D(3, 16, 2, init="whiten")
 
 
 def test_same_generator_seed_gives_same_weights():

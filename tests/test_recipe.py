@@ -589,3 +589,42 @@ def test_resume_with_every_piece_at_once_is_bit_exact(tmp_path):
     raw = small(loss={"name": "cross_entropy", "label_smoothing": 0.1, "class_weights": "auto"},
                 schedule={"name": "onecycle", "warmup_epochs": 0.5}, tta="flip", ema=0.99)
     assert_resume_bit_exact(tmp_path, raw)
+
+
+# ----------------------------------------------------------------- whitening and identity init
+def whitened(**training) -> dict:
+    """SMALL with a whitened first layer (1 channel, 2x2 patches: 8 filters) kept frozen, and
+    an identity-initialised conv after it."""
+    raw = small(freeze=[0], **training)
+    raw["network"] = [{"type": "conv2d", "out_channels": 8, "kernel_size": 2, "init": "whiten"},
+                      {"type": "relu"},
+                      {"type": "conv2d", "out_channels": 8, "kernel_size": 1, "init": "dirac"},
+                      *raw["network"][1:]]
+    return raw
+
+
+def test_whiten_init_is_computed_from_the_training_images_and_kept_frozen(tmp_path):
+    from cnncli.layers import Conv2D
+    from cnncli.train import Trainer
+
+    cfg = validate(whitened(epochs=2))
+    t = Trainer(cfg)
+    want = Conv2D(1, 8, 2, init="whiten")
+    want.whiten(t.data.images(t.data.x_train, np.float32))  # all 180 training images (< 5000)
+    np.testing.assert_array_equal(t.net.layers[0].params["W"], want.params["W"])
+    start = t.net.layers[0].params["W"].copy()
+    t.train_epoch()
+    np.testing.assert_array_equal(t.net.layers[0].params["W"], start)  # frozen: unchanged
+    assert not np.array_equal(t.net.layers[2].params["W"], Trainer(cfg).net.layers[2].params["W"])
+
+
+def test_resume_with_whitening_is_bit_exact(tmp_path):
+    assert_resume_bit_exact(tmp_path, whitened())
+
+
+def test_whiten_on_a_later_layer_is_one_line():
+    raw = whitened()
+    raw["network"][0]["init"] = "he"
+    raw["network"][2] = {"type": "conv2d", "out_channels": 16, "kernel_size": 1, "init": "whiten"}
+    assert config_problem(raw) == ("network[2] (conv2d): init 'whiten' is for the network's first layer "
+                                   "only (its filters are computed from the input images)")

@@ -128,12 +128,13 @@ def check_float(name: str, value, minimum: float = 0.0, strict: bool = True) -> 
 
 
 INITS = ("normal", "he", "xavier")
+CONV_INITS = INITS + ("dirac", "whiten")
 
 
-def check_init(init, std) -> tuple[str, float | None]:
-    if init not in INITS:
-        hint = did_you_mean(str(init), INITS)
-        raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}{hint}")
+def check_init(init, std, allowed=INITS) -> tuple[str, float | None]:
+    if init not in allowed:
+        hint = did_you_mean(str(init), allowed)
+        raise ConfigError(f"init must be one of {', '.join(allowed)}, got {init!r}{hint}")
     if std is not None:
         if init != "normal":
             raise ConfigError(f"std applies to init 'normal' only, not {init!r}")
@@ -142,11 +143,12 @@ def check_init(init, std) -> tuple[str, float | None]:
 
 
 def init_weights(rng, shape, fan_in, fan_out, init, std, default_std, dtype):
-    """Draw a weight array. ``normal``: N(0, std^2) (the seed's scheme); ``he``: N(0, 2/fan_in);
+    """Draw a weight array. ``normal``: N(0, std^2) (the seed's scheme); ``he`` (and the conv
+    layer's ``dirac`` and ``whiten``, which write their filters over these): N(0, 2/fan_in);
     ``xavier``: N(0, 2/(fan_in + fan_out))."""
     if init == "normal":
         scale = default_std if std is None else std
-    elif init == "he":
+    elif init in ("he", "dirac", "whiten"):
         scale = np.sqrt(2.0 / fan_in)
     else:
         scale = np.sqrt(2.0 / (fan_in + fan_out))

@@ -11,6 +11,7 @@ from numpy.lib.stride_tricks import as_strided, sliding_window_view
 from cnncli import workers
 from cnncli.errors import ConfigError
 from cnncli.layers.base import (
+    CONV_INITS,
     Layer,
     check_init,
     check_int,
@@ -47,6 +48,13 @@ class Conv2D(Layer):
     derivation; ``impl="fast"`` the same arithmetic as matrix products over copied windows
     (see the fast-path notes below); the two agree to rounding (1e-10 relative is tested).
     ``padding="same"`` keeps H and W (odd K, stride 1).
+
+    ``init="dirac"``: He-initialised, then the first min(C_in, C_out) filters are the
+    identity (``W[i, i, K // 2, K // 2] = 1``, every other weight of filter i 0), so with
+    ``padding="same"`` output channel i starts as a copy of input channel i (airbench's
+    identity initialisation: a block of convolutions starts close to the identity).
+    ``init="whiten"`` (the network's first layer only, ``out_channels = 2 * C_in * K * K``):
+    the filters are computed from training images by ``whiten`` before training starts.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -70,13 +78,22 @@ class Conv2D(Layer):
         if impl not in IMPLS:
             raise ConfigError(f"impl must be one of {', '.join(IMPLS)}, got {impl!r}")
         self.impl = impl
-        self.init, self.std = check_init(init, std)
+        self.init, self.std = check_init(init, std, CONV_INITS)
         rng = np.random.default_rng() if rng is None else rng
         k = self.kernel_size
+        if self.init == "whiten" and self.out_channels != 2 * self.in_channels * k * k:
+            raise ConfigError(
+                f"init 'whiten' needs out_channels = 2 * in_channels * kernel_size**2 = "
+                f"{2 * self.in_channels * k * k} (each whitened patch direction and its "
+                f"negative), got {self.out_channels}")
         shape = (self.out_channels, self.in_channels, k, k)
         fan_in, fan_out = self.in_channels * k * k, self.out_channels * k * k
         self.params["W"] = init_weights(rng, shape, fan_in, fan_out, self.init, self.std, 1.0, dtype)
         self.params["b"] = init_bias(rng, (self.out_channels,), self.init, self.std, 1.0, dtype)
+        if self.init == "dirac":
+            m = min(self.in_channels, self.out_channels)
+            self.params["W"][:m] = 0
+            self.params["W"][np.arange(m), np.arange(m), k // 2, k // 2] = 1
         self.grads = {k_: np.zeros_like(v) for k_, v in self.params.items()}
         self._cache = None
 
@@ -94,6 +111,44 @@ class Conv2D(Layer):
         layer = cls(rng=rng, dtype=dtype, **spec)
         layer.output_shape(in_shape)
         return layer
+
+    def whiten(self, images: np.ndarray, eps: float = 5e-4, chunk: int = 500) -> None:
+        """Set the filters to a PCA whitening of the K x K patches of ``images`` (airbench's
+        whitening initialisation) and the biases to 0.
+
+        images: (N, C_in, H, W), as the network takes them.
+        With S the (uncentred) covariance of the patches, (C_in*K*K, C_in*K*K) in float64,
+        and S = V diag(lam) V^T, the first C_in*K*K filters are the rows of
+        diag(lam + eps * mean(lam))^(-1/2) V^T (largest eigenvalue first), the other half
+        their negatives; so on these images the first half of the output channels has
+        (nearly) the identity as its second-moment matrix. Deterministic: no random draw, and
+        each eigenvector's sign is fixed (its largest entry positive).
+        """
+        k, c = self.kernel_size, self.in_channels
+        d = c * k * k
+        cov = np.zeros((d, d))
+        count = 0
+        for a in range(0, len(images), chunk):
+            x = np.asarray(images[a:a + chunk], dtype=np.float64)
+            if self.pad:
+                x = np.pad(x, ((0, 0), (0, 0), (self.pad,) * 2, (self.pad,) * 2))
+            win = sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::self.stride, ::self.stride]
+            patches = win.transpose(0, 2, 3, 1, 4, 5).reshape(-1, d)  # (N*P*Q, C*K*K)
+            cov += patches.T @ patches
+            count += len(patches)
+        cov /= max(count, 1)
+        lam, vec = np.linalg.eigh(cov)  # ascending
+        lam, vec = lam[::-1], vec[:, ::-1]
+        vec = vec * np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(d)])  # a fixed sign each
+        damping = eps * lam.mean()
+        if not damping > 0:  # every patch 0 (or not finite): no direction to scale
+            raise ConfigError(f"init 'whiten': the {len(images)} training image(s) it is computed "
+                              f"from have no variation to whiten (their patches are all 0)")
+        filters = (vec / np.sqrt(np.maximum(lam, 0) + damping)).T.reshape(d, c, k, k)
+        w = self.params["W"]
+        w[:d] = filters
+        w[d:] = -filters
+        self.params["b"][...] = 0
 
     def config(self):
         cfg = {"in_channels": self.in_channels, "out_channels": self.out_channels,
