@@ -216,6 +216,11 @@ def _one_learning_rate(raw: dict, parts: list[str]) -> None:
         training.pop("learning_rate", None)
 
 
+def _tta(value):
+    """``training.tta``: flip or flip_shift; none (like null) turns it off."""
+    return None if value == "none" else choice("flip", "flip_shift", "none")(value)
+
+
 TRAINING_FIELDS = {
     "epochs": Field(10, integer(1)),
     "batch_size": Field(16, integer(1)),
@@ -229,7 +234,7 @@ TRAINING_FIELDS = {
     "early_stopping": Field(None, lambda v: v),
     "threads": Field(None, optional(integer(1))),
     "impl": Field(None, optional(choice("fast", "reference"))),  # None: each layer's own
-    "tta": Field(None, optional(choice("flip", "flip_shift"))),  # the per-epoch test accuracy
+    "tta": Field(None, optional(_tta)),  # the per-epoch test accuracy
     "ema": Field(None, optional(number(0.0, maximum=1.0, max_strict=True))),  # cnncli/ema.py
     # fine-tuning (cnncli.finetune): a checkpoint to start from, how many leading layers to
     # load from it (None: every leading layer that matches), the layers kept unchanged

@@ -420,7 +420,9 @@ def test_eval_and_predict_with_tta_flip_say_so_and_use_the_mean(tmp_path):
     assert (tmp_path / "p.csv").read_text().splitlines()[0].endswith(",tta")
     for args in (["eval", str(run / "last.npz")], ["predict", str(run / "last.npz"), str(tmp_path / "x.npz")]):
         bad = runner.invoke(app, [*args, "--tta", "mirror"])
-        assert bad.exit_code == 2 and "--tta must be flip or flip_shift, got 'mirror'" in bad.output
+        assert bad.exit_code == 2 and "--tta must be flip, flip_shift or none, got 'mirror'" in bad.output
+        none = runner.invoke(app, [*args, "--tta", "none"])  # off, as without the option
+        assert none.exit_code == 0 and none.output == runner.invoke(app, args).output
 
 
 def test_training_tta_gives_the_per_epoch_test_accuracy(tmp_path):
@@ -436,7 +438,9 @@ def test_training_tta_gives_the_per_epoch_test_accuracy(tmp_path):
     assert r.exit_code == 0, r.output
     assert "Test accuracy (each epoch's acc, metrics.csv's test_accuracy): TTA flip_shift" in r.output
     assert "with TTA flip_shift (training.tta)" in r.output
-    assert "training.tta: must be one of" in config_problem(small(tta="mirror"))
+    assert "training.tta: must be one of flip, flip_shift, none, got 'mirror'" in \
+        config_problem(small(tta="mirror"))
+    assert validate(small(tta="none"))["training"]["tta"] is None  # off, like null
 
 
 def test_resume_with_training_tta_is_bit_exact(tmp_path):

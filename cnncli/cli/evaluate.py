@@ -22,7 +22,7 @@ def eval_(
     offline: OfflineOpt = False,
     force: ForceOpt = False,
     tta: Annotated[Optional[str], typer.Option(
-        "--tta", metavar="flip|flip_shift", help="Test-time augmentation: predict from the mean "
+        "--tta", metavar="flip|flip_shift|none", help="Test-time augmentation: predict from the mean "
         "score of each image and its horizontal mirror (flip_shift: each also shifted 1 pixel "
         "both ways); the loss stays that of the images as they are.", show_default=False)] = None,
 ):
@@ -35,8 +35,10 @@ def eval_(
     if split not in ("train", "test"):
         fail(f"--split must be train or test, got {split!r}", code=2)
     refuse_existing(force, ("--plot", plot))
+    if tta == "none":
+        tta = None
     if tta is not None and tta not in ("flip", "flip_shift"):
-        fail(f"--tta must be flip or flip_shift, got {tta!r}", code=2)
+        fail(f"--tta must be flip, flip_shift or none, got {tta!r}", code=2)
     with cli_errors():
         _eval(checkpoint, data, split, as_json, plot, offline, tta)
 

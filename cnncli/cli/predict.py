@@ -49,7 +49,7 @@ def predict(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
     force: ForceOpt = False,
     tta: Annotated[Optional[str], typer.Option(
-        "--tta", metavar="flip|flip_shift", help="Test-time augmentation: each score is the mean "
+        "--tta", metavar="flip|flip_shift|none", help="Test-time augmentation: each score is the mean "
         "over the image and its horizontal mirror (flip_shift: each also shifted 1 pixel both "
         "ways).", show_default=False)] = None,
 ):
@@ -72,8 +72,10 @@ def predict(
     if size is not None and min(size) < 1:
         fail(f"--size must be two integers >= 1 (H W), got {size[0]} {size[1]}", code=2)
     refuse_existing(force, ("--csv", csv_out), ("--plot", plot))
+    if tta == "none":
+        tta = None
     if tta is not None and tta not in ("flip", "flip_shift"):
-        fail(f"--tta must be flip or flip_shift, got {tta!r}", code=2)
+        fail(f"--tta must be flip, flip_shift or none, got {tta!r}", code=2)
     with cli_errors():
         _predict(checkpoint, paths, top, as_json, csv_out, plot, batch_size, skip_bad, size,
                  channels, pixel_max, input_scale, quiet, tta)
