@@ -218,7 +218,9 @@ def _one_learning_rate(raw: dict, parts: list[str]) -> None:
 
 def _tta(value):
     """``training.tta``: flip or flip_shift; none (like null) turns it off."""
-    return None if value == "none" else choice("flip", "flip_shift", "none")(value)
+    from cnncli.tta import TTA_MODES
+
+    return None if value == "none" else choice(*TTA_MODES, "none")(value)
 
 
 TRAINING_FIELDS = {
@@ -475,10 +477,6 @@ def _check_network(cfg: dict, network: list, problems: list, known_data=None,
     except MemoryError:
         problems.append("network: too large to build in memory")
         return []
-    from cnncli.network import misplaced_whiten
-
-    if misplaced_whiten(net):
-        problems.append(misplaced_whiten(net))
     out = net.output_shape
     if out != (n_classes,):
         problems.append(f"network: outputs {'x'.join(map(str, out))} values per sample, but the "

@@ -204,7 +204,11 @@ def build_network(specs, input_shape, rng=None, dtype=np.float64, impl=None) -> 
         resolved.append({"type": kind, **args, **layer.config()})
     if problems:
         raise ConfigError(problems)
-    return Network(layers, input_shape, resolved)
+    net = Network(layers, input_shape, resolved)
+    problem = misplaced_whiten(net)
+    if problem:
+        raise ConfigError(problem)
+    return net
 
 
 def all_layers(layers):

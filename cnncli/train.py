@@ -112,12 +112,8 @@ WHITEN_SAMPLES = 5000
 
 def whiten_first_layer(net: Network, data: Dataset) -> None:
     """A first conv layer with ``init: whiten`` gets its filters from the patches of the first
-    ``WHITEN_SAMPLES`` training images (``Conv2D.whiten``); ``whiten`` anywhere else is refused."""
-    from cnncli.network import misplaced_whiten
-
-    problem = misplaced_whiten(net)
-    if problem:
-        raise ConfigError(problem)
+    ``WHITEN_SAMPLES`` training images (``Conv2D.whiten``; ``build_network`` refuses the init
+    anywhere else)."""
     if getattr(net.layers[0], "init", None) == "whiten":
         net.layers[0].whiten(data.images(data.x_train[:WHITEN_SAMPLES], np.float32))
 

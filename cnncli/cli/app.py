@@ -44,6 +44,18 @@ ImagesArg = Annotated[List[Path], typer.Argument(
                          "images (array x or x_test).", show_default=False)]
 
 
+def tta_option(tta: Optional[str]) -> Optional[str]:
+    """The --tta value as cnncli.tta takes it: ``none`` is None; anything else not a mode
+    exits 2 in one line."""
+    from cnncli.tta import TTA_MODES
+
+    if tta is None or tta == "none":
+        return None
+    if tta not in TTA_MODES:
+        fail(f"--tta must be flip, flip_shift or none, got {tta!r}", code=2)
+    return tta
+
+
 def refuse_existing(force: bool, *outputs: tuple[str, Optional[Path]]) -> None:
     """The one overwrite rule of every command that writes a file it is given (-o, --csv,
     --plot, --preview): an existing file is replaced only with --force; without it, one line

@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from cnncli.cli.app import (CheckpointArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
-                            fit_table, load_checkpoint_network, pct, refuse_existing)
+                            fit_table, load_checkpoint_network, pct, refuse_existing, tta_option)
 
 @app.command("eval")
 def eval_(
@@ -35,10 +35,7 @@ def eval_(
     if split not in ("train", "test"):
         fail(f"--split must be train or test, got {split!r}", code=2)
     refuse_existing(force, ("--plot", plot))
-    if tta == "none":
-        tta = None
-    if tta is not None and tta not in ("flip", "flip_shift"):
-        fail(f"--tta must be flip, flip_shift or none, got {tta!r}", code=2)
+    tta = tta_option(tta)
     with cli_errors():
         _eval(checkpoint, data, split, as_json, plot, offline, tta)
 

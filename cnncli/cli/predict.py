@@ -9,7 +9,8 @@ from typing import Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import CheckpointArg, ForceOpt, ImagesArg, app, cli_errors, console, escape, fail, refuse_existing
+from cnncli.cli.app import (CheckpointArg, ForceOpt, ImagesArg, app, cli_errors, console, escape, fail,
+                            refuse_existing, tta_option)
 
 PLOT_LIMIT = 64  # images drawn by --plot
 MISSING_OPTIONS = {"input_shape": "--size H W and --channels C", "pixel_max": "--pixel-max V",
@@ -72,10 +73,7 @@ def predict(
     if size is not None and min(size) < 1:
         fail(f"--size must be two integers >= 1 (H W), got {size[0]} {size[1]}", code=2)
     refuse_existing(force, ("--csv", csv_out), ("--plot", plot))
-    if tta == "none":
-        tta = None
-    if tta is not None and tta not in ("flip", "flip_shift"):
-        fail(f"--tta must be flip, flip_shift or none, got {tta!r}", code=2)
+    tta = tta_option(tta)
     with cli_errors():
         _predict(checkpoint, paths, top, as_json, csv_out, plot, batch_size, skip_bad, size,
                  channels, pixel_max, input_scale, quiet, tta)
