@@ -211,24 +211,22 @@ def build_network(specs, input_shape, rng=None, dtype=np.float64, impl=None) -> 
     return net
 
 
-def all_layers(layers):
-    """Every layer, residual blocks' inner layers too, in order."""
-    for layer in layers:
-        yield layer
+def named_layers(layers, prefix: str = "network"):
+    """Every layer with where the config puts it (``network[2]``, ``network[3].layers[0]`` for
+    a residual block's inner layers), in order."""
+    for i, layer in enumerate(layers):
+        yield f"{prefix}[{i}]", layer
         if hasattr(layer, "block"):
-            yield from all_layers(layer.block.layers)
+            yield from named_layers(layer.block.layers, f"{prefix}[{i}].layers")
 
 
 def misplaced_whiten(net: Network) -> str | None:
     """The problem with the network's ``init: whiten`` layers, if any: only the first layer
     may have it (its filters are computed from the input images)."""
-    wanting = [layer for layer in all_layers(net.layers) if getattr(layer, "init", None) == "whiten"]
-    if wanting and wanting != [net.layers[0]]:
-        i = next((i for i, layer in enumerate(net.layers) if layer in wanting and i > 0), None)
-        where = f"network[{i}] ({net.layers[i].type_name})" if i is not None \
-            else "network (a residual block)"
-        return (f"{where}: init 'whiten' is for the network's first layer only (its filters "
-                f"are computed from the input images)")
+    for where, layer in named_layers(net.layers):
+        if getattr(layer, "init", None) == "whiten" and layer is not net.layers[0]:
+            return (f"{where} ({layer.type_name}): init 'whiten' is for the network's first "
+                    f"layer only (its filters are computed from the input images)")
     return None
 
 

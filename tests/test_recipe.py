@@ -637,6 +637,6 @@ def test_whiten_on_a_later_layer_is_one_line():
     with pytest.raises(ConfigError, match=r"^network\[2\] \(conv2d\): init 'whiten' is for"):
         build_network(raw["network"], (1, 3, 3))  # the Python API too, not only configs
     inner = [{"type": "conv2d", "out_channels": 8, "kernel_size": 1, "init": "whiten"}]  # 4 -> 8
-    with pytest.raises(ConfigError, match=r"^network \(a residual block\): init 'whiten' is for"):
+    with pytest.raises(ConfigError, match=r"^network\[1\]\.layers\[0\] \(conv2d\): init 'whiten' is for"):
         build_network([{"type": "conv2d", "out_channels": 4, "kernel_size": 1},
                        {"type": "residual", "layers": inner, "shortcut": "conv"}], (1, 3, 3))
