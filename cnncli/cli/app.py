@@ -37,6 +37,8 @@ StorageOpt = Annotated[Optional[str], typer.Option(
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an output file that exists.")]
+ConfigArg = Annotated[Path, typer.Argument(
+    metavar="CONFIG", help="YAML config file.", show_default=False)]
 CheckpointArg = Annotated[Path, typer.Argument(
     metavar="CHECKPOINT", help="A checkpoint .npz (a run's best.npz or last.npz).", show_default=False)]
 ImagesArg = Annotated[List[Path], typer.Argument(

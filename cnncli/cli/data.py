@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (HELP_OPTIONS, ForceOpt, OfflineOpt, app, cli_errors, console, escape,
+from cnncli.cli.app import (HELP_OPTIONS, ConfigArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape,
                             fail, fit_table, refuse_existing, set_option)
 from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
 
@@ -212,7 +212,7 @@ def _export_with_progress(ds, out, limit):
 
 @data_app.command("preview")
 def preview(
-    config: Annotated[Path, typer.Argument(help="YAML config file.", show_default=False)],
+    config: ConfigArg,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The picture to write.")] = Path("preview.png"),
     per_class: Annotated[int, typer.Option("--per-class", min=1, max=32, help="Images per class.")] = 8,
     sets: SetAugmentOpt = None,

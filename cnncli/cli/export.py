@@ -7,12 +7,12 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import ForceOpt, app, cli_errors, console, refuse_existing
+from cnncli.cli.app import CheckpointArg, ForceOpt, app, cli_errors, console, refuse_existing
 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint .npz (a run's last.npz or best.npz).")],
+    checkpoint: CheckpointArg,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The ONNX file to write "
                                       "(e.g. model.onnx).", show_default=False)],
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success.")] = False,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
+from cnncli.cli.app import (ConfigArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
                             refuse_existing, set_option)
 
 SetOpt = set_option("training.batch_size=64")
@@ -15,7 +15,7 @@ SetOpt = set_option("training.batch_size=64")
 
 @app.command("lr-find")
 def lr_find(
-    config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
+    config: ConfigArg,
     out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE", help="The loss-vs-rate picture to write.")] = Path("lr-find.png"),
     start_lr: Annotated[float, typer.Option("--start-lr", metavar="FLOAT", help="The first rate tried.")] = 1e-7,
     end_lr: Annotated[float, typer.Option("--end-lr", metavar="FLOAT", help="The last rate tried.")] = 10.0,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import OfflineOpt, app, cli_errors, console, fail, fit_table, set_option
+from cnncli.cli.app import ConfigArg, OfflineOpt, app, cli_errors, console, fail, fit_table, set_option
 
 SetLayerOpt = set_option("network.0.out_channels=8")
 SetDataOpt = set_option("data.path=DIR")
@@ -16,7 +15,7 @@ SetDataOpt = set_option("data.path=DIR")
 
 @app.command()
 def summary(
-    config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
+    config: ConfigArg,
     sets: SetLayerOpt = None,
 ):
     """Validate a config and show its layers as built: output shapes, trainable parameter
@@ -67,7 +66,7 @@ def summary(
 
 @app.command()
 def gradcheck(
-    config: Annotated[Path, typer.Argument(help="YAML config file.", metavar="CONFIG", show_default=False)],
+    config: ConfigArg,
     batch: Annotated[int, typer.Option("--batch", min=1, metavar="INTEGER", help="Samples in the checked batch (drawn at random from the training split).")] = 4,
     seed: Annotated[Optional[int], typer.Option("--seed", min=0, metavar="INTEGER", help="Override the config's seed: another batch, initialisation and jitter.", show_default=False)] = None,
     impl: Annotated[str, typer.Option("--impl", metavar="fast|reference", help="Conv implementation.")] = "fast",
