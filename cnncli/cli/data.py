@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (HELP_OPTIONS, ConfigArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape,
-                            fail, fit_table, refuse_existing, set_option)
+from cnncli.cli.app import (HELP_OPTIONS, ConfigArg, ForceOpt, OfflineOpt, app, cli_errors,
+                            console, escape, fail, fit_table, refuse_existing, set_option)
 from cnncli.schema import SHAPES_MAX_N, SHAPES_MAX_NOISE
 
 SetAugmentOpt = set_option("data.augment.flip=horizontal")

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import (ConfigArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape, fail,
-                            refuse_existing, set_option)
+from cnncli.cli.app import (ConfigArg, ForceOpt, OfflineOpt, app, cli_errors, console, escape,
+                            fail, refuse_existing, set_option)
 
 SetOpt = set_option("training.batch_size=64")
 

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from cnncli.cli.app import ConfigArg, OfflineOpt, app, cli_errors, console, fail, fit_table, set_option
+from cnncli.cli.app import (ConfigArg, OfflineOpt, app, cli_errors, console, fail, fit_table,
+                            set_option)
 
 SetLayerOpt = set_option("network.0.out_channels=8")
 SetDataOpt = set_option("data.path=DIR")
