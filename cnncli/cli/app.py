@@ -54,7 +54,7 @@ def tta_option(tta: Optional[str]) -> Optional[str]:
     if tta is None or tta == "none":
         return None
     if tta not in TTA_MODES:
-        fail(f"--tta must be flip, flip_shift or none, got {tta!r}", code=2)
+        fail(f"--tta must be {', '.join(TTA_MODES)} or none, got {tta!r}", code=2)
     return tta
 
 
